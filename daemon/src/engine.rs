@@ -1,0 +1,537 @@
+//! One style-transfer job from decoded pictures to a stylised image: sizes, targets, init,
+//! optimisation with progress and cancellation, colour preservation, summary.
+
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::image_io::{ImageError, Picture};
+use crate::lbfgs::{LbfgsConfig, Outcome, Stop};
+use crate::objective::{Coefficients, Losses, Objective};
+use crate::vgg::{Layout, Pooling, Vgg19};
+use crate::weights::{layer_index, vgg19_layers, Weights, WeightsInfo};
+use crate::{adam, color, lbfgs};
+
+/// β per unit of `--strength` (see [`Params::coefficients`]).
+pub const STYLE_WEIGHT_PER_STRENGTH: f64 = 500.0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Lbfgs,
+    Adam,
+}
+
+/// The starting image (paper fig. 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// Seeded uniform white noise in [0,1].
+    Noise,
+    Content,
+    /// The first style image, resized to the output size.
+    Style,
+}
+
+/// Every engine parameter of a job. Serialisable: the daemon's protocol carries it as is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    /// Longest side of the output in pixels; `None` keeps the content's size.
+    pub size: Option<u32>,
+    /// Budget of objective evaluations (one forward + backward each).
+    pub iterations: usize,
+    pub optimizer: OptimizerKind,
+    /// L-BFGS history size.
+    pub lbfgs_history: usize,
+    /// Strong-Wolfe line search for L-BFGS.
+    pub line_search: bool,
+    /// Step size: L-BFGS `lr` (default 1) or Adam's learning rate (default 0.02).
+    pub learning_rate: Option<f64>,
+    pub init: Init,
+    pub seed: u64,
+    pub pooling: Pooling,
+    pub content_layers: Vec<String>,
+    pub style_layers: Vec<String>,
+    /// w_l per style layer; default 1/|S| each.
+    pub style_layer_weights: Option<Vec<f64>>,
+    /// α; default size-aware 1/Σ(N_l·M_l) over the content layers.
+    pub content_weight: Option<f64>,
+    /// β; default `strength` × [`STYLE_WEIGHT_PER_STRENGTH`].
+    pub style_weight: Option<f64>,
+    pub strength: f64,
+    /// γ of the total-variation term.
+    pub tv_weight: f64,
+    /// Blend weights of the style images (normalised to sum 1); default equal.
+    pub style_blend: Vec<f64>,
+    /// Style images are resized to the content's longest side times this.
+    pub style_scale: f64,
+    /// Luminance-only transfer: the output keeps the content's colours.
+    pub preserve_colors: bool,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            size: Some(512),
+            iterations: 500,
+            optimizer: OptimizerKind::Lbfgs,
+            lbfgs_history: 100,
+            line_search: false,
+            learning_rate: None,
+            init: Init::Noise,
+            seed: 0,
+            pooling: Pooling::Avg,
+            content_layers: vec!["relu4_2".into()],
+            style_layers: ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+                .map(String::from)
+                .to_vec(),
+            style_layer_weights: None,
+            content_weight: None,
+            style_weight: None,
+            strength: 1.0,
+            tv_weight: 0.0,
+            style_blend: Vec::new(),
+            style_scale: 1.0,
+            preserve_colors: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid parameter: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(
+        "the computation failed: {0}. If this is an out-of-memory error, use a smaller --size"
+    )]
+    Torch(String),
+}
+
+impl Params {
+    /// Checks everything that can be checked without images.
+    pub fn validate(&self, styles: usize) -> Result<(), EngineError> {
+        let bad = |m: String| Err(EngineError::Invalid(m));
+        if styles == 0 {
+            return bad("at least one style image is needed".into());
+        }
+        if self.iterations == 0 {
+            return bad("iterations must be at least 1".into());
+        }
+        if let Some(s) = self.size {
+            if s < crate::image_io::MIN_SIDE {
+                return bad(format!(
+                    "size {s} is below the minimum of {} px",
+                    crate::image_io::MIN_SIDE
+                ));
+            }
+        }
+        let known = || {
+            vgg19_layers()
+                .iter()
+                .map(|l| l.name().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for name in self.content_layers.iter().chain(&self.style_layers) {
+            if layer_index(name).is_none() {
+                return bad(format!("unknown layer {name:?}; known layers: {}", known()));
+            }
+        }
+        if self.content_layers.is_empty() && self.style_layers.is_empty() {
+            return bad("no content and no style layers".into());
+        }
+        if let Some(w) = &self.style_layer_weights {
+            if w.len() != self.style_layers.len() {
+                return bad(format!(
+                    "{} style layer weights for {} style layers",
+                    w.len(),
+                    self.style_layers.len()
+                ));
+            }
+        }
+        if !self.style_blend.is_empty() {
+            if self.style_blend.len() != styles {
+                return bad(format!(
+                    "{} style blend weights for {styles} style images",
+                    self.style_blend.len()
+                ));
+            }
+            if self
+                .style_blend
+                .iter()
+                .any(|&w| !(w >= 0.0 && w.is_finite()))
+                || self.style_blend.iter().sum::<f64>() <= 0.0
+            {
+                return bad("style blend weights must be non-negative and not all zero".into());
+            }
+        }
+        for (name, v) in [("strength", self.strength), ("tv-weight", self.tv_weight)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(format!("{name} must be a non-negative number, got {v}"));
+            }
+        }
+        if !(self.style_scale > 0.0 && self.style_scale <= 8.0) {
+            return bad(format!(
+                "style-scale must be in (0, 8], got {}",
+                self.style_scale
+            ));
+        }
+        if self.lbfgs_history == 0 {
+            return bad("lbfgs-history must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// α, β, γ. Unless given explicitly: α = 1/Σ_l(N_l·M_l) over the content layers (so α·L_content
+    /// is half the mean squared feature difference, independent of image size), β = strength ×
+    /// [`STYLE_WEIGHT_PER_STRENGTH`] (E_l is already size-independent). The same strength thus
+    /// gives the same balance at any resolution.
+    pub fn coefficients(&self, content_elements: f64) -> Coefficients {
+        Coefficients {
+            alpha: self
+                .content_weight
+                .unwrap_or(1.0 / content_elements.max(1.0)),
+            beta: self
+                .style_weight
+                .unwrap_or(self.strength * STYLE_WEIGHT_PER_STRENGTH),
+            tv: self.tv_weight,
+        }
+    }
+}
+
+/// A job: decoded content and style pictures at their original sizes, and parameters.
+pub struct Job {
+    pub content: Picture,
+    pub styles: Vec<Picture>,
+    pub params: Params,
+}
+
+/// Progress after each evaluation.
+#[derive(Clone, Debug, Serialize)]
+pub struct Progress {
+    pub evaluation: usize,
+    pub max_evaluations: usize,
+    pub losses: Losses,
+    pub elapsed: Duration,
+}
+
+/// What the observer wants after a progress report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    Stop,
+}
+
+/// Final figures of a job.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub content_loss: f64,
+    pub style_loss: f64,
+    pub tv_loss: f64,
+    pub total_loss: f64,
+    /// eq. 7 at the initial image.
+    pub initial_loss: f64,
+    pub iterations: usize,
+    pub evaluations: usize,
+    /// The optimisation loop alone.
+    pub seconds: f64,
+    pub device: String,
+    pub pretrained: bool,
+    pub weights: WeightsInfo,
+    pub width: u32,
+    pub height: u32,
+    pub alpha: f64,
+    pub beta: f64,
+    pub tv_weight: f64,
+    pub optimizer: OptimizerKind,
+    pub converged: bool,
+    /// Stopped early by request (Ctrl-C, cancel).
+    pub cancelled: bool,
+}
+
+/// The result: RGB [1,3,H,W] in [0,1] on the CPU, the content's alpha if it had one.
+pub struct Stylized {
+    pub rgb: Tensor,
+    pub alpha: Option<Vec<f32>>,
+    pub high_precision: bool,
+    pub summary: Summary,
+}
+
+/// The model on its device; runs jobs one at a time.
+pub struct Engine {
+    vgg: Vgg19,
+    weights: WeightsInfo,
+}
+
+/// A device name as users write it.
+pub fn device_name(d: Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Parses `auto`, `cpu`, `cuda`, `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device, String> {
+    let cuda = |i: usize| {
+        let n = tch::Cuda::device_count() as usize;
+        if i < n {
+            Ok(Device::Cuda(i))
+        } else if n == 0 {
+            Err(format!(
+                "device {s:?}: no CUDA device is visible (libtorch sees none); use --device cpu"
+            ))
+        } else {
+            Err(format!(
+                "device {s:?}: only {n} CUDA device(s) (0..{})",
+                n - 1
+            ))
+        }
+    };
+    match s {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        _ => match s.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+            Some(i) => cuda(i),
+            None => Err(format!(
+                "unknown device {s:?}; use auto, cpu, cuda or cuda:N"
+            )),
+        },
+    }
+}
+
+impl Engine {
+    pub fn new(weights: &Weights, device: Device) -> Self {
+        Self::with_layout(weights, device, Layout::FP32)
+    }
+
+    pub fn with_layout(weights: &Weights, device: Device, layout: Layout) -> Self {
+        Self {
+            vgg: Vgg19::load(weights, device, layout),
+            weights: weights.info(),
+        }
+    }
+
+    pub fn vgg(&self) -> &Vgg19 {
+        &self.vgg
+    }
+
+    pub fn weights(&self) -> &WeightsInfo {
+        &self.weights
+    }
+
+    pub fn device(&self) -> Device {
+        self.vgg.device()
+    }
+
+    /// Runs a job. libtorch errors (including out-of-memory) come back as [`EngineError::Torch`].
+    pub fn stylize(
+        &self,
+        job: &Job,
+        observe: &mut dyn FnMut(&Progress) -> Control,
+    ) -> Result<Stylized, EngineError> {
+        job.params.validate(job.styles.len())?;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.run(job, observe))) {
+            Ok(r) => r,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown error".into());
+                Err(EngineError::Torch(
+                    msg.lines().next().unwrap_or_default().to_string(),
+                ))
+            }
+        }
+    }
+
+    /// The working pictures: content at the output size, styles at content size × style_scale.
+    pub fn prepare(&self, job: &Job) -> Result<(Picture, Vec<Picture>), EngineError> {
+        let p = &job.params;
+        let content = match p.size {
+            Some(s) => job.content.resized_longest(s),
+            None => job.content.clone(),
+        };
+        content.check_min_size("content".as_ref())?;
+        let longest = content.width().max(content.height());
+        let style_size = ((f64::from(longest) * p.style_scale).round() as u32).max(1);
+        let styles = job
+            .styles
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let s = s.resized_longest(style_size);
+                s.check_min_size(format!("style #{}", i + 1).as_ref())?;
+                Ok(s)
+            })
+            .collect::<Result<Vec<_>, ImageError>>()?;
+        Ok((content, styles))
+    }
+
+    /// The objective of a job at its working size.
+    pub fn objective(&self, content: &Tensor, styles: &[Tensor], p: &Params) -> Objective {
+        let vgg = &self.vgg;
+        let c_idx: Vec<usize> = p
+            .content_layers
+            .iter()
+            .filter_map(|n| layer_index(n))
+            .collect();
+        let s_idx: Vec<usize> = p
+            .style_layers
+            .iter()
+            .filter_map(|n| layer_index(n))
+            .collect();
+        let content_terms = Objective::content_targets(vgg, content, &c_idx, p.pooling);
+        let elements: f64 = content_terms.iter().map(|t| t.target.numel() as f64).sum();
+        let grams: Vec<Vec<Tensor>> = styles
+            .iter()
+            .map(|s| Objective::style_grams(vgg, s, &s_idx, p.pooling))
+            .collect();
+        let blend = if p.style_blend.is_empty() {
+            vec![1.0; styles.len()]
+        } else {
+            p.style_blend.clone()
+        };
+        let layer_weights = p
+            .style_layer_weights
+            .clone()
+            .unwrap_or_else(|| vec![1.0 / s_idx.len().max(1) as f64; s_idx.len()]);
+        let style_terms = if s_idx.is_empty() {
+            Vec::new()
+        } else {
+            Objective::style_targets(&grams, &blend, &s_idx, &layer_weights)
+        };
+        Objective {
+            content: content_terms,
+            style: style_terms,
+            coefficients: p.coefficients(elements),
+            pooling: p.pooling,
+        }
+    }
+
+    fn run(
+        &self,
+        job: &Job,
+        observe: &mut dyn FnMut(&Progress) -> Control,
+    ) -> Result<Stylized, EngineError> {
+        let p = &job.params;
+        let device = self.device();
+        let (content_pic, style_pics) = self.prepare(job)?;
+        let (w, h) = (content_pic.width(), content_pic.height());
+        let content = content_pic.rgb_tensor().to_device(device);
+        let styles: Vec<Tensor> = style_pics
+            .iter()
+            .map(|s| s.rgb_tensor().to_device(device))
+            .collect();
+        let objective = self.objective(&content, &styles, p);
+
+        tch::manual_seed(p.seed as i64);
+        let x0 = match p.init {
+            Init::Noise => Tensor::rand(
+                [1, 3, i64::from(h), i64::from(w)],
+                (Kind::Float, Device::Cpu),
+            )
+            .to_device(device),
+            Init::Content => content.copy(),
+            Init::Style => style_pics[0].resized(w, h).rgb_tensor().to_device(device),
+        };
+        let shape = x0.size();
+        let start = Instant::now();
+        let mut evaluations = 0;
+        let mut initial = None;
+        let mut last: Option<(Tensor, Losses)> = None;
+        let mut stopped = false;
+        let mut eval = |flat: &Tensor| -> Result<(f64, Tensor), ()> {
+            let x = flat.view(shape.as_slice());
+            let (losses, grad) = objective.evaluate(&self.vgg, &x);
+            evaluations += 1;
+            initial.get_or_insert(losses.total);
+            last = Some((flat.copy(), losses));
+            let progress = Progress {
+                evaluation: evaluations,
+                max_evaluations: p.iterations,
+                losses,
+                elapsed: start.elapsed(),
+            };
+            if observe(&progress) == Control::Stop {
+                stopped = true;
+                return Err(());
+            }
+            Ok((losses.total, grad.view([-1])))
+        };
+        let flat0 = x0.view([-1]);
+        let outcome: Result<Outcome, ()> = match p.optimizer {
+            OptimizerKind::Lbfgs => {
+                let cfg = LbfgsConfig {
+                    lr: p.learning_rate.unwrap_or(1.0),
+                    history_size: p.lbfgs_history,
+                    strong_wolfe: p.line_search,
+                    ..Default::default()
+                };
+                lbfgs::minimize(&cfg, &flat0, p.iterations, &mut eval)
+            }
+            OptimizerKind::Adam => {
+                let cfg = adam::AdamConfig {
+                    lr: p.learning_rate.unwrap_or(0.02),
+                    ..Default::default()
+                };
+                adam::minimize(&cfg, &flat0, p.iterations, &mut eval)
+            }
+        };
+        let seconds = start.elapsed().as_secs_f64();
+        let (x, losses, iterations, converged) = match outcome {
+            Ok(o) => {
+                // The optimiser's point is the last one evaluated except after a strong-Wolfe
+                // search that settled on an earlier trial point.
+                let losses = match &last {
+                    Some((lx, l)) if lx.equal(&o.x) => *l,
+                    _ => objective.value(&self.vgg, &o.x.view(shape.as_slice())),
+                };
+                (o.x, losses, o.iterations, o.stop == Stop::Converged)
+            }
+            Err(()) => {
+                let (lx, l) = last.take().expect("an evaluation happened before the stop");
+                (lx, l, 0, false)
+            }
+        };
+        let mut rgb = x.view(shape.as_slice()).clamp(0.0, 1.0);
+        if p.preserve_colors {
+            rgb = color::luminance_transfer(&rgb, &content);
+        }
+        let c = objective.coefficients;
+        Ok(Stylized {
+            rgb: rgb.to_device(Device::Cpu),
+            alpha: content_pic.has_alpha.then(|| content_pic.alpha()),
+            high_precision: content_pic.high_precision,
+            summary: Summary {
+                content_loss: losses.content,
+                style_loss: losses.style,
+                tv_loss: losses.tv,
+                total_loss: losses.total,
+                initial_loss: initial.unwrap_or(losses.total),
+                iterations,
+                evaluations,
+                seconds,
+                device: device_name(device),
+                pretrained: self.weights.pretrained,
+                weights: self.weights.clone(),
+                width: w,
+                height: h,
+                alpha: c.alpha,
+                beta: c.beta,
+                tv_weight: c.tv,
+                optimizer: p.optimizer,
+                converged,
+                cancelled: stopped,
+            },
+        })
+    }
+}

@@ -1,0 +1,25 @@
+//! neural-style: Gatys et al. (CVPR 2016) neural style transfer on libtorch (tch).
+//!
+//! Layout, from the paper outwards:
+//!
+//! * [`weights`]: the VGG19 manifest, safetensors weights files and their metadata, lookup
+//!   (`--weights` > `NEURAL_STYLE_WEIGHTS` > data dir), seeded random (non-pretrained) weights.
+//! * [`vgg`]: VGG19 `features` up to the deepest tap, avg or max pooling, input normalisation.
+//! * [`objective`]: the paper's equations 1, 3, 4, 5 and 7 (plus optional total variation).
+//! * [`lbfgs`], [`adam`]: optimisers over a flat tensor; L-BFGS follows torch.optim.LBFGS.
+//! * [`color`]: luminance-only transfer for `--preserve-colors`.
+//! * [`image_io`]: decoding with limits and EXIF orientation, 8/16-bit PNG and JPEG output.
+//! * [`engine`]: one job from pictures to a stylised image, with progress and cancellation.
+//! * [`python`]: the project's Python (venv) used for fetching weights and reference runs.
+//! * [`cli`]: the `neural-style` command line (`run`, `weights`, `bench`).
+
+pub mod adam;
+pub mod cli;
+pub mod color;
+pub mod engine;
+pub mod image_io;
+pub mod lbfgs;
+pub mod objective;
+pub mod python;
+pub mod vgg;
+pub mod weights;

@@ -1,0 +1,210 @@
+//! The objective of Gatys, Ecker & Bethge, "Image Style Transfer Using Convolutional Neural
+//! Networks" (CVPR 2016), in one place.
+//!
+//! With F^l the activations of the generated image x at layer l as an N_l × M_l matrix
+//! (N_l filters, M_l = height × width positions), P^l those of the content image p and
+//! A^l the Gram matrix of the style image a:
+//!
+//! * eq. 1: `L_content = ½ Σ_ij (F^l_ij − P^l_ij)²`, summed over the content layers
+//! * eq. 3: `G^l_ij = Σ_k F^l_ik F^l_jk`
+//! * eq. 4: `E_l = 1/(4 N_l² M_l²) Σ_ij (G^l_ij − A^l_ij)²`
+//! * eq. 5: `L_style = Σ_l w_l E_l`, `w_l = 1/|S|` by default
+//! * eq. 7: `L_total = α L_content + β L_style` (+ γ L_tv, an optional smoothness term)
+//!
+//! Eq. 4 is computed as `1/(4 N_l²) Σ_ij (G^l_ij/M_l − A^l_ij/M'_l)²` where M'_l is the style
+//! image's own number of positions: identical to the paper when style and output have the
+//! same size, and still meaningful when `--style-scale` makes them differ. Several style
+//! images blend their normalised Gram matrices with weights that sum to one.
+//!
+//! `L_tv = Σ_c Σ_ij [(x_{i+1,j} − x_ij)² + (x_{i,j+1} − x_ij)²] / (H·W)` on the image in [0,1].
+//!
+//! The image is kept in [0,1] inside the objective: the network sees `clamp(x, 0, 1)`, so the
+//! optimiser never gains anything from values that would be clipped away on output.
+
+use tch::{Kind, Tensor};
+
+use crate::vgg::{Pooling, Vgg19};
+
+/// G^l / M_l for activations of shape [1, N, H, W]: eq. 3 divided by the number of positions.
+pub fn normalised_gram(features: &Tensor) -> Tensor {
+    let (_, n, h, w) = features.size4().expect("activations are 4-D");
+    let f = features.reshape([n, h * w]);
+    f.matmul(&f.transpose(0, 1)) / ((h * w) as f64)
+}
+
+/// Eq. 1 for one layer: ½ Σ (F − P)².
+pub fn content_loss(features: &Tensor, target: &Tensor) -> Tensor {
+    (features - target).square().sum(Kind::Float) * 0.5
+}
+
+/// Eq. 4 for one layer, given normalised Gram matrices (see module docs).
+pub fn style_layer_loss(gram: &Tensor, target: &Tensor) -> Tensor {
+    let n = gram.size()[0] as f64;
+    (gram - target).square().sum(Kind::Float) / (4.0 * n * n)
+}
+
+/// Total variation, mean over pixels of squared neighbour differences summed over channels.
+pub fn tv_loss(image: &Tensor) -> Tensor {
+    let (_, _, h, w) = image.size4().expect("image is 4-D");
+    let dy = image.narrow(2, 1, h - 1) - image.narrow(2, 0, h - 1);
+    let dx = image.narrow(3, 1, w - 1) - image.narrow(3, 0, w - 1);
+    (dy.square().sum(Kind::Float) + dx.square().sum(Kind::Float)) / ((h * w) as f64)
+}
+
+/// One content layer with its target P^l.
+pub struct ContentTerm {
+    pub index: usize,
+    pub target: Tensor,
+}
+
+/// One style layer with its (blended, normalised) Gram target and weight w_l.
+pub struct StyleTerm {
+    pub index: usize,
+    pub target: Tensor,
+    pub weight: f64,
+}
+
+/// α, β, γ of eq. 7.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Coefficients {
+    pub alpha: f64,
+    pub beta: f64,
+    pub tv: f64,
+}
+
+/// The loss values at one point.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, PartialEq)]
+pub struct Losses {
+    /// eq. 1 (unweighted)
+    pub content: f64,
+    /// eq. 5 (unweighted by β)
+    pub style: f64,
+    /// L_tv (unweighted by γ)
+    pub tv: f64,
+    /// eq. 7: α L_content + β L_style + γ L_tv
+    pub total: f64,
+}
+
+/// The objective for one job: targets, coefficients and pooling.
+pub struct Objective {
+    pub content: Vec<ContentTerm>,
+    pub style: Vec<StyleTerm>,
+    pub coefficients: Coefficients,
+    pub pooling: Pooling,
+}
+
+impl Objective {
+    /// Content targets P^l (activations of the content image at `layers`).
+    pub fn content_targets(
+        vgg: &Vgg19,
+        content: &Tensor,
+        layers: &[usize],
+        pooling: Pooling,
+    ) -> Vec<ContentTerm> {
+        tch::no_grad(|| {
+            let feats = vgg.forward_taps(&vgg.normalise(content), layers, pooling);
+            layers
+                .iter()
+                .zip(feats)
+                .map(|(&index, target)| ContentTerm { index, target })
+                .collect()
+        })
+    }
+
+    /// Normalised Gram matrices of one style image at `layers`.
+    pub fn style_grams(
+        vgg: &Vgg19,
+        style: &Tensor,
+        layers: &[usize],
+        pooling: Pooling,
+    ) -> Vec<Tensor> {
+        tch::no_grad(|| {
+            let feats = vgg.forward_taps(&vgg.normalise(style), layers, pooling);
+            feats.iter().map(normalised_gram).collect()
+        })
+    }
+
+    /// Blends several styles' Gram matrices (blend weights are normalised to sum to one) into
+    /// style terms with equal layer weights w_l = 1/|S| (or the given ones).
+    pub fn style_targets(
+        grams: &[Vec<Tensor>],
+        blend: &[f64],
+        layers: &[usize],
+        layer_weights: &[f64],
+    ) -> Vec<StyleTerm> {
+        let total: f64 = blend.iter().sum();
+        layers
+            .iter()
+            .enumerate()
+            .map(|(l, &index)| {
+                let mut target = grams[0][l].zeros_like();
+                for (s, g) in grams.iter().enumerate() {
+                    target += &g[l] * (blend[s] / total);
+                }
+                StyleTerm {
+                    index,
+                    target,
+                    weight: layer_weights[l],
+                }
+            })
+            .collect()
+    }
+
+    fn taps(&self) -> Vec<usize> {
+        self.content
+            .iter()
+            .map(|c| c.index)
+            .chain(self.style.iter().map(|s| s.index))
+            .collect()
+    }
+
+    /// Builds the loss graph at x (shape [1,3,H,W], values meant to be in [0,1]).
+    pub fn losses(&self, vgg: &Vgg19, x: &Tensor) -> (Tensor, Losses) {
+        let image = x.clamp(0.0, 1.0);
+        let feats = vgg.forward_taps(&vgg.normalise(&image), &self.taps(), self.pooling);
+        let (content_feats, style_feats) = feats.split_at(self.content.len());
+        let dev = x.device();
+        let mut content = Tensor::zeros([], (Kind::Float, dev));
+        for (term, f) in self.content.iter().zip(content_feats) {
+            content += content_loss(f, &term.target);
+        }
+        let mut style = Tensor::zeros([], (Kind::Float, dev));
+        for (term, f) in self.style.iter().zip(style_feats) {
+            style += style_layer_loss(&normalised_gram(f), &term.target) * term.weight;
+        }
+        let c = self.coefficients;
+        let tv = if c.tv != 0.0 {
+            tv_loss(&image)
+        } else {
+            Tensor::zeros([], (Kind::Float, dev))
+        };
+        let total = &content * c.alpha + &style * c.beta + &tv * c.tv;
+        let values = Tensor::stack(&[&content, &style, &tv, &total], 0)
+            .detach()
+            .to_kind(Kind::Double)
+            .to_device(tch::Device::Cpu);
+        let v: Vec<f64> = Vec::<f64>::try_from(values).expect("four loss values");
+        (
+            total,
+            Losses {
+                content: v[0],
+                style: v[1],
+                tv: v[2],
+                total: v[3],
+            },
+        )
+    }
+
+    /// Value and gradient of eq. 7 at x.
+    pub fn evaluate(&self, vgg: &Vgg19, x: &Tensor) -> (Losses, Tensor) {
+        let x = x.detach().set_requires_grad(true);
+        let (total, losses) = self.losses(vgg, &x);
+        total.backward();
+        (losses, x.grad().detach())
+    }
+
+    /// Value of eq. 7 at x, without gradient.
+    pub fn value(&self, vgg: &Vgg19, x: &Tensor) -> Losses {
+        tch::no_grad(|| self.losses(vgg, x).1)
+    }
+}

@@ -1,0 +1,175 @@
+//! VGG19 `features`, evaluated up to the deepest layer a job needs, returning the activations
+//! at named taps (`relu4_2`, `conv1_1`, …). Layers mirror torchvision's `features.N` names.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::weights::{vgg19_layers, LayerSpec, Preprocessing, Weights};
+
+/// The pooling between blocks. The paper found average pooling gives slightly nicer images.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    Avg,
+    Max,
+}
+
+/// Numeric precision and memory layout of the network (the optimised image, Gram matrices and
+/// loss sums always stay f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Network weights and activations in bfloat16 instead of f32.
+    pub bf16: bool,
+    /// NHWC-strided activations and weights (libtorch's channels-last convolutions).
+    pub channels_last: bool,
+}
+
+impl Layout {
+    pub const FP32: Layout = Layout {
+        bf16: false,
+        channels_last: false,
+    };
+    fn kind(&self) -> Kind {
+        if self.bf16 {
+            Kind::BFloat16
+        } else {
+            Kind::Float
+        }
+    }
+}
+
+/// A 3×3 convolution (`features.N.weight`, `features.N.bias`).
+struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv2d {
+    fn load(weights: &Weights, index: usize, device: Device, layout: Layout) -> Self {
+        let get =
+            |suffix: &str| weights.tensors[&format!("features.{index}.{suffix}")].shallow_clone();
+        let weight = to_layout(&get("weight").to_device(device), layout).set_requires_grad(false);
+        let bias = get("bias")
+            .to_device(device)
+            .to_kind(layout.kind())
+            .set_requires_grad(false);
+        Self { weight, bias }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv2d(&self.weight, Some(&self.bias), [1, 1], [1, 1], [1, 1], 1)
+    }
+}
+
+enum Layer {
+    Conv(Conv2d),
+    Relu,
+    Pool,
+}
+
+/// VGG19 feature extractor with frozen weights on one device.
+pub struct Vgg19 {
+    layers: Vec<Layer>,
+    names: Vec<String>,
+    preprocessing: Preprocessing,
+    device: Device,
+    layout: Layout,
+}
+
+/// Converts a tensor to the layout's dtype and memory format (NHWC strides for 4-D tensors when
+/// channels-last is on; libtorch keeps that format through convolutions).
+pub fn to_layout(t: &Tensor, layout: Layout) -> Tensor {
+    let t = t.to_kind(layout.kind());
+    if layout.channels_last && t.dim() == 4 {
+        t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+    } else {
+        t.contiguous()
+    }
+}
+
+impl Vgg19 {
+    /// Loads every convolution of `features` onto `device`.
+    pub fn load(weights: &Weights, device: Device, layout: Layout) -> Self {
+        let specs = vgg19_layers();
+        let layers = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| match spec {
+                LayerSpec::Conv { .. } => Layer::Conv(Conv2d::load(weights, i, device, layout)),
+                LayerSpec::Relu { .. } => Layer::Relu,
+                LayerSpec::Pool { .. } => Layer::Pool,
+            })
+            .collect();
+        let names = specs.iter().map(|s| s.name().to_string()).collect();
+        Self {
+            layers,
+            names,
+            preprocessing: weights.preprocessing,
+            device,
+            layout,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Layer names in `features` order.
+    pub fn layer_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Maps an image in [0,1] RGB, shape [1,3,H,W], to the network's input space.
+    pub fn normalise(&self, x: &Tensor) -> Tensor {
+        let dev = (Kind::Float, x.device());
+        match self.preprocessing {
+            Preprocessing::Torchvision => {
+                let mean = Tensor::from_slice(&[0.485f32, 0.456, 0.406])
+                    .to_device(dev.1)
+                    .view([1, 3, 1, 1]);
+                let std = Tensor::from_slice(&[0.229f32, 0.224, 0.225])
+                    .to_device(dev.1)
+                    .view([1, 3, 1, 1]);
+                (x - mean) / std
+            }
+            Preprocessing::Caffe => {
+                let bgr = x.flip([1]) * 255.0;
+                let mean = Tensor::from_slice(&[103.939f32, 116.779, 123.68])
+                    .to_device(dev.1)
+                    .view([1, 3, 1, 1]);
+                bgr - mean
+            }
+        }
+    }
+
+    /// Runs the network on an already normalised input and returns the activations (f32) at the
+    /// given `features` indices, in the order asked. Stops after the deepest tap.
+    pub fn forward_taps(&self, input: &Tensor, taps: &[usize], pooling: Pooling) -> Vec<Tensor> {
+        let deepest = taps.iter().copied().max().unwrap_or(0);
+        let mut out: Vec<Option<Tensor>> = taps.iter().map(|_| None).collect();
+        let mut x = to_layout(input, self.layout);
+        for (i, layer) in self.layers.iter().enumerate().take(deepest + 1) {
+            x = match layer {
+                Layer::Conv(c) => c.forward(&x),
+                Layer::Relu => x.relu(),
+                Layer::Pool => match pooling {
+                    Pooling::Avg => x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None),
+                    Pooling::Max => x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false),
+                },
+            };
+            for (slot, &t) in out.iter_mut().zip(taps) {
+                if t == i {
+                    *slot = Some(x.to_kind(Kind::Float));
+                }
+            }
+        }
+        out.into_iter()
+            .map(|t| t.expect("tap beyond the network"))
+            .collect()
+    }
+}
