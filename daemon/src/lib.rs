@@ -10,6 +10,7 @@
 //! * [`color`]: luminance-only transfer for `--preserve-colors`.
 //! * [`image_io`]: decoding with limits and EXIF orientation, 8/16-bit PNG and JPEG output.
 //! * [`engine`]: one job from pictures to a stylised image, with progress and cancellation.
+//! * [`rng`]: the seeded generator behind noise images and random weights.
 //! * [`python`]: the project's Python (venv) used for fetching weights and reference runs.
 //! * [`cli`]: the `neural-style` command line (`run`, `weights`, `bench`).
 
@@ -21,5 +22,6 @@ pub mod image_io;
 pub mod lbfgs;
 pub mod objective;
 pub mod python;
+pub mod rng;
 pub mod vgg;
 pub mod weights;

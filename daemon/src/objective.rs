@@ -208,3 +208,38 @@ impl Objective {
         tch::no_grad(|| self.losses(vgg, x).1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equations_on_known_tensors() {
+        // F: N = 2 filters, M = 2 positions: [[1, 2], [3, 4]]
+        let f = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([1, 2, 1, 2]);
+        // eq. 3: G = F Fᵀ = [[5, 11], [11, 25]], divided by M = 2
+        let g = normalised_gram(&f);
+        let expected = Tensor::from_slice(&[2.5f32, 5.5, 5.5, 12.5]).view([2, 2]);
+        assert!(g.allclose(&expected, 1e-6, 1e-6, false));
+        // eq. 4 against A = 0: Σ (G/M)² / (4 N²) = (6.25 + 2·30.25 + 156.25) / 16
+        let e = style_layer_loss(&g, &g.zeros_like()).double_value(&[]);
+        assert!((e - 223.0 / 16.0).abs() < 1e-5, "{e}");
+        // the paper's form 1/(4 N² M²) Σ (G − A)² on the raw Gram is the same number
+        let raw = (5.0f64.powi(2) + 2.0 * 11.0f64.powi(2) + 25.0f64.powi(2)) / (4.0 * 4.0 * 4.0);
+        assert!((e - raw).abs() < 1e-5);
+        // eq. 1: ½ Σ (F − P)² with P = 1
+        let c = content_loss(&f, &f.ones_like()).double_value(&[]);
+        assert!((c - 0.5 * (0.0 + 1.0 + 4.0 + 9.0)).abs() < 1e-6);
+        // tv on a 2×2 single-channel ramp: dy = 2, 2; dx = 1, 1 → (8 + 2) / 4
+        let img = Tensor::from_slice(&[0.0f32, 1.0, 2.0, 3.0]).view([1, 1, 2, 2]);
+        assert!((tv_loss(&img).double_value(&[]) - 2.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn blended_style_targets_are_weighted_means() {
+        let a = Tensor::ones([2, 2], (Kind::Float, tch::Device::Cpu));
+        let b = Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu));
+        let terms = Objective::style_targets(&[vec![a], vec![b]], &[3.0, 1.0], &[1], &[1.0]);
+        assert!((terms[0].target.mean(Kind::Float).double_value(&[]) - 0.75).abs() < 1e-6);
+    }
+}

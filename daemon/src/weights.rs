@@ -251,12 +251,12 @@ impl Weights {
     /// torchvision's default initialisation of VGG's convolutions (Kaiming normal, fan-out,
     /// ReLU gain; zero bias), seeded. Labelled `pretrained=false`.
     pub fn random(seed: u64) -> Self {
-        tch::manual_seed(seed as i64);
         let mut tensors = HashMap::new();
-        for (name, shape) in manifest() {
+        for (i, (name, shape)) in manifest().into_iter().enumerate() {
             let t = if name.ends_with(".weight") {
                 let fan_out = (shape[0] * shape[2] * shape[3]) as f64;
-                Tensor::randn(&shape, (Kind::Float, Device::Cpu)) * (2.0 / fan_out).sqrt()
+                let stream = seed.wrapping_mul(1000).wrapping_add(i as u64);
+                crate::rng::normal(&shape, (2.0 / fan_out).sqrt(), stream)
             } else {
                 Tensor::zeros(&shape, (Kind::Float, Device::Cpu))
             };
