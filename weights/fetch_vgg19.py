@@ -12,6 +12,7 @@ preprocessing). Exit codes: 0 ok, 2 download failed (offline?), 3 bad file.
 import argparse
 import hashlib
 import os
+import socket
 import sys
 import tempfile
 
@@ -52,6 +53,8 @@ def main():
 
     import torch
     from safetensors.torch import save_file
+
+    socket.setdefaulttimeout(60)
 
     tmpdir = None
     if args.from_file:

@@ -11,6 +11,7 @@ use crate::vgg::Pooling;
 
 mod bench;
 mod run;
+mod samples;
 mod weights;
 
 #[derive(Parser, Debug)]
@@ -27,12 +28,14 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Stylise one content image with one or more style images.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Manage VGG19 weights: fetch the pretrained ones, make random ones, inspect a file.
     #[command(subcommand)]
     Weights(weights::WeightsCommand),
     /// Time one objective evaluation against PyTorch eager (the venv's torch) in the same run.
     Bench(bench::BenchArgs),
+    /// Draw a sample content and style image (for trying things out without images at hand).
+    Samples(samples::SamplesArgs),
 }
 
 /// Where the model runs.
@@ -186,9 +189,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Weights(cmd) => weights::run(cmd),
         Command::Bench(args) => bench::run(args),
+        Command::Samples(args) => samples::run(args),
     };
     match result {
         Ok(code) => code,

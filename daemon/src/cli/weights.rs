@@ -23,6 +23,9 @@ pub enum WeightsCommand {
         /// Download again even when the file exists.
         #[arg(long)]
         force: bool,
+        /// Download from another address (a mirror); the checksum is still verified.
+        #[arg(long, env = "NEURAL_STYLE_WEIGHTS_URL")]
+        url: Option<String>,
     },
     /// Convert a local file: torchvision's `vgg19-dcbb9e9d.pth` or the author's `vgg_conv.pth`
     /// (Caffe preprocessing, recorded in the metadata).
@@ -74,7 +77,7 @@ fn run_script(args: &[String]) -> anyhow::Result<ExitCode> {
 
 pub fn run(cmd: WeightsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        WeightsCommand::Fetch { out, force } => {
+        WeightsCommand::Fetch { out, force, url } => {
             let out = default_out(out)?;
             if out.exists() && !force {
                 let w = Weights::load(&out)?;
@@ -85,7 +88,11 @@ pub fn run(cmd: WeightsCommand) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            run_script(&["--out".into(), out.display().to_string()])
+            let mut args = vec!["--out".to_string(), out.display().to_string()];
+            if let Some(url) = url {
+                args.extend(["--url".to_string(), url]);
+            }
+            run_script(&args)
         }
         WeightsCommand::Convert { input, format, out } => {
             let out = default_out(out)?;

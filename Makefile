@@ -1,0 +1,75 @@
+# neural-style — two commands do everything on a fresh machine:
+#   make run    set up, get weights, stylise CONTENT with STYLE into OUT (one-shot, CPU ≈ 1 min)
+#   make test   set up and run every test
+SHELL := /bin/bash
+.DEFAULT_GOAL := run
+
+VENV        ?= .venv
+PYTHON_BOOT ?= python3
+TORCH_PINS  := torch==2.11.0 torchvision==0.26.0 safetensors numpy
+PY          := $(abspath $(VENV))/bin/python
+BIN         := target/release/neural-style
+
+# libtorch comes from the venv's torch wheel (tch =0.24.0 ↔ torch 2.11.0); the binary gets an
+# rpath to it, so it runs without LD_LIBRARY_PATH.
+export LIBTORCH_USE_PYTORCH := 1
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export NEURAL_STYLE_PYTHON := $(PY)
+export NEURAL_STYLE_BIN := $(abspath $(BIN))
+
+SAMPLES        := .cache/samples
+CONTENT        ?= $(SAMPLES)/content.png
+STYLE          ?= $(SAMPLES)/style.png
+OUT            ?= out/stylised.png
+SIZE           ?= 256
+ITERATIONS     ?= 150
+RUN_FLAGS      ?=
+RANDOM_WEIGHTS := .cache/vgg19-random-seed0.safetensors
+
+.PHONY: setup build run test weights samples bench fmt clippy clean
+
+$(VENV)/.installed:
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PINS)
+	$(PY) -c "import torch; assert torch.__version__.startswith('2.11.0'), torch.__version__"
+	touch $@
+
+setup: $(VENV)/.installed
+
+build: setup
+	cargo build --release --workspace
+
+samples: build
+	@[ -f $(SAMPLES)/content.png ] || $(BIN) samples $(SAMPLES)
+
+# Pretrained weights into the data directory; offline, seeded random weights instead (labelled
+# NOT PRETRAINED everywhere they are used).
+weights: build
+	@$(BIN) weights fetch || { \
+	  echo "*** could not fetch the pretrained VGG19 weights (offline?): continuing with seeded RANDOM weights — results are NOT representative ***"; \
+	  $(BIN) weights random --seed 0 --out $(RANDOM_WEIGHTS) --if-missing; }
+
+run: weights samples
+	@mkdir -p $(dir $(OUT))
+	@W=$$($(BIN) weights path); if [ -z "$$NEURAL_STYLE_WEIGHTS" ] && [ ! -f "$$W" ]; then W_FLAG="--weights $(RANDOM_WEIGHTS)"; fi; \
+	$(BIN) run --content $(CONTENT) --style $(STYLE) --output $(OUT) --size $(SIZE) --iterations $(ITERATIONS) $$W_FLAG $(RUN_FLAGS)
+	@echo "output: $(abspath $(OUT))"
+
+test: build
+	cargo test --release --workspace
+	cargo clippy --release --workspace --all-targets -- -D warnings
+	cargo fmt --all -- --check
+
+bench: build
+	$(BIN) bench --sizes 256,512
+
+fmt:
+	cargo fmt --all
+
+clippy: build
+	cargo clippy --release --workspace --all-targets -- -D warnings
+
+clean:
+	cargo clean
+	rm -rf .cache out
