@@ -291,7 +291,7 @@ impl Output<'_> {
             OutputFormat::Png if self.sixteen_bit => {
                 let bytes: Vec<u8> = samples
                     .iter()
-                    .flat_map(|v| ((v * 65535.0).round() as u16).to_be_bytes())
+                    .flat_map(|v| ((v * 65535.0).round() as u16).to_ne_bytes())
                     .collect();
                 let ct = if channels == 4 {
                     ExtendedColorType::Rgba16
