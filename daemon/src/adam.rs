@@ -15,12 +15,7 @@ pub struct AdamConfig {
 
 impl Default for AdamConfig {
     fn default() -> Self {
-        Self {
-            lr: 0.02,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-        }
+        Self { lr: 0.02, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
     }
 }
 
@@ -47,11 +42,5 @@ pub fn minimize<E>(
         (value, g) = f(&x)?;
         evals += 1;
     }
-    Ok(Outcome {
-        x,
-        value,
-        evaluations: evals,
-        iterations: evals.saturating_sub(1),
-        stop: Stop::Budget,
-    })
+    Ok(Outcome { x, value, evaluations: evals, iterations: evals.saturating_sub(1), stop: Stop::Budget })
 }

@@ -4,23 +4,16 @@
 
 use tch::{Kind, Tensor};
 
-const RGB_TO_YIQ: [f32; 9] = [
-    0.299, 0.587, 0.114, 0.596, -0.274, -0.322, 0.211, -0.523, 0.312,
-];
+const RGB_TO_YIQ: [f32; 9] = [0.299, 0.587, 0.114, 0.596, -0.274, -0.322, 0.211, -0.523, 0.312];
 
 fn apply(matrix: &Tensor, image: &Tensor) -> Tensor {
     let (b, c, h, w) = image.size4().expect("image is 4-D");
-    matrix
-        .matmul(&image.reshape([c, b * h * w]))
-        .reshape([b, c, h, w])
+    matrix.matmul(&image.reshape([c, b * h * w])).reshape([b, c, h, w])
 }
 
 /// Stylised luminance + content chroma, both [1,3,H,W] RGB in [0,1].
 pub fn luminance_transfer(stylised: &Tensor, content: &Tensor) -> Tensor {
-    let m = Tensor::from_slice(&RGB_TO_YIQ)
-        .view([3, 3])
-        .to_kind(Kind::Double)
-        .to_device(stylised.device());
+    let m = Tensor::from_slice(&RGB_TO_YIQ).view([3, 3]).to_kind(Kind::Double).to_device(stylised.device());
     let inv = m.inverse();
     let s = apply(&m, &stylised.to_kind(Kind::Double));
     let c = apply(&m, &content.to_kind(Kind::Double));
@@ -41,14 +34,8 @@ mod tests {
         let m = Tensor::from_slice(&RGB_TO_YIQ).view([3, 3]);
         let (yo, ys, yc) = (apply(&m, &out), apply(&m, &s), apply(&m, &c));
         // luminance of the stylised image, chroma of the content (where nothing was clipped)
-        let dy = (yo.narrow(1, 0, 1) - ys.narrow(1, 0, 1))
-            .abs()
-            .max()
-            .double_value(&[]);
-        let dc = (yo.narrow(1, 1, 2) - yc.narrow(1, 1, 2))
-            .abs()
-            .max()
-            .double_value(&[]);
+        let dy = (yo.narrow(1, 0, 1) - ys.narrow(1, 0, 1)).abs().max().double_value(&[]);
+        let dc = (yo.narrow(1, 1, 2) - yc.narrow(1, 1, 2)).abs().max().double_value(&[]);
         assert!(dy < 1e-4 && dc < 1e-4, "dy={dy} dc={dc}");
         // identity when content == stylised
         let same = luminance_transfer(&s, &s);

@@ -5,7 +5,7 @@ use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::image_io::{ImageError, Picture};
 use crate::lbfgs::{LbfgsConfig, Outcome, Stop};
@@ -85,9 +85,7 @@ impl Default for Params {
             seed: 0,
             pooling: Pooling::Avg,
             content_layers: vec!["relu4_2".into()],
-            style_layers: ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
-                .map(String::from)
-                .to_vec(),
+            style_layers: ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"].map(String::from).to_vec(),
             style_layer_weights: None,
             content_weight: None,
             style_weight: None,
@@ -106,9 +104,7 @@ pub enum EngineError {
     Invalid(String),
     #[error(transparent)]
     Image(#[from] ImageError),
-    #[error(
-        "the computation failed: {0}. If this is an out-of-memory error, use a smaller --size"
-    )]
+    #[error("the computation failed: {0}. If this is an out-of-memory error, use a smaller --size")]
     Torch(String),
 }
 
@@ -124,19 +120,10 @@ impl Params {
         }
         if let Some(s) = self.size {
             if s < crate::image_io::MIN_SIDE {
-                return bad(format!(
-                    "size {s} is below the minimum of {} px",
-                    crate::image_io::MIN_SIDE
-                ));
+                return bad(format!("size {s} is below the minimum of {} px", crate::image_io::MIN_SIDE));
             }
         }
-        let known = || {
-            vgg19_layers()
-                .iter()
-                .map(|l| l.name().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let known = || vgg19_layers().iter().map(|l| l.name().to_string()).collect::<Vec<_>>().join(", ");
         for name in self.content_layers.iter().chain(&self.style_layers) {
             if layer_index(name).is_none() {
                 return bad(format!("unknown layer {name:?}; known layers: {}", known()));
@@ -147,24 +134,14 @@ impl Params {
         }
         if let Some(w) = &self.style_layer_weights {
             if w.len() != self.style_layers.len() {
-                return bad(format!(
-                    "{} style layer weights for {} style layers",
-                    w.len(),
-                    self.style_layers.len()
-                ));
+                return bad(format!("{} style layer weights for {} style layers", w.len(), self.style_layers.len()));
             }
         }
         if !self.style_blend.is_empty() {
             if self.style_blend.len() != styles {
-                return bad(format!(
-                    "{} style blend weights for {styles} style images",
-                    self.style_blend.len()
-                ));
+                return bad(format!("{} style blend weights for {styles} style images", self.style_blend.len()));
             }
-            if self
-                .style_blend
-                .iter()
-                .any(|&w| !(w >= 0.0 && w.is_finite()))
+            if self.style_blend.iter().any(|&w| !(w >= 0.0 && w.is_finite()))
                 || self.style_blend.iter().sum::<f64>() <= 0.0
             {
                 return bad("style blend weights must be non-negative and not all zero".into());
@@ -176,10 +153,7 @@ impl Params {
             }
         }
         if !(self.style_scale > 0.0 && self.style_scale <= 8.0) {
-            return bad(format!(
-                "style-scale must be in (0, 8], got {}",
-                self.style_scale
-            ));
+            return bad(format!("style-scale must be in (0, 8], got {}", self.style_scale));
         }
         if self.lbfgs_history == 0 {
             return bad("lbfgs-history must be at least 1".into());
@@ -193,12 +167,8 @@ impl Params {
     /// gives the same balance at any resolution.
     pub fn coefficients(&self, content_elements: f64) -> Coefficients {
         Coefficients {
-            alpha: self
-                .content_weight
-                .unwrap_or(1.0 / content_elements.max(1.0)),
-            beta: self
-                .style_weight
-                .unwrap_or(self.strength * STYLE_WEIGHT_PER_STRENGTH),
+            alpha: self.content_weight.unwrap_or(1.0 / content_elements.max(1.0)),
+            beta: self.style_weight.unwrap_or(self.strength * STYLE_WEIGHT_PER_STRENGTH),
             tv: self.tv_weight,
         }
     }
@@ -249,6 +219,8 @@ pub struct Summary {
     pub beta: f64,
     pub tv_weight: f64,
     pub optimizer: OptimizerKind,
+    /// Network precision and layout the optimisation ran with (losses are f32 regardless).
+    pub precision: String,
     pub converged: bool,
     /// Stopped early by request (Ctrl-C, cancel).
     pub cancelled: bool,
@@ -264,7 +236,10 @@ pub struct Stylized {
 
 /// The model on its device; runs jobs one at a time.
 pub struct Engine {
+    /// The network the optimisation runs on (possibly bf16 / channels-last).
     vgg: Vgg19,
+    /// An f32 copy when `vgg` is reduced-precision: reported losses are always f32.
+    reference: Option<Vgg19>,
     weights: WeightsInfo,
 }
 
@@ -284,14 +259,9 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
         if i < n {
             Ok(Device::Cuda(i))
         } else if n == 0 {
-            Err(format!(
-                "device {s:?}: no CUDA device is visible (libtorch sees none); use --device cpu"
-            ))
+            Err(format!("device {s:?}: no CUDA device is visible (libtorch sees none); use --device cpu"))
         } else {
-            Err(format!(
-                "device {s:?}: only {n} CUDA device(s) (0..{})",
-                n - 1
-            ))
+            Err(format!("device {s:?}: only {n} CUDA device(s) (0..{})", n - 1))
         }
     };
     match s {
@@ -300,9 +270,7 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
         "cuda" => cuda(0),
         _ => match s.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
             Some(i) => cuda(i),
-            None => Err(format!(
-                "unknown device {s:?}; use auto, cpu, cuda or cuda:N"
-            )),
+            None => Err(format!("unknown device {s:?}; use auto, cpu, cuda or cuda:N")),
         },
     }
 }
@@ -313,10 +281,13 @@ impl Engine {
     }
 
     pub fn with_layout(weights: &Weights, device: Device, layout: Layout) -> Self {
-        Self {
-            vgg: Vgg19::load(weights, device, layout),
-            weights: weights.info(),
-        }
+        let reference = (layout != Layout::FP32).then(|| Vgg19::load(weights, device, Layout::FP32));
+        Self { vgg: Vgg19::load(weights, device, layout), reference, weights: weights.info() }
+    }
+
+    /// The network's precision and memory layout.
+    pub fn layout(&self) -> Layout {
+        self.vgg.layout()
     }
 
     pub fn vgg(&self) -> &Vgg19 {
@@ -332,11 +303,7 @@ impl Engine {
     }
 
     /// Runs a job. libtorch errors (including out-of-memory) come back as [`EngineError::Torch`].
-    pub fn stylize(
-        &self,
-        job: &Job,
-        observe: &mut dyn FnMut(&Progress) -> Control,
-    ) -> Result<Stylized, EngineError> {
+    pub fn stylize(&self, job: &Job, observe: &mut dyn FnMut(&Progress) -> Control) -> Result<Stylized, EngineError> {
         job.params.validate(job.styles.len())?;
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.run(job, observe))) {
             Ok(r) => r,
@@ -346,9 +313,7 @@ impl Engine {
                     .cloned()
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "unknown error".into());
-                Err(EngineError::Torch(
-                    msg.lines().next().unwrap_or_default().to_string(),
-                ))
+                Err(EngineError::Torch(msg.lines().next().unwrap_or_default().to_string()))
             }
         }
     }
@@ -378,32 +343,19 @@ impl Engine {
 
     /// The objective of a job at its working size.
     pub fn objective(&self, content: &Tensor, styles: &[Tensor], p: &Params) -> Objective {
-        let vgg = &self.vgg;
-        let c_idx: Vec<usize> = p
-            .content_layers
-            .iter()
-            .filter_map(|n| layer_index(n))
-            .collect();
-        let s_idx: Vec<usize> = p
-            .style_layers
-            .iter()
-            .filter_map(|n| layer_index(n))
-            .collect();
+        Self::objective_on(&self.vgg, content, styles, p)
+    }
+
+    fn objective_on(vgg: &Vgg19, content: &Tensor, styles: &[Tensor], p: &Params) -> Objective {
+        let c_idx: Vec<usize> = p.content_layers.iter().filter_map(|n| layer_index(n)).collect();
+        let s_idx: Vec<usize> = p.style_layers.iter().filter_map(|n| layer_index(n)).collect();
         let content_terms = Objective::content_targets(vgg, content, &c_idx, p.pooling);
         let elements: f64 = content_terms.iter().map(|t| t.target.numel() as f64).sum();
-        let grams: Vec<Vec<Tensor>> = styles
-            .iter()
-            .map(|s| Objective::style_grams(vgg, s, &s_idx, p.pooling))
-            .collect();
-        let blend = if p.style_blend.is_empty() {
-            vec![1.0; styles.len()]
-        } else {
-            p.style_blend.clone()
-        };
-        let layer_weights = p
-            .style_layer_weights
-            .clone()
-            .unwrap_or_else(|| vec![1.0 / s_idx.len().max(1) as f64; s_idx.len()]);
+        let grams: Vec<Vec<Tensor>> =
+            styles.iter().map(|s| Objective::style_grams(vgg, s, &s_idx, p.pooling)).collect();
+        let blend = if p.style_blend.is_empty() { vec![1.0; styles.len()] } else { p.style_blend.clone() };
+        let layer_weights =
+            p.style_layer_weights.clone().unwrap_or_else(|| vec![1.0 / s_idx.len().max(1) as f64; s_idx.len()]);
         let style_terms = if s_idx.is_empty() {
             Vec::new()
         } else {
@@ -417,29 +369,17 @@ impl Engine {
         }
     }
 
-    fn run(
-        &self,
-        job: &Job,
-        observe: &mut dyn FnMut(&Progress) -> Control,
-    ) -> Result<Stylized, EngineError> {
+    fn run(&self, job: &Job, observe: &mut dyn FnMut(&Progress) -> Control) -> Result<Stylized, EngineError> {
         let p = &job.params;
         let device = self.device();
         let (content_pic, style_pics) = self.prepare(job)?;
         let (w, h) = (content_pic.width(), content_pic.height());
         let content = content_pic.rgb_tensor().to_device(device);
-        let styles: Vec<Tensor> = style_pics
-            .iter()
-            .map(|s| s.rgb_tensor().to_device(device))
-            .collect();
+        let styles: Vec<Tensor> = style_pics.iter().map(|s| s.rgb_tensor().to_device(device)).collect();
         let objective = self.objective(&content, &styles, p);
 
-        tch::manual_seed(p.seed as i64);
         let x0 = match p.init {
-            Init::Noise => Tensor::rand(
-                [1, 3, i64::from(h), i64::from(w)],
-                (Kind::Float, Device::Cpu),
-            )
-            .to_device(device),
+            Init::Noise => crate::rng::uniform(&[1, 3, i64::from(h), i64::from(w)], p.seed).to_device(device),
             Init::Content => content.copy(),
             Init::Style => style_pics[0].resized(w, h).rgb_tensor().to_device(device),
         };
@@ -455,12 +395,8 @@ impl Engine {
             evaluations += 1;
             initial.get_or_insert(losses.total);
             last = Some((flat.copy(), losses));
-            let progress = Progress {
-                evaluation: evaluations,
-                max_evaluations: p.iterations,
-                losses,
-                elapsed: start.elapsed(),
-            };
+            let progress =
+                Progress { evaluation: evaluations, max_evaluations: p.iterations, losses, elapsed: start.elapsed() };
             if observe(&progress) == Control::Stop {
                 stopped = true;
                 return Err(());
@@ -474,20 +410,20 @@ impl Engine {
                     lr: p.learning_rate.unwrap_or(1.0),
                     history_size: p.lbfgs_history,
                     strong_wolfe: p.line_search,
-                    ..Default::default()
+                    // torch's absolute tolerances (1e-9) end runs early at this objective's
+                    // scale; users ask for a budget, so stop only on a zero step or gradient.
+                    tolerance_change: 0.0,
+                    tolerance_grad: 0.0,
                 };
                 lbfgs::minimize(&cfg, &flat0, p.iterations, &mut eval)
             }
             OptimizerKind::Adam => {
-                let cfg = adam::AdamConfig {
-                    lr: p.learning_rate.unwrap_or(0.02),
-                    ..Default::default()
-                };
+                let cfg = adam::AdamConfig { lr: p.learning_rate.unwrap_or(0.02), ..Default::default() };
                 adam::minimize(&cfg, &flat0, p.iterations, &mut eval)
             }
         };
         let seconds = start.elapsed().as_secs_f64();
-        let (x, losses, iterations, converged) = match outcome {
+        let (x, mut losses, iterations, converged) = match outcome {
             Ok(o) => {
                 // The optimiser's point is the last one evaluated except after a strong-Wolfe
                 // search that settled on an earlier trial point.
@@ -502,6 +438,13 @@ impl Engine {
                 (lx, l, 0, false)
             }
         };
+        let mut initial = initial.unwrap_or(losses.total);
+        if let Some(reference) = &self.reference {
+            // Report f32 figures, comparable across precisions.
+            let exact = Self::objective_on(reference, &content, &styles, p);
+            losses = exact.value(reference, &x.view(shape.as_slice()));
+            initial = exact.value(reference, &x0).total;
+        }
         let mut rgb = x.view(shape.as_slice()).clamp(0.0, 1.0);
         if p.preserve_colors {
             rgb = color::luminance_transfer(&rgb, &content);
@@ -516,7 +459,7 @@ impl Engine {
                 style_loss: losses.style,
                 tv_loss: losses.tv,
                 total_loss: losses.total,
-                initial_loss: initial.unwrap_or(losses.total),
+                initial_loss: initial,
                 iterations,
                 evaluations,
                 seconds,
@@ -529,6 +472,7 @@ impl Engine {
                 beta: c.beta,
                 tv_weight: c.tv,
                 optimizer: p.optimizer,
+                precision: self.vgg.layout().name(),
                 converged,
                 cancelled: stopped,
             },

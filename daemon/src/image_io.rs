@@ -8,10 +8,7 @@ use std::path::{Path, PathBuf};
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::imageops::FilterType;
-use image::{
-    ColorType, DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageReader,
-    Rgba32FImage,
-};
+use image::{ColorType, DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageReader, Rgba32FImage};
 use tch::{Kind, Tensor};
 
 /// The smallest side the network accepts (four 2×2 poolings before relu5_1).
@@ -20,22 +17,13 @@ pub const MIN_SIDE: u32 = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("cannot open image {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "cannot decode image {path}: {reason}. Is it a complete PNG/JPEG/WebP/TIFF/GIF/BMP file?"
-    )]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("cannot decode image {path}: {reason}. Is it a complete PNG/JPEG/WebP/TIFF/GIF/BMP file?")]
     Decode { path: PathBuf, reason: String },
     #[error("image {path} is too large: {reason}. Shrink it first or raise --max-pixels")]
     TooLarge { path: PathBuf, reason: String },
     #[error("image {path} is {width}×{height} at the working size; both sides must be at least {MIN_SIDE} px (use a larger --size)")]
-    TooSmall {
-        path: PathBuf,
-        width: u32,
-        height: u32,
-    },
+    TooSmall { path: PathBuf, width: u32, height: u32 },
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
     #[error("unsupported output format for {path}: use a .png, .jpg or .jpeg name")]
@@ -53,10 +41,7 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self {
-            max_side: 16384,
-            max_pixels: 64 * 1024 * 1024,
-        }
+        Self { max_side: 16384, max_pixels: 64 * 1024 * 1024 }
     }
 }
 
@@ -79,10 +64,7 @@ impl Picture {
 
     /// Decodes an image file (format guessed from content, extension as fallback).
     pub fn load(path: &Path, limits: DecodeLimits) -> Result<Self, ImageError> {
-        let file = std::fs::File::open(path).map_err(|source| ImageError::Open {
-            path: path.into(),
-            source,
-        })?;
+        let file = std::fs::File::open(path).map_err(|source| ImageError::Open { path: path.into(), source })?;
         let reader = ImageReader::new(std::io::BufReader::new(file));
         let reader = match image::ImageFormat::from_path(path) {
             Ok(fmt) => {
@@ -92,24 +74,12 @@ impl Picture {
             }
             Err(_) => reader,
         };
-        Self::decode(
-            reader
-                .with_guessed_format()
-                .map_err(|e| decode_err(path, e))?,
-            path,
-            limits,
-        )
+        Self::decode(reader.with_guessed_format().map_err(|e| decode_err(path, e))?, path, limits)
     }
 
     /// Decodes encoded image bytes (`label` names them in errors).
-    pub fn from_bytes(
-        bytes: &[u8],
-        label: &Path,
-        limits: DecodeLimits,
-    ) -> Result<Self, ImageError> {
-        let reader = ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| decode_err(label, e))?;
+    pub fn from_bytes(bytes: &[u8], label: &Path, limits: DecodeLimits) -> Result<Self, ImageError> {
+        let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| decode_err(label, e))?;
         Self::decode(reader, label, limits)
     }
 
@@ -133,14 +103,9 @@ impl Picture {
             });
         }
         if w == 0 || h == 0 {
-            return Err(ImageError::Decode {
-                path: path.into(),
-                reason: format!("it declares {w}×{h} pixels"),
-            });
+            return Err(ImageError::Decode { path: path.into(), reason: format!("it declares {w}×{h} pixels") });
         }
-        let orientation = decoder
-            .orientation()
-            .unwrap_or(image::metadata::Orientation::NoTransforms);
+        let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
         let mut img = DynamicImage::from_decoder(decoder).map_err(|e| classify(path, e))?;
         img.apply_orientation(orientation);
         let color = img.color();
@@ -153,11 +118,7 @@ impl Picture {
                 | ColorType::Rgb32F
                 | ColorType::Rgba32F
         );
-        Ok(Self {
-            rgba: img.to_rgba32f(),
-            has_alpha: color.has_alpha(),
-            high_precision,
-        })
+        Ok(Self { rgba: img.to_rgba32f(), has_alpha: color.has_alpha(), high_precision })
     }
 
     /// Resized so that the longer side is `size` (no resampling when it already is).
@@ -179,22 +140,14 @@ impl Picture {
             return self.clone();
         }
         let mut rgba = image::imageops::resize(&self.rgba, w, h, FilterType::Lanczos3);
-        rgba.pixels_mut()
-            .for_each(|p| p.0.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0)));
-        Self {
-            rgba,
-            ..self.clone()
-        }
+        rgba.pixels_mut().for_each(|p| p.0.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0)));
+        Self { rgba, ..self.clone() }
     }
 
     /// Checks that the network can take it.
     pub fn check_min_size(&self, path: &Path) -> Result<(), ImageError> {
         if self.width() < MIN_SIDE || self.height() < MIN_SIDE {
-            return Err(ImageError::TooSmall {
-                path: path.into(),
-                width: self.width(),
-                height: self.height(),
-            });
+            return Err(ImageError::TooSmall { path: path.into(), width: self.width(), height: self.height() });
         }
         Ok(())
     }
@@ -217,18 +170,12 @@ impl Picture {
 }
 
 fn decode_err(path: &Path, e: impl std::fmt::Display) -> ImageError {
-    ImageError::Decode {
-        path: path.into(),
-        reason: e.to_string(),
-    }
+    ImageError::Decode { path: path.into(), reason: e.to_string() }
 }
 
 fn classify(path: &Path, e: image::ImageError) -> ImageError {
     match e {
-        image::ImageError::Limits(l) => ImageError::TooLarge {
-            path: path.into(),
-            reason: l.to_string(),
-        },
+        image::ImageError::Limits(l) => ImageError::TooLarge { path: path.into(), reason: l.to_string() },
         other => decode_err(path, other),
     }
 }
@@ -243,10 +190,7 @@ pub enum OutputFormat {
 impl OutputFormat {
     /// The format a file name asks for.
     pub fn from_path(path: &Path) -> Result<Self, ImageError> {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
         match ext.as_deref() {
             Some("png") => Ok(Self::Png),
             Some("jpg" | "jpeg") => Ok(Self::Jpeg),
@@ -267,15 +211,9 @@ impl Output<'_> {
     /// Encodes to bytes in `format`.
     pub fn encode(&self, format: OutputFormat) -> Result<Vec<u8>, String> {
         let (_, _, h, w) = self.rgb.size4().map_err(|e| e.to_string())?;
-        let hwc = self
-            .rgb
-            .squeeze_dim(0)
-            .permute([1, 2, 0])
-            .clamp(0.0, 1.0)
-            .to_kind(Kind::Float)
-            .contiguous();
-        let rgb: Vec<f32> = Vec::<f32>::try_from(hwc.to_device(tch::Device::Cpu).view([-1]))
-            .map_err(|e| e.to_string())?;
+        let hwc = self.rgb.squeeze_dim(0).permute([1, 2, 0]).clamp(0.0, 1.0).to_kind(Kind::Float).contiguous();
+        let rgb: Vec<f32> =
+            Vec::<f32>::try_from(hwc.to_device(tch::Device::Cpu).view([-1])).map_err(|e| e.to_string())?;
         let alpha = self.alpha.filter(|_| format == OutputFormat::Png);
         let channels = if alpha.is_some() { 4 } else { 3 };
         let mut samples = Vec::with_capacity((w * h) as usize * channels);
@@ -289,31 +227,17 @@ impl Output<'_> {
         let mut out = Vec::new();
         match format {
             OutputFormat::Png if self.sixteen_bit => {
-                let bytes: Vec<u8> = samples
-                    .iter()
-                    .flat_map(|v| ((v * 65535.0).round() as u16).to_ne_bytes())
-                    .collect();
-                let ct = if channels == 4 {
-                    ExtendedColorType::Rgba16
-                } else {
-                    ExtendedColorType::Rgb16
-                };
-                PngEncoder::new(&mut out)
-                    .write_image(&bytes, w, h, ct)
-                    .map_err(|e| e.to_string())?;
+                let bytes: Vec<u8> =
+                    samples.iter().flat_map(|v| ((v * 65535.0).round() as u16).to_ne_bytes()).collect();
+                let ct = if channels == 4 { ExtendedColorType::Rgba16 } else { ExtendedColorType::Rgb16 };
+                PngEncoder::new(&mut out).write_image(&bytes, w, h, ct).map_err(|e| e.to_string())?;
             }
             _ => {
                 let bytes: Vec<u8> = samples.iter().map(|v| (v * 255.0).round() as u8).collect();
-                let ct = if channels == 4 {
-                    ExtendedColorType::Rgba8
-                } else {
-                    ExtendedColorType::Rgb8
-                };
+                let ct = if channels == 4 { ExtendedColorType::Rgba8 } else { ExtendedColorType::Rgb8 };
                 match format {
                     OutputFormat::Png => PngEncoder::new(&mut out).write_image(&bytes, w, h, ct),
-                    OutputFormat::Jpeg => {
-                        JpegEncoder::new_with_quality(&mut out, 95).write_image(&bytes, w, h, ct)
-                    }
+                    OutputFormat::Jpeg => JpegEncoder::new_with_quality(&mut out, 95).write_image(&bytes, w, h, ct),
                 }
                 .map_err(|e| e.to_string())?;
             }
@@ -324,15 +248,9 @@ impl Output<'_> {
     /// Writes atomically (temporary name in the same folder, then rename).
     pub fn save(&self, path: &Path) -> Result<(), ImageError> {
         let format = OutputFormat::from_path(path)?;
-        let write_err = |reason: String| ImageError::Write {
-            path: path.into(),
-            reason,
-        };
+        let write_err = |reason: String| ImageError::Write { path: path.into(), reason };
         let bytes = self.encode(format).map_err(write_err)?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
         std::fs::write(&tmp, &bytes).map_err(|e| write_err(e.to_string()))?;
         std::fs::rename(&tmp, path).map_err(|e| {

@@ -18,13 +18,7 @@ pub struct LbfgsConfig {
 
 impl Default for LbfgsConfig {
     fn default() -> Self {
-        Self {
-            lr: 1.0,
-            history_size: 100,
-            tolerance_grad: 1e-7,
-            tolerance_change: 1e-9,
-            strong_wolfe: false,
-        }
+        Self { lr: 1.0, history_size: 100, tolerance_grad: 1e-7, tolerance_change: 1e-9, strong_wolfe: false }
     }
 }
 
@@ -67,13 +61,7 @@ pub fn minimize<E>(
     let (mut loss, mut g) = f(&x)?;
     let mut evals = 1;
     let mut iterations = 0;
-    let done = |x: Tensor, value, evaluations, iterations, stop| Outcome {
-        x,
-        value,
-        evaluations,
-        iterations,
-        stop,
-    };
+    let done = |x: Tensor, value, evaluations, iterations, stop| Outcome { x, value, evaluations, iterations, stop };
     if abs_max(&g) <= config.tolerance_grad {
         return Ok(done(x, loss, evals, iterations, Stop::Converged));
     }
@@ -128,17 +116,7 @@ pub fn minimize<E>(
         }
         if config.strong_wolfe {
             let budget = (max_evals - evals).min(25);
-            let ls = strong_wolfe(
-                &mut f,
-                &x,
-                t,
-                &d,
-                loss,
-                &g,
-                gtd,
-                config.tolerance_change,
-                budget,
-            )?;
+            let ls = strong_wolfe(&mut f, &x, t, &d, loss, &g, gtd, config.tolerance_change, budget)?;
             evals += ls.evals;
             t = ls.t;
             loss = ls.f;
@@ -162,15 +140,7 @@ pub fn minimize<E>(
 }
 
 /// Minimiser of the cubic interpolating (x1, f1, g1), (x2, f2, g2), clamped to `bounds`.
-fn cubic_interpolate(
-    x1: f64,
-    f1: f64,
-    g1: f64,
-    x2: f64,
-    f2: f64,
-    g2: f64,
-    bounds: Option<(f64, f64)>,
-) -> f64 {
+fn cubic_interpolate(x1: f64, f1: f64, g1: f64, x2: f64, f2: f64, g2: f64, bounds: Option<(f64, f64)>) -> f64 {
     let (lo, hi) = bounds.unwrap_or(if x1 <= x2 { (x1, x2) } else { (x2, x1) });
     let d1 = g1 + g2 - 3.0 * (f1 - f2) / (x1 - x2);
     let d2_square = d1 * d1 - g1 * g2;
@@ -220,35 +190,17 @@ fn strong_wolfe<E>(
     let mut eval = |t: f64| -> Result<Point, E> {
         let (fv, gv) = f(&(x + d * t))?;
         let gtd = dot(&gv, d);
-        Ok(Point {
-            t,
-            f: fv,
-            g: gv,
-            gtd,
-        })
+        Ok(Point { t, f: fv, g: gv, gtd })
     };
     let mut new = eval(t)?;
     let mut evals = 1;
-    let mut prev = Point {
-        t: 0.0,
-        f: f0,
-        g: g0.copy(),
-        gtd: gtd0,
-    };
+    let mut prev = Point { t: 0.0, f: f0, g: g0.copy(), gtd: gtd0 };
     let mut ls_iter = 0;
     let mut done = false;
     let mut bracket: Vec<Point>;
     loop {
         if ls_iter >= max_ls {
-            bracket = vec![
-                Point {
-                    t: 0.0,
-                    f: f0,
-                    g: g0.copy(),
-                    gtd: gtd0,
-                },
-                new,
-            ];
+            bracket = vec![Point { t: 0.0, f: f0, g: g0.copy(), gtd: gtd0 }, new];
             break;
         }
         if new.f > f0 + c1 * new.t * gtd0 || (ls_iter > 1 && new.f >= prev.f) || new.gtd >= 0.0 {
@@ -262,15 +214,7 @@ fn strong_wolfe<E>(
         }
         let min_step = new.t + 0.01 * (new.t - prev.t);
         let max_step = new.t * 10.0;
-        t = cubic_interpolate(
-            prev.t,
-            prev.f,
-            prev.gtd,
-            new.t,
-            new.f,
-            new.gtd,
-            Some((min_step, max_step)),
-        );
+        t = cubic_interpolate(prev.t, prev.f, prev.gtd, new.t, new.f, new.gtd, Some((min_step, max_step)));
         prev = new;
         new = eval(t)?;
         evals += 1;
@@ -296,11 +240,7 @@ fn strong_wolfe<E>(
         let eps = 0.1 * (bmax - bmin);
         if (bmax - t).min(t - bmin) < eps {
             if insuf_progress || t >= bmax || t <= bmin {
-                t = if (t - bmax).abs() < (t - bmin).abs() {
-                    bmax - eps
-                } else {
-                    bmin + eps
-                };
+                t = if (t - bmax).abs() < (t - bmin).abs() { bmax - eps } else { bmin + eps };
                 insuf_progress = false;
             } else {
                 insuf_progress = true;
@@ -324,12 +264,7 @@ fn strong_wolfe<E>(
         }
     }
     let best = bracket.swap_remove(if bracket.len() == 1 { 0 } else { low });
-    Ok(LineSearch {
-        f: best.f,
-        g: best.g,
-        t: best.t,
-        evals,
-    })
+    Ok(LineSearch { f: best.f, g: best.g, t: best.t, evals })
 }
 
 #[cfg(test)]
@@ -351,46 +286,29 @@ mod tests {
         let v: Vec<f64> = Vec::<f64>::try_from(x.to_kind(Kind::Double)).unwrap();
         let (a, b) = (v[0], v[1]);
         let f = (1.0 - a).powi(2) + 100.0 * (b - a * a).powi(2);
-        let g = [
-            -2.0 * (1.0 - a) - 400.0 * a * (b - a * a),
-            200.0 * (b - a * a),
-        ];
+        let g = [-2.0 * (1.0 - a) - 400.0 * a * (b - a * a), 200.0 * (b - a * a)];
         Ok((f, Tensor::from_slice(&g).to_kind(Kind::Float)))
     }
 
     #[test]
     fn converges_on_a_quadratic() {
         for strong_wolfe in [false, true] {
-            let cfg = LbfgsConfig {
-                strong_wolfe,
-                ..Default::default()
-            };
+            let cfg = LbfgsConfig { strong_wolfe, ..Default::default() };
             let x0 = Tensor::zeros([10], (Kind::Float, Device::Cpu));
             let out = minimize(&cfg, &x0, 200, quadratic).unwrap();
             let target = Tensor::arange(10, (Kind::Float, Device::Cpu));
             let err = abs_max(&(&out.x - target));
-            assert!(
-                err < 1e-3,
-                "strong_wolfe={strong_wolfe}: error {err}, value {}",
-                out.value
-            );
+            assert!(err < 1e-3, "strong_wolfe={strong_wolfe}: error {err}, value {}", out.value);
         }
     }
 
     #[test]
     fn converges_on_rosenbrock() {
-        let cfg = LbfgsConfig {
-            strong_wolfe: true,
-            ..Default::default()
-        };
+        let cfg = LbfgsConfig { strong_wolfe: true, ..Default::default() };
         let x0 = Tensor::from_slice(&[-1.5f32, 2.0]);
         let out = minimize(&cfg, &x0, 500, rosenbrock).unwrap();
         let v: Vec<f32> = Vec::<f32>::try_from(&out.x).unwrap();
-        assert!(
-            (v[0] - 1.0).abs() < 1e-2 && (v[1] - 1.0).abs() < 2e-2,
-            "{v:?} value {}",
-            out.value
-        );
+        assert!((v[0] - 1.0).abs() < 1e-2 && (v[1] - 1.0).abs() < 2e-2, "{v:?} value {}", out.value);
         assert!(out.value < 1e-4);
     }
 
@@ -405,10 +323,7 @@ mod tests {
             let n = x.size()[0];
             let c = Tensor::arange(n, (Kind::Float, Device::Cpu)).exp2() + 1.0;
             let diff = x - 1.0;
-            Ok::<_, ()>((
-                (&c * diff.square()).sum(Kind::Float).double_value(&[]),
-                c * diff * 2.0,
-            ))
+            Ok::<_, ()>(((&c * diff.square()).sum(Kind::Float).double_value(&[]), c * diff * 2.0))
         })
         .unwrap();
         assert_eq!(calls, 7);

@@ -28,8 +28,16 @@ use crate::vgg::{Pooling, Vgg19};
 /// G^l / M_l for activations of shape [1, N, H, W]: eq. 3 divided by the number of positions.
 pub fn normalised_gram(features: &Tensor) -> Tensor {
     let (_, n, h, w) = features.size4().expect("activations are 4-D");
-    let f = features.reshape([n, h * w]);
-    f.matmul(&f.transpose(0, 1)) / ((h * w) as f64)
+    let m = (h * w) as f64;
+    let strides = features.stride();
+    if strides[1] == 1 && n > 1 {
+        // Channels-last storage is already the M × N matrix Fᵀ: G = (Fᵀ)ᵀ Fᵀ without a copy.
+        let ft = features.permute([0, 2, 3, 1]).reshape([h * w, n]);
+        ft.transpose(0, 1).matmul(&ft) / m
+    } else {
+        let f = features.reshape([n, h * w]);
+        f.matmul(&f.transpose(0, 1)) / m
+    }
 }
 
 /// Eq. 1 for one layer: ½ Σ (F − P)².
@@ -95,29 +103,15 @@ pub struct Objective {
 
 impl Objective {
     /// Content targets P^l (activations of the content image at `layers`).
-    pub fn content_targets(
-        vgg: &Vgg19,
-        content: &Tensor,
-        layers: &[usize],
-        pooling: Pooling,
-    ) -> Vec<ContentTerm> {
+    pub fn content_targets(vgg: &Vgg19, content: &Tensor, layers: &[usize], pooling: Pooling) -> Vec<ContentTerm> {
         tch::no_grad(|| {
             let feats = vgg.forward_taps(&vgg.normalise(content), layers, pooling);
-            layers
-                .iter()
-                .zip(feats)
-                .map(|(&index, target)| ContentTerm { index, target })
-                .collect()
+            layers.iter().zip(feats).map(|(&index, target)| ContentTerm { index, target }).collect()
         })
     }
 
     /// Normalised Gram matrices of one style image at `layers`.
-    pub fn style_grams(
-        vgg: &Vgg19,
-        style: &Tensor,
-        layers: &[usize],
-        pooling: Pooling,
-    ) -> Vec<Tensor> {
+    pub fn style_grams(vgg: &Vgg19, style: &Tensor, layers: &[usize], pooling: Pooling) -> Vec<Tensor> {
         tch::no_grad(|| {
             let feats = vgg.forward_taps(&vgg.normalise(style), layers, pooling);
             feats.iter().map(normalised_gram).collect()
@@ -141,21 +135,13 @@ impl Objective {
                 for (s, g) in grams.iter().enumerate() {
                     target += &g[l] * (blend[s] / total);
                 }
-                StyleTerm {
-                    index,
-                    target,
-                    weight: layer_weights[l],
-                }
+                StyleTerm { index, target, weight: layer_weights[l] }
             })
             .collect()
     }
 
     fn taps(&self) -> Vec<usize> {
-        self.content
-            .iter()
-            .map(|c| c.index)
-            .chain(self.style.iter().map(|s| s.index))
-            .collect()
+        self.content.iter().map(|c| c.index).chain(self.style.iter().map(|s| s.index)).collect()
     }
 
     /// Builds the loss graph at x (shape [1,3,H,W], values meant to be in [0,1]).
@@ -173,26 +159,14 @@ impl Objective {
             style += style_layer_loss(&normalised_gram(f), &term.target) * term.weight;
         }
         let c = self.coefficients;
-        let tv = if c.tv != 0.0 {
-            tv_loss(&image)
-        } else {
-            Tensor::zeros([], (Kind::Float, dev))
-        };
+        let tv = if c.tv != 0.0 { tv_loss(&image) } else { Tensor::zeros([], (Kind::Float, dev)) };
         let total = &content * c.alpha + &style * c.beta + &tv * c.tv;
         let values = Tensor::stack(&[&content, &style, &tv, &total], 0)
             .detach()
             .to_kind(Kind::Double)
             .to_device(tch::Device::Cpu);
         let v: Vec<f64> = Vec::<f64>::try_from(values).expect("four loss values");
-        (
-            total,
-            Losses {
-                content: v[0],
-                style: v[1],
-                tv: v[2],
-                total: v[3],
-            },
-        )
+        (total, Losses { content: v[0], style: v[1], tv: v[2], total: v[3] })
     }
 
     /// Value and gradient of eq. 7 at x.

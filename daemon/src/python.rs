@@ -22,10 +22,7 @@ pub fn interpreter() -> PathBuf {
 /// Writes an embedded script to a private temporary file so it can be run.
 pub fn script_file(name: &str, source: &str) -> std::io::Result<tempfile::TempPath> {
     use std::io::Write;
-    let mut f = tempfile::Builder::new()
-        .prefix(name)
-        .suffix(".py")
-        .tempfile()?;
+    let mut f = tempfile::Builder::new().prefix(name).suffix(".py").tempfile()?;
     f.write_all(source.as_bytes())?;
     Ok(f.into_temp_path())
 }

@@ -37,10 +37,7 @@ pub fn uniform(shape: &[i64], seed: u64) -> Tensor {
     let n: i64 = shape.iter().product();
     let mut rng = SplitMix64::new(seed);
     let v: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
-    Tensor::from_slice(&v)
-        .view(shape)
-        .to_kind(Kind::Float)
-        .to_device(Device::Cpu)
+    Tensor::from_slice(&v).view(shape).to_kind(Kind::Float).to_device(Device::Cpu)
 }
 
 /// A CPU f32 tensor of N(0, std²) samples.

@@ -6,9 +6,7 @@ use tch::{Device, Kind, Tensor};
 use crate::weights::{vgg19_layers, LayerSpec, Preprocessing, Weights};
 
 /// The pooling between blocks. The paper found average pooling gives slightly nicer images.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
     Avg,
@@ -25,11 +23,52 @@ pub struct Layout {
     pub channels_last: bool,
 }
 
+/// What users ask for with `--precision`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 + channels-last where the hardware has fast bf16 (CUDA; CPUs with AVX512-BF16 or
+    /// AMX), f32 elsewhere.
+    Auto,
+    Fp32,
+    Bf16,
+}
+
+/// Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16).
+pub fn cpu_has_fast_bf16() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| {
+            s.lines().filter(|l| l.starts_with("flags")).any(|l| l.contains(" avx512_bf16") || l.contains(" amx_bf16"))
+        })
+        .unwrap_or(false)
+}
+
+impl Precision {
+    /// The layout this precision means on `device`.
+    pub fn layout(self, device: Device) -> Layout {
+        let fast = Layout { bf16: true, channels_last: true };
+        match self {
+            Precision::Fp32 => Layout::FP32,
+            Precision::Bf16 => fast,
+            Precision::Auto if device.is_cuda() || cpu_has_fast_bf16() => fast,
+            Precision::Auto => Layout::FP32,
+        }
+    }
+}
+
 impl Layout {
-    pub const FP32: Layout = Layout {
-        bf16: false,
-        channels_last: false,
-    };
+    pub const FP32: Layout = Layout { bf16: false, channels_last: false };
+
+    /// A short name for logs and summaries: `fp32`, `bf16+nhwc`, …
+    pub fn name(&self) -> String {
+        let p = if self.bf16 { "bf16" } else { "fp32" };
+        if self.channels_last {
+            format!("{p}+nhwc")
+        } else {
+            p.to_string()
+        }
+    }
+
     fn kind(&self) -> Kind {
         if self.bf16 {
             Kind::BFloat16
@@ -47,13 +86,9 @@ struct Conv2d {
 
 impl Conv2d {
     fn load(weights: &Weights, index: usize, device: Device, layout: Layout) -> Self {
-        let get =
-            |suffix: &str| weights.tensors[&format!("features.{index}.{suffix}")].shallow_clone();
+        let get = |suffix: &str| weights.tensors[&format!("features.{index}.{suffix}")].shallow_clone();
         let weight = to_layout(&get("weight").to_device(device), layout).set_requires_grad(false);
-        let bias = get("bias")
-            .to_device(device)
-            .to_kind(layout.kind())
-            .set_requires_grad(false);
+        let bias = get("bias").to_device(device).to_kind(layout.kind()).set_requires_grad(false);
         Self { weight, bias }
     }
 
@@ -102,13 +137,7 @@ impl Vgg19 {
             })
             .collect();
         let names = specs.iter().map(|s| s.name().to_string()).collect();
-        Self {
-            layers,
-            names,
-            preprocessing: weights.preprocessing,
-            device,
-            layout,
-        }
+        Self { layers, names, preprocessing: weights.preprocessing, device, layout }
     }
 
     pub fn device(&self) -> Device {
@@ -129,19 +158,13 @@ impl Vgg19 {
         let dev = (Kind::Float, x.device());
         match self.preprocessing {
             Preprocessing::Torchvision => {
-                let mean = Tensor::from_slice(&[0.485f32, 0.456, 0.406])
-                    .to_device(dev.1)
-                    .view([1, 3, 1, 1]);
-                let std = Tensor::from_slice(&[0.229f32, 0.224, 0.225])
-                    .to_device(dev.1)
-                    .view([1, 3, 1, 1]);
+                let mean = Tensor::from_slice(&[0.485f32, 0.456, 0.406]).to_device(dev.1).view([1, 3, 1, 1]);
+                let std = Tensor::from_slice(&[0.229f32, 0.224, 0.225]).to_device(dev.1).view([1, 3, 1, 1]);
                 (x - mean) / std
             }
             Preprocessing::Caffe => {
                 let bgr = x.flip([1]) * 255.0;
-                let mean = Tensor::from_slice(&[103.939f32, 116.779, 123.68])
-                    .to_device(dev.1)
-                    .view([1, 3, 1, 1]);
+                let mean = Tensor::from_slice(&[103.939f32, 116.779, 123.68]).to_device(dev.1).view([1, 3, 1, 1]);
                 bgr - mean
             }
         }
@@ -156,7 +179,9 @@ impl Vgg19 {
         for (i, layer) in self.layers.iter().enumerate().take(deepest + 1) {
             x = match layer {
                 Layer::Conv(c) => c.forward(&x),
-                Layer::Relu => x.relu(),
+                // In place: the convolution's backward (to its input) does not need its output,
+                // so this saves an allocation and a pass over memory per layer.
+                Layer::Relu => x.relu_(),
                 Layer::Pool => match pooling {
                     Pooling::Avg => x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None),
                     Pooling::Max => x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false),
@@ -164,12 +189,14 @@ impl Vgg19 {
             };
             for (slot, &t) in out.iter_mut().zip(taps) {
                 if t == i {
-                    *slot = Some(x.to_kind(Kind::Float));
+                    // A pre-ReLU tap (convN_M) must not see the in-place ReLU that follows.
+                    let pre_relu = matches!(layer, Layer::Conv(_));
+                    // (to_kind makes a new tensor for bf16, and shares storage for f32)
+                    let tap = x.to_kind(Kind::Float);
+                    *slot = Some(if pre_relu && x.kind() == Kind::Float { tap.copy() } else { tap });
                 }
             }
         }
-        out.into_iter()
-            .map(|t| t.expect("tap beyond the network"))
-            .collect()
+        out.into_iter().map(|t| t.expect("tap beyond the network")).collect()
     }
 }

@@ -36,11 +36,7 @@ const BLOCKS: [(usize, i64); 5] = [(2, 64), (2, 128), (4, 256), (4, 512), (4, 51
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LayerSpec {
     /// A 3×3 convolution, stride 1, padding 1.
-    Conv {
-        name: String,
-        in_channels: i64,
-        out_channels: i64,
-    },
+    Conv { name: String, in_channels: i64, out_channels: i64 },
     /// The ReLU after the convolution of the same suffix.
     Relu { name: String },
     /// 2×2 pooling, stride 2.
@@ -50,9 +46,7 @@ pub enum LayerSpec {
 impl LayerSpec {
     pub fn name(&self) -> &str {
         match self {
-            LayerSpec::Conv { name, .. } | LayerSpec::Relu { name } | LayerSpec::Pool { name } => {
-                name
-            }
+            LayerSpec::Conv { name, .. } | LayerSpec::Relu { name } | LayerSpec::Pool { name } => name,
         }
     }
 }
@@ -64,19 +58,11 @@ pub fn vgg19_layers() -> Vec<LayerSpec> {
     for (block, &(convs, channels)) in BLOCKS.iter().enumerate() {
         for conv in 0..convs {
             let suffix = format!("{}_{}", block + 1, conv + 1);
-            layers.push(LayerSpec::Conv {
-                name: format!("conv{suffix}"),
-                in_channels,
-                out_channels: channels,
-            });
-            layers.push(LayerSpec::Relu {
-                name: format!("relu{suffix}"),
-            });
+            layers.push(LayerSpec::Conv { name: format!("conv{suffix}"), in_channels, out_channels: channels });
+            layers.push(LayerSpec::Relu { name: format!("relu{suffix}") });
             in_channels = channels;
         }
-        layers.push(LayerSpec::Pool {
-            name: format!("pool{}", block + 1),
-        });
+        layers.push(LayerSpec::Pool { name: format!("pool{}", block + 1) });
     }
     layers
 }
@@ -90,16 +76,8 @@ pub fn layer_index(name: &str) -> Option<usize> {
 pub fn manifest() -> Vec<(String, Vec<i64>)> {
     let mut out = Vec::new();
     for (index, layer) in vgg19_layers().iter().enumerate() {
-        if let LayerSpec::Conv {
-            in_channels,
-            out_channels,
-            ..
-        } = layer
-        {
-            out.push((
-                format!("features.{index}.weight"),
-                vec![*out_channels, *in_channels, 3, 3],
-            ));
+        if let LayerSpec::Conv { in_channels, out_channels, .. } = layer {
+            out.push((format!("features.{index}.weight"), vec![*out_channels, *in_channels, 3, 3]));
             out.push((format!("features.{index}.bias"), vec![*out_channels]));
         }
     }
@@ -137,24 +115,13 @@ pub enum WeightsError {
     #[error("no VGG19 weights found (looked at: {searched}); {FETCH_HINT}")]
     NotFound { searched: String },
     #[error("cannot read weights file {path}: {source}; {FETCH_HINT}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid safetensors weights file ({reason}); it may be truncated or of another format — {FETCH_HINT}")]
     Format { path: PathBuf, reason: String },
-    #[error(
-        "weights file {path} lacks tensor {name}; it is not a VGG19 `features` file — {FETCH_HINT}"
-    )]
+    #[error("weights file {path} lacks tensor {name}; it is not a VGG19 `features` file — {FETCH_HINT}")]
     Missing { path: PathBuf, name: String },
     #[error("weights file {path}: tensor {name} has shape {got:?} (dtype {dtype}), expected {expected:?} f32 — {FETCH_HINT}")]
-    Shape {
-        path: PathBuf,
-        name: String,
-        expected: Vec<i64>,
-        got: Vec<usize>,
-        dtype: String,
-    },
+    Shape { path: PathBuf, name: String, expected: Vec<i64>, got: Vec<usize>, dtype: String },
     #[error("cannot write weights file {path}: {reason}")]
     Write { path: PathBuf, reason: String },
 }
@@ -181,24 +148,15 @@ pub struct WeightsInfo {
 impl Weights {
     /// Reads and checks a weights file against the manifest.
     pub fn load(path: &Path) -> Result<Self, WeightsError> {
-        let bytes = std::fs::read(path).map_err(|source| WeightsError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let format_err = |reason: String| WeightsError::Format {
-            path: path.to_owned(),
-            reason,
-        };
-        let (_, meta) =
-            SafeTensors::read_metadata(&bytes).map_err(|e| format_err(format!("{e:?}")))?;
+        let bytes = std::fs::read(path).map_err(|source| WeightsError::Io { path: path.to_owned(), source })?;
+        let format_err = |reason: String| WeightsError::Format { path: path.to_owned(), reason };
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| format_err(format!("{e:?}")))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| format_err(format!("{e:?}")))?;
         let metadata = meta.metadata().clone().unwrap_or_default();
         let mut tensors = HashMap::new();
         for (name, expected) in manifest() {
-            let view = st.tensor(&name).map_err(|_| WeightsError::Missing {
-                path: path.to_owned(),
-                name: name.clone(),
-            })?;
+            let view =
+                st.tensor(&name).map_err(|_| WeightsError::Missing { path: path.to_owned(), name: name.clone() })?;
             let got = view.shape().to_vec();
             let same_shape = got.iter().map(|&d| d as i64).eq(expected.iter().copied());
             if view.dtype() != Dtype::F32 || !same_shape {
@@ -213,30 +171,15 @@ impl Weights {
             let t = Tensor::from_data_size(view.data(), &expected, Kind::Float);
             tensors.insert(name, t);
         }
-        let pretrained = metadata
-            .get("pretrained")
-            .map(|v| v == "true")
-            .unwrap_or(false);
+        let pretrained = metadata.get("pretrained").map(|v| v == "true").unwrap_or(false);
         let preprocessing = match metadata.get("preprocessing") {
             None => Preprocessing::Torchvision,
             Some(p) => Preprocessing::parse(p).ok_or_else(|| {
-                format_err(format!(
-                    "unknown preprocessing {p:?} in metadata (expected torchvision or caffe)"
-                ))
+                format_err(format!("unknown preprocessing {p:?} in metadata (expected torchvision or caffe)"))
             })?,
         };
-        let source = metadata
-            .get("source")
-            .cloned()
-            .unwrap_or_else(|| "unknown".into());
-        Ok(Self {
-            path: path.to_owned(),
-            tensors,
-            pretrained,
-            preprocessing,
-            source,
-            metadata,
-        })
+        let source = metadata.get("source").cloned().unwrap_or_else(|| "unknown".into());
+        Ok(Self { path: path.to_owned(), tensors, pretrained, preprocessing, source, metadata })
     }
 
     pub fn info(&self) -> WeightsInfo {
@@ -266,10 +209,7 @@ impl Weights {
             ("format".to_string(), "neural-style-vgg19".to_string()),
             ("pretrained".to_string(), "false".to_string()),
             ("preprocessing".to_string(), "torchvision".to_string()),
-            (
-                "source".to_string(),
-                format!("random (torchvision default init, seed {seed})"),
-            ),
+            ("source".to_string(), format!("random (torchvision default init, seed {seed})")),
             ("seed".to_string(), seed.to_string()),
         ]);
         Self {
@@ -284,18 +224,13 @@ impl Weights {
 
     /// Writes the tensors and metadata as safetensors (atomically: temp file + rename).
     pub fn save(&self, path: &Path) -> Result<(), WeightsError> {
-        let write_err = |reason: String| WeightsError::Write {
-            path: path.to_owned(),
-            reason,
-        };
+        let write_err = |reason: String| WeightsError::Write { path: path.to_owned(), reason };
         let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (name, shape) in manifest() {
             let t = &self.tensors[&name];
             let numel = t.numel();
             let mut floats = vec![0f32; numel];
-            t.to_kind(Kind::Float)
-                .contiguous()
-                .copy_data(&mut floats, numel);
+            t.to_kind(Kind::Float).contiguous().copy_data(&mut floats, numel);
             let bytes = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
             data.push((name, shape.iter().map(|&d| d as usize).collect(), bytes));
         }
@@ -335,10 +270,7 @@ pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf, WeightsError> {
     match default_path() {
         Some(p) if p.exists() => Ok(p),
         Some(p) => Err(WeightsError::NotFound {
-            searched: format!(
-                "--weights (not given), ${WEIGHTS_ENV} (unset), {}",
-                p.display()
-            ),
+            searched: format!("--weights (not given), ${WEIGHTS_ENV} (unset), {}", p.display()),
         }),
         None => Err(WeightsError::NotFound {
             searched: format!("--weights (not given), ${WEIGHTS_ENV} (unset), no home directory"),
@@ -388,21 +320,12 @@ mod tests {
         let truncated = dir.path().join("t.safetensors");
         std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
         let err = Weights::load(&truncated).err().unwrap().to_string();
-        assert!(
-            err.contains("t.safetensors") && err.contains("weights fetch"),
-            "{err}"
-        );
+        assert!(err.contains("t.safetensors") && err.contains("weights fetch"), "{err}");
         // not safetensors
         let text = dir.path().join("x.safetensors");
         std::fs::write(&text, "hello").unwrap();
-        assert!(matches!(
-            Weights::load(&text),
-            Err(WeightsError::Format { .. })
-        ));
+        assert!(matches!(Weights::load(&text), Err(WeightsError::Format { .. })));
         // missing file
-        assert!(matches!(
-            Weights::load(&dir.path().join("nope")),
-            Err(WeightsError::Io { .. })
-        ));
+        assert!(matches!(Weights::load(&dir.path().join("nope")), Err(WeightsError::Io { .. })));
     }
 }

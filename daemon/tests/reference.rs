@@ -29,14 +29,7 @@ fn setup(seed: u64, size: u32) -> Setup {
     let content = picture("tubingen.jpg", size).rgb_tensor();
     let style = picture("starry_night.jpg", size).rgb_tensor();
     let x = neural_style::rng::uniform(&content.size(), seed);
-    Setup {
-        weights_path: path.display().to_string(),
-        dir,
-        engine,
-        content,
-        style,
-        x,
-    }
+    Setup { weights_path: path.display().to_string(), dir, engine, content, style, x }
 }
 
 impl Setup {
@@ -45,15 +38,7 @@ impl Setup {
     }
     fn write_inputs(&self) -> String {
         let p = self.file("in.safetensors");
-        Tensor::write_safetensors(
-            &[
-                ("content", &self.content),
-                ("style", &self.style),
-                ("x", &self.x),
-            ],
-            &p,
-        )
-        .unwrap();
+        Tensor::write_safetensors(&[("content", &self.content), ("style", &self.style), ("x", &self.x)], &p).unwrap();
         p
     }
 }
@@ -71,23 +56,9 @@ fn activations_match_torchvision_at_every_relu() {
         .collect();
     assert_eq!(relus.len(), 16);
     for pooling in [Pooling::Max, Pooling::Avg] {
-        let name = if pooling == Pooling::Max {
-            "max"
-        } else {
-            "avg"
-        };
+        let name = if pooling == Pooling::Max { "max" } else { "avg" };
         let out = s.file(&format!("acts-{name}.safetensors"));
-        reference(&[
-            "activations",
-            "--weights",
-            &s.weights_path,
-            "--input",
-            &input,
-            "--out",
-            &out,
-            "--pooling",
-            name,
-        ]);
+        reference(&["activations", "--weights", &s.weights_path, "--input", &input, "--out", &out, "--pooling", name]);
         let expected = read(out.as_ref());
         let vgg = s.engine.vgg();
         let idx: Vec<usize> = relus.iter().map(|r| r.1).collect();
@@ -98,10 +69,7 @@ fn activations_match_torchvision_at_every_relu() {
             let scale = want.abs().max().double_value(&[]);
             let diff = (act - want).abs().max().double_value(&[]);
             assert!(scale > 0.0, "{layer}: reference activations are all zero");
-            assert!(
-                diff <= 1e-4 * scale,
-                "{name} pooling, {layer}: max |diff| {diff:e} > 1e-4 × {scale:e}"
-            );
+            assert!(diff <= 1e-4 * scale, "{name} pooling, {layer}: max |diff| {diff:e} > 1e-4 × {scale:e}");
         }
     }
 }
@@ -115,40 +83,15 @@ fn losses_match_the_equations_computed_independently() {
     let (alpha, beta) = (3e-3, 7.0);
     let out = s.file("losses.safetensors");
     let (a, b) = (alpha.to_string(), beta.to_string());
-    reference(&[
-        "losses",
-        "--weights",
-        &s.weights_path,
-        "--input",
-        &input,
-        "--out",
-        &out,
-        "--alpha",
-        &a,
-        "--beta",
-        &b,
-    ]);
+    reference(&["losses", "--weights", &s.weights_path, "--input", &input, "--out", &out, "--alpha", &a, "--beta", &b]);
     let want = read(out.as_ref());
-    let params = Params {
-        content_weight: Some(alpha),
-        style_weight: Some(beta),
-        ..Params::default()
-    };
-    let objective = s
-        .engine
-        .objective(&s.content, &[s.style.shallow_clone()], &params);
+    let params = Params { content_weight: Some(alpha), style_weight: Some(beta), ..Params::default() };
+    let objective = s.engine.objective(&s.content, &[s.style.shallow_clone()], &params);
     let got = objective.value(s.engine.vgg(), &s.x);
-    for (name, ours) in [
-        ("content", got.content),
-        ("style", got.style),
-        ("total", got.total),
-    ] {
+    for (name, ours) in [("content", got.content), ("style", got.style), ("total", got.total)] {
         let theirs = scalar(&want[name]);
         let rel = (ours - theirs).abs() / theirs.abs();
-        assert!(
-            rel < 1e-4,
-            "{name}: ours {ours:e}, reference {theirs:e} (rel {rel:e})"
-        );
+        assert!(rel < 1e-4, "{name}: ours {ours:e}, reference {theirs:e} (rel {rel:e})");
     }
     assert!(got.style > 0.0 && got.content > 0.0);
 }
@@ -162,9 +105,7 @@ fn lbfgs_matches_torch_after_20_evaluations() {
     s.x = s.content.copy();
     let input = s.write_inputs();
     let params = Params::default();
-    let objective = s
-        .engine
-        .objective(&s.content, &[s.style.shallow_clone()], &params);
+    let objective = s.engine.objective(&s.content, &[s.style.shallow_clone()], &params);
     let c = objective.coefficients;
     let out = s.file("lbfgs.safetensors");
     let (a, b) = (c.alpha.to_string(), c.beta.to_string());
@@ -200,16 +141,8 @@ fn lbfgs_matches_torch_after_20_evaluations() {
     let initial = objective.value(vgg, &s.x).total;
     let theirs = scalar(&want["final"]);
     let rel = (result.value - theirs).abs() / theirs;
-    assert!(
-        result.value < initial / 2.0,
-        "L-BFGS made little progress: {initial:e} → {:e}",
-        result.value
-    );
-    let torch_trace: Vec<f64> = Vec::<f64>::try_from(&want["trace"])
-        .unwrap()
-        .iter()
-        .map(|v| v * 1e6)
-        .collect();
+    assert!(result.value < initial / 2.0, "L-BFGS made little progress: {initial:e} → {:e}", result.value);
+    let torch_trace: Vec<f64> = Vec::<f64>::try_from(&want["trace"]).unwrap().iter().map(|v| v * 1e6).collect();
     eprintln!("ours:  {trace:.6?}\ntorch: {torch_trace:.6?}");
     assert!(
         rel < 0.01,

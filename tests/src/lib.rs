@@ -6,10 +6,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
 /// The binary under test: $NEURAL_STYLE_BIN, else target/release/neural-style.
@@ -17,19 +14,13 @@ pub fn bin() -> PathBuf {
     let p = std::env::var_os("NEURAL_STYLE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/release/neural-style"));
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build --release` (or `make test`)",
-        p.display()
-    );
+    assert!(p.exists(), "{} missing: run `cargo build --release` (or `make test`)", p.display());
     p
 }
 
 /// The venv's Python ($NEURAL_STYLE_PYTHON, else .venv/bin/python).
 pub fn python() -> PathBuf {
-    std::env::var_os("NEURAL_STYLE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv/bin/python"))
+    std::env::var_os("NEURAL_STYLE_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/python"))
 }
 
 /// A test image from ../shared/images (or $NEURAL_STYLE_TEST_IMAGES).
@@ -38,11 +29,7 @@ pub fn image(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("../shared/images"));
     let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "test image {} missing (set NEURAL_STYLE_TEST_IMAGES)",
-        p.display()
-    );
+    assert!(p.exists(), "test image {} missing (set NEURAL_STYLE_TEST_IMAGES)", p.display());
     p
 }
 
@@ -52,19 +39,8 @@ pub fn weights() -> &'static Path {
     &W.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("vgg19-random.safetensors");
-        let out = ns(&[
-            "weights",
-            "random",
-            "--seed",
-            "0",
-            "--out",
-            p.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "weights random failed: {}",
-            stderr(&out)
-        );
+        let out = ns(&["weights", "random", "--seed", "0", "--out", p.to_str().unwrap()]);
+        assert!(out.status.success(), "weights random failed: {}", stderr(&out));
         (dir, p)
     })
     .1
@@ -73,9 +49,7 @@ pub fn weights() -> &'static Path {
 /// A `neural-style` command with a clean environment (no inherited weights or socket).
 pub fn command(args: &[&str]) -> Command {
     let mut c = Command::new(bin());
-    c.args(args)
-        .env_remove("NEURAL_STYLE_WEIGHTS")
-        .env("RUST_LOG", "info");
+    c.args(args).env_remove("NEURAL_STYLE_WEIGHTS").env("RUST_LOG", "info");
     c
 }
 
@@ -106,6 +80,5 @@ pub fn stylise(content: &Path, style: &Path, out: &Path, extra: &[&str]) -> Outp
 
 /// The JSON summary printed by `run --json`.
 pub fn summary(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("no JSON summary ({e}); stderr:\n{}", stderr(o)))
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("no JSON summary ({e}); stderr:\n{}", stderr(o)))
 }

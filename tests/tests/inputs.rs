@@ -10,29 +10,14 @@ use neural_style_e2e::{image, stderr, stylise};
 fn expect_error(content: &Path, needle: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.png");
-    let o = stylise(
-        content,
-        &image("starry_night.jpg"),
-        &out,
-        &["--size", "32", "--iterations", "2"],
-    );
+    let o = stylise(content, &image("starry_night.jpg"), &out, &["--size", "32", "--iterations", "2"]);
     let err = stderr(&o);
-    assert!(
-        !o.status.success(),
-        "expected failure for {}",
-        content.display()
-    );
+    assert!(!o.status.success(), "expected failure for {}", content.display());
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("error:"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    assert!(
-        err.contains(&content.display().to_string()),
-        "error should name the file: {err}"
-    );
-    assert!(
-        err.to_lowercase().contains(needle),
-        "error should say {needle:?}: {err}"
-    );
+    assert!(err.contains(&content.display().to_string()), "error should name the file: {err}");
+    assert!(err.to_lowercase().contains(needle), "error should say {needle:?}: {err}");
     assert!(!out.exists(), "no output on error");
 }
 
@@ -65,21 +50,13 @@ fn truncated_jpeg() {
     std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
     // The JPEG decoder either rejects the file (clear error) or decodes the part that is there.
     let out = dir.path().join("o.png");
-    let o = stylise(
-        &p,
-        &image("starry_night.jpg"),
-        &out,
-        &["--size", "32", "--iterations", "2"],
-    );
+    let o = stylise(&p, &image("starry_night.jpg"), &out, &["--size", "32", "--iterations", "2"]);
     let err = stderr(&o);
     assert!(!err.contains("panicked"), "{err}");
     if o.status.success() {
         assert_eq!(image::open(&out).unwrap().dimensions().0, 32);
     } else {
-        assert!(
-            err.contains("cut.jpg") && err.contains("cannot decode"),
-            "{err}"
-        );
+        assert!(err.contains("cut.jpg") && err.contains("cannot decode"), "{err}");
     }
     // a JPEG cut inside its header is always an error
     std::fs::write(&p, &bytes[..200]).unwrap();
@@ -91,11 +68,7 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
         }
     }
     !crc
@@ -125,26 +98,14 @@ fn decompression_bomb_is_refused_before_decoding() {
 fn one_pixel_image() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("dot.png");
-    image::RgbImage::from_pixel(1, 1, image::Rgb([200, 30, 30]))
-        .save(&p)
-        .unwrap();
+    image::RgbImage::from_pixel(1, 1, image::Rgb([200, 30, 30])).save(&p).unwrap();
     // kept at its size it is too small for VGG19: clear error
     let out = dir.path().join("o.png");
-    let o = stylise(
-        &p,
-        &image("starry_night.jpg"),
-        &out,
-        &["--size", "0", "--iterations", "2"],
-    );
+    let o = stylise(&p, &image("starry_night.jpg"), &out, &["--size", "0", "--iterations", "2"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("at least 16 px"), "{}", stderr(&o));
     // scaled up to --size it works
-    let o = stylise(
-        &p,
-        &image("starry_night.jpg"),
-        &out,
-        &["--size", "32", "--iterations", "2"],
-    );
+    let o = stylise(&p, &image("starry_night.jpg"), &out, &["--size", "32", "--iterations", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&out).unwrap().dimensions(), (32, 32));
 }
@@ -153,16 +114,9 @@ fn one_pixel_image() {
 fn grayscale_input_gives_rgb_output() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("gray.png");
-    image::GrayImage::from_fn(48, 32, |x, y| image::Luma([((x * 5 + y * 3) % 256) as u8]))
-        .save(&p)
-        .unwrap();
+    image::GrayImage::from_fn(48, 32, |x, y| image::Luma([((x * 5 + y * 3) % 256) as u8])).save(&p).unwrap();
     let out = dir.path().join("o.png");
-    let o = stylise(
-        &p,
-        &image("starry_night.jpg"),
-        &out,
-        &["--size", "0", "--iterations", "3"],
-    );
+    let o = stylise(&p, &image("starry_night.jpg"), &out, &["--size", "0", "--iterations", "3"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let img = image::open(&out).unwrap();
     assert_eq!(img.dimensions(), (48, 32));
@@ -174,42 +128,21 @@ fn sixteen_bit_png_with_alpha_keeps_depth_and_alpha() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("deep.png");
     let src = image::ImageBuffer::<image::Rgba<u16>, Vec<u16>>::from_fn(40, 24, |x, y| {
-        image::Rgba([
-            (x * 1600) as u16,
-            (y * 2700) as u16,
-            30_000,
-            ((x + y) * 1000 + 1) as u16,
-        ])
+        image::Rgba([(x * 1600) as u16, (y * 2700) as u16, 30_000, ((x + y) * 1000 + 1) as u16])
     });
-    image::DynamicImage::ImageRgba16(src.clone())
-        .save(&p)
-        .unwrap();
+    image::DynamicImage::ImageRgba16(src.clone()).save(&p).unwrap();
     let out = dir.path().join("o.png");
-    let o = stylise(
-        &p,
-        &image("the_scream.jpg"),
-        &out,
-        &["--size", "40", "--iterations", "3"],
-    );
+    let o = stylise(&p, &image("the_scream.jpg"), &out, &["--size", "40", "--iterations", "3"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let img = image::open(&out).unwrap();
-    assert_eq!(
-        img.color(),
-        ColorType::Rgba16,
-        "16-bit input with alpha → 16-bit RGBA PNG"
-    );
+    assert_eq!(img.color(), ColorType::Rgba16, "16-bit input with alpha → 16-bit RGBA PNG");
     let got = img.to_rgba16();
     for (a, b) in got.pixels().zip(src.pixels()) {
         assert_eq!(a[3], b[3], "alpha carried through unchanged");
     }
     // JPEG output drops alpha and is 8-bit
     let jpg = dir.path().join("o.jpg");
-    let o = stylise(
-        &p,
-        &image("the_scream.jpg"),
-        &jpg,
-        &["--size", "40", "--iterations", "2"],
-    );
+    let o = stylise(&p, &image("the_scream.jpg"), &jpg, &["--size", "40", "--iterations", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&jpg).unwrap().color(), ColorType::Rgb8);
 }
@@ -224,9 +157,7 @@ fn exif_orientation_is_applied() {
         .write_image(img.as_raw(), 40, 20, image::ExtendedColorType::Rgb8)
         .unwrap();
     let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08".to_vec();
-    exif.extend_from_slice(&[
-        0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0,
-    ]);
+    exif.extend_from_slice(&[0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0]);
     let mut app1 = vec![0xFF, 0xE1];
     app1.extend_from_slice(&((exif.len() + 2) as u16).to_be_bytes());
     app1.extend_from_slice(&exif);
@@ -234,17 +165,9 @@ fn exif_orientation_is_applied() {
     with_exif.extend_from_slice(&app1);
     with_exif.extend_from_slice(&jpeg[2..]);
     let p = dir.path().join("rotated.jpg");
-    std::fs::File::create(&p)
-        .unwrap()
-        .write_all(&with_exif)
-        .unwrap();
+    std::fs::File::create(&p).unwrap().write_all(&with_exif).unwrap();
     let out = dir.path().join("o.png");
-    let o = stylise(
-        &p,
-        &image("starry_night.jpg"),
-        &out,
-        &["--size", "0", "--iterations", "2"],
-    );
+    let o = stylise(&p, &image("starry_night.jpg"), &out, &["--size", "0", "--iterations", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&out).unwrap().dimensions(), (20, 40));
 }
@@ -255,33 +178,17 @@ fn bad_output_and_parameters_fail_before_any_work() {
     let c = image("tubingen.jpg");
     let s = image("starry_night.jpg");
     for (out, flags, needle) in [
-        (
-            dir.path().join("o.gif"),
-            vec![],
-            "unsupported output format",
-        ),
+        (dir.path().join("o.gif"), vec![], "unsupported output format"),
         (dir.path().join("missing/o.png"), vec![], "does not exist"),
-        (
-            dir.path().join("o.png"),
-            vec!["--content-layers", "relu9_9"],
-            "unknown layer",
-        ),
-        (
-            dir.path().join("o.png"),
-            vec!["--style-weights", "1,2"],
-            "blend weights",
-        ),
+        (dir.path().join("o.png"), vec!["--content-layers", "relu9_9"], "unknown layer"),
+        (dir.path().join("o.png"), vec!["--style-weights", "1,2"], "blend weights"),
         (dir.path().join("o.png"), vec!["--device", "cuda:7"], "cuda"),
     ] {
         let mut f = vec!["--size", "32", "--iterations", "2"];
         f.extend(flags.iter());
         let o = stylise(&c, &s, &out, &f);
         assert_eq!(o.status.code(), Some(1), "{needle}: {}", stderr(&o));
-        assert!(
-            stderr(&o).contains(needle),
-            "expected {needle:?} in: {}",
-            stderr(&o)
-        );
+        assert!(stderr(&o).contains(needle), "expected {needle:?} in: {}", stderr(&o));
         assert!(!out.exists());
     }
 }

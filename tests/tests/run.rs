@@ -11,53 +11,26 @@ fn loss_falls_tenfold_from_noise_and_output_is_right() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.png");
     let content = image("tubingen.jpg");
-    let o = stylise(
-        &content,
-        &image("starry_night.jpg"),
-        &out,
-        &["--size", "64", "--iterations", "80", "--json"],
-    );
+    let o = stylise(&content, &image("starry_night.jpg"), &out, &["--size", "64", "--iterations", "80", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s = summary(&o);
-    let (initial, total) = (
-        s["initial_loss"].as_f64().unwrap(),
-        s["total_loss"].as_f64().unwrap(),
-    );
-    assert!(
-        total * 10.0 <= initial,
-        "loss {initial:e} → {total:e}: not a 10× fall"
-    );
+    let (initial, total) = (s["initial_loss"].as_f64().unwrap(), s["total_loss"].as_f64().unwrap());
+    assert!(total * 10.0 <= initial, "loss {initial:e} → {total:e}: not a 10× fall");
     assert_eq!(s["evaluations"], 80);
     assert!(s["iterations"].as_u64().unwrap() >= 1);
     assert_eq!(s["pretrained"], false);
     assert_eq!(s["weights"]["pretrained"], false);
     assert!(s["seconds"].as_f64().unwrap() <= s["total_seconds"].as_f64().unwrap());
-    for k in [
-        "content_loss",
-        "style_loss",
-        "total_loss",
-        "device",
-        "width",
-        "height",
-    ] {
+    for k in ["content_loss", "style_loss", "total_loss", "device", "width", "height"] {
         assert!(!s[k].is_null(), "summary lacks {k}");
     }
-    assert!(
-        stderr(&o).contains("NOT PRETRAINED"),
-        "non-pretrained weights must be announced"
-    );
+    assert!(stderr(&o).contains("NOT PRETRAINED"), "non-pretrained weights must be announced");
     // output decodes, longest side 64, aspect of the content kept
     let img = image::open(&out).unwrap();
     let (cw, ch) = image::open(&content).unwrap().dimensions();
     let (w, h) = img.dimensions();
     assert_eq!(w.max(h), 64);
-    assert_eq!(
-        (w, h),
-        (
-            s["width"].as_u64().unwrap() as u32,
-            s["height"].as_u64().unwrap() as u32
-        )
-    );
+    assert_eq!((w, h), (s["width"].as_u64().unwrap() as u32, s["height"].as_u64().unwrap() as u32));
     let expected_h = (64.0 * ch as f64 / cw as f64).round() as u32;
     assert_eq!(h, expected_h);
 }
@@ -91,32 +64,10 @@ fn every_option_runs() {
     let style2 = image("woman-with-hat-matisse.jpg");
     let s2 = style2.to_str().unwrap();
     let cases: Vec<Vec<&str>> = vec![
-        vec![
-            "--init",
-            "content",
-            "--optimizer",
-            "adam",
-            "--learning-rate",
-            "0.05",
-        ],
+        vec!["--init", "content", "--optimizer", "adam", "--learning-rate", "0.05"],
         vec!["--init", "style", "--pooling", "max", "--line-search"],
-        vec![
-            "--style",
-            s2,
-            "--style-weights",
-            "3,1",
-            "--style-scale",
-            "0.8",
-            "--preserve-colors",
-        ],
-        vec![
-            "--tv-weight",
-            "0.1",
-            "--strength",
-            "5",
-            "--content-layers",
-            "relu3_2,relu4_2",
-        ],
+        vec!["--style", s2, "--style-weights", "3,1", "--style-scale", "0.8", "--preserve-colors"],
+        vec!["--tv-weight", "0.1", "--strength", "5", "--content-layers", "relu3_2,relu4_2"],
         vec![
             "--content-weight",
             "1e-3",
@@ -130,31 +81,13 @@ fn every_option_runs() {
     ];
     for (i, extra) in cases.iter().enumerate() {
         let out = dir.path().join(format!("o{i}.jpg"));
-        let mut flags = vec![
-            "--size",
-            "40",
-            "--iterations",
-            "6",
-            "--json",
-            "--threads",
-            "2",
-        ];
+        let mut flags = vec!["--size", "40", "--iterations", "6", "--json", "--threads", "2"];
         flags.extend(extra.iter());
         let o = stylise(&content, &style, &out, &flags);
         assert!(o.status.success(), "case {extra:?}: {}", stderr(&o));
         let s = summary(&o);
-        assert!(
-            s["total_loss"].as_f64().unwrap().is_finite(),
-            "case {extra:?}"
-        );
-        assert_eq!(
-            image::open(&out)
-                .unwrap()
-                .dimensions()
-                .0
-                .max(image::open(&out).unwrap().dimensions().1),
-            40
-        );
+        assert!(s["total_loss"].as_f64().unwrap().is_finite(), "case {extra:?}");
+        assert_eq!(image::open(&out).unwrap().dimensions().0.max(image::open(&out).unwrap().dimensions().1), 40);
     }
 }
 
@@ -174,21 +107,13 @@ fn preserve_colors_keeps_content_chroma() {
     let kept = run(&["--preserve-colors"], "kept.png");
     let reference = image::open(&content)
         .unwrap()
-        .resize_exact(
-            plain.width(),
-            plain.height(),
-            image::imageops::FilterType::Lanczos3,
-        )
+        .resize_exact(plain.width(), plain.height(), image::imageops::FilterType::Lanczos3)
         .to_rgb32f();
     // chroma (I of YIQ) distance to the content
     let chroma = |img: &image::Rgb32FImage| -> Vec<f32> {
-        img.pixels()
-            .map(|p| 0.596 * p[0] - 0.274 * p[1] - 0.322 * p[2])
-            .collect()
+        img.pixels().map(|p| 0.596 * p[0] - 0.274 * p[1] - 0.322 * p[2]).collect()
     };
-    let dist = |a: &[f32], b: &[f32]| {
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
-    };
+    let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
     let (c_ref, c_plain, c_kept) = (chroma(&reference), chroma(&plain), chroma(&kept));
     assert!(
         dist(&c_kept, &c_ref) < dist(&c_plain, &c_ref),
@@ -220,18 +145,10 @@ fn ctrl_c_writes_the_current_image_and_exits_nonzero() {
     .unwrap();
     std::thread::sleep(Duration::from_secs(4));
     let t0 = Instant::now();
-    assert!(Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
-    assert!(
-        t0.elapsed() < Duration::from_secs(10),
-        "Ctrl-C took {:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "Ctrl-C took {:?}", t0.elapsed());
     assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
     let img = image::open(&out).expect("the current image is written");
     assert_eq!(img.dimensions().0.max(img.dimensions().1), 128);
@@ -243,17 +160,12 @@ fn no_resampling_when_size_equals_longest_side() {
     // content and runs 1 evaluation (no step), so the output equals the input pixel for pixel.
     let dir = tempfile::tempdir().unwrap();
     let content = dir.path().join("c.png");
-    let img = image::RgbImage::from_fn(40, 30, |x, y| {
-        image::Rgb([(x * 6) as u8, (y * 8) as u8, ((x * y) % 256) as u8])
-    });
+    let img =
+        image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, ((x * y) % 256) as u8]));
     img.save(&content).unwrap();
     let out = dir.path().join("o.png");
-    let o = stylise(
-        &content,
-        &image("shipwreck.jpg"),
-        &out,
-        &["--size", "40", "--iterations", "1", "--init", "content"],
-    );
+    let o =
+        stylise(&content, &image("shipwreck.jpg"), &out, &["--size", "40", "--iterations", "1", "--init", "content"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&out).unwrap().to_rgb8(), img);
 }

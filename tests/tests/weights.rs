@@ -12,15 +12,7 @@ fn run_with(env_weights: Option<&Path>, data_home: &Path, extra: &[&str]) -> std
     let out = dir.path().join("o.png");
     let c = image("tubingen.jpg");
     let s = image("starry_night.jpg");
-    let mut args = vec![
-        "run",
-        "-c",
-        c.to_str().unwrap(),
-        "-s",
-        s.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ];
+    let mut args = vec!["run", "-c", c.to_str().unwrap(), "-s", s.to_str().unwrap(), "-o", out.to_str().unwrap()];
     args.extend_from_slice(&["--size", "32", "--iterations", "2", "--json"]);
     args.extend_from_slice(extra);
     let mut cmd = command(&args);
@@ -38,19 +30,13 @@ fn resolution_order_and_missing_weights() {
     let o = run_with(None, home.path(), &[]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(
-        err.contains("no VGG19 weights found") && err.contains("neural-style weights fetch"),
-        "{err}"
-    );
+    assert!(err.contains("no VGG19 weights found") && err.contains("neural-style weights fetch"), "{err}");
     // the environment variable
     let o = run_with(Some(weights()), home.path(), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     // --weights wins over the environment
-    let o = run_with(
-        Some(Path::new("/nonexistent.safetensors")),
-        home.path(),
-        &["--weights", weights().to_str().unwrap()],
-    );
+    let o =
+        run_with(Some(Path::new("/nonexistent.safetensors")), home.path(), &["--weights", weights().to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     // the data directory
     let data = home.path().join("neural-style");
@@ -59,10 +45,7 @@ fn resolution_order_and_missing_weights() {
     let o = run_with(None, home.path(), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(v["weights"]["path"]
-        .as_str()
-        .unwrap()
-        .ends_with("neural-style/vgg19-features.safetensors"));
+    assert!(v["weights"]["path"].as_str().unwrap().ends_with("neural-style/vgg19-features.safetensors"));
 }
 
 #[test]
@@ -81,22 +64,14 @@ fn bad_weights_files_name_the_file_and_the_fix() {
         w = weights().to_str().unwrap(),
         o = wrong.to_str().unwrap()
     );
-    assert!(Command::new(python())
-        .args(["-c", &script])
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new(python()).args(["-c", &script]).status().unwrap().success());
     let missing = dir.path().join("missing.safetensors");
     let script = format!(
         "from safetensors.torch import load_file, save_file; t = load_file({w:?}); del t['features.34.bias']; save_file(t, {o:?})",
         w = weights().to_str().unwrap(),
         o = missing.to_str().unwrap()
     );
-    assert!(Command::new(python())
-        .args(["-c", &script])
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new(python()).args(["-c", &script]).status().unwrap().success());
     let home = tempfile::tempdir().unwrap();
     for (file, needle) in [
         (&truncated, "not a valid safetensors"),
@@ -107,10 +82,7 @@ fn bad_weights_files_name_the_file_and_the_fix() {
         let o = run_with(None, home.path(), &["--weights", file.to_str().unwrap()]);
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(1), "{err}");
-        assert!(
-            err.contains(file.to_str().unwrap()) && err.contains(needle),
-            "{needle}: {err}"
-        );
+        assert!(err.contains(file.to_str().unwrap()) && err.contains(needle), "{needle}: {err}");
         assert!(err.contains("weights fetch"), "{err}");
     }
 }
@@ -150,10 +122,7 @@ torch.save(t, {o:?})
         w = weights().to_str().unwrap(),
         o = out.to_str().unwrap()
     );
-    let st = Command::new(python())
-        .args(["-c", &script])
-        .status()
-        .unwrap();
+    let st = Command::new(python()).args(["-c", &script]).status().unwrap();
     assert!(st.success());
     out
 }
@@ -201,11 +170,7 @@ fn convert_torchvision_and_vgg_conv_checkpoints() {
         out.to_str().unwrap(),
     ]);
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("has no tensor conv1_1.weight"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("has no tensor conv1_1.weight"), "{}", stderr(&o));
     assert!(!out.exists());
 }
 
@@ -216,15 +181,7 @@ fn fetch_downloads_and_verifies_the_checksum() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("vgg19-dcbb9e9d.pth"), vec![7u8; 300_000]).unwrap();
     let mut server = Command::new(python())
-        .args([
-            "-m",
-            "http.server",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-            dir.path().to_str().unwrap(),
-        ])
+        .args(["-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", dir.path().to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -232,35 +189,24 @@ fn fetch_downloads_and_verifies_the_checksum() {
     let port = {
         use std::io::BufRead;
         let mut line = String::new();
-        std::io::BufReader::new(server.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
         // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
         line.split_whitespace().nth(5).unwrap().to_string()
     };
     let out = dir.path().join("fetched.safetensors");
     let o = command(&["weights", "fetch", "--out", out.to_str().unwrap()])
-        .env(
-            "NEURAL_STYLE_WEIGHTS_URL",
-            format!("http://127.0.0.1:{port}/vgg19-dcbb9e9d.pth"),
-        )
+        .env("NEURAL_STYLE_WEIGHTS_URL", format!("http://127.0.0.1:{port}/vgg19-dcbb9e9d.pth"))
         .output()
         .unwrap();
     server.kill().unwrap();
     server.wait().unwrap();
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(3), "{err}");
-    assert!(
-        err.contains("checksum mismatch") && err.contains("dcbb9e9d"),
-        "{err}"
-    );
+    assert!(err.contains("checksum mismatch") && err.contains("dcbb9e9d"), "{err}");
     assert!(!out.exists());
     // unreachable host: says so, exit 2
     let o = command(&["weights", "fetch", "--out", out.to_str().unwrap()])
-        .env(
-            "NEURAL_STYLE_WEIGHTS_URL",
-            "http://127.0.0.1:9/vgg19-dcbb9e9d.pth",
-        )
+        .env("NEURAL_STYLE_WEIGHTS_URL", "http://127.0.0.1:9/vgg19-dcbb9e9d.pth")
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

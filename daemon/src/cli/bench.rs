@@ -28,12 +28,6 @@ pub struct BenchArgs {
     /// Untimed evaluations first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    /// bfloat16 network (image, Grams and sums stay f32).
-    #[arg(long)]
-    pub bf16: bool,
-    /// Channels-last (NHWC-strided) activations and weights.
-    #[arg(long)]
-    pub channels_last: bool,
     /// Skip the PyTorch reference.
     #[arg(long)]
     pub no_reference: bool,
@@ -77,86 +71,83 @@ fn time_engine(engine: &Engine, size: i64, args: &BenchArgs) -> f64 {
     median(times)
 }
 
-fn time_reference(size: i64, device: Device, args: &BenchArgs) -> anyhow::Result<f64> {
+fn time_reference(size: i64, device: Device, layout: Layout, args: &BenchArgs) -> anyhow::Result<f64> {
     let script = python::script_file("bench_reference", REFERENCE)?;
     let py = python::interpreter();
     let mut cmd = Command::new(&py);
     cmd.arg(&script)
-        .args([
-            "--size",
-            &size.to_string(),
-            "--repeats",
-            &args.repeats.to_string(),
-        ])
-        .args([
-            "--warmup",
-            &args.warmup.to_string(),
-            "--device",
-            &device_name(device),
-        ])
+        .args(["--size", &size.to_string(), "--repeats", &args.repeats.to_string()])
+        .args(["--warmup", &args.warmup.to_string(), "--device", &device_name(device)])
         .args(["--threads", &tch::get_num_threads().to_string()]);
-    if args.bf16 {
+    if layout.bf16 {
         cmd.arg("--bf16");
     }
-    if args.channels_last {
+    if layout.channels_last {
         cmd.arg("--channels-last");
     }
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run the PyTorch reference with {}", py.display()))?;
+    let out = cmd.output().with_context(|| format!("cannot run the PyTorch reference with {}", py.display()))?;
     anyhow::ensure!(
         out.status.success(),
         "the PyTorch reference failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .last()
-            .unwrap_or_default()
+        String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()
     );
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("reading the reference's JSON")?;
-    v["median"]
-        .as_f64()
-        .context("reference JSON without median")
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading the reference's JSON")?;
+    v["median"].as_f64().context("reference JSON without median")
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let device = args.device.apply()?;
-    let layout = Layout {
-        bf16: args.bf16,
-        channels_last: args.channels_last,
-    };
-    let engine = Engine::with_layout(&Weights::random(0), device, layout);
-    let mut rows = Vec::new();
+    let layout = args.device.precision.layout(device);
+    let weights = Weights::random(0);
+    let ours = Engine::with_layout(&weights, device, layout);
+    let fp32 = (layout != Layout::FP32).then(|| Engine::new(&weights, device));
     eprintln!(
-        "one evaluation (VGG19 to relu5_1, avg pooling, 5 Grams + content, backward to input), {} threads, {}, median of {}",
+        "one objective evaluation (VGG19 to relu5_1, avg pooling, 5 Grams + content, backward to the input); \
+         {} threads, {}, median of {}; neural-style default precision: {}",
         tch::get_num_threads(),
         device_name(device),
-        args.repeats
+        args.repeats,
+        layout.name()
     );
     eprintln!(
-        "{:>6}  {:>14}  {:>14}  {:>7}",
-        "size", "neural-style s", "pytorch s", "ratio"
+        "{:>5} {:>12} {:>12} {:>12} {:>12} {:>9} {:>9} {:>9}",
+        "size", "ours s", "ours fp32 s", "torch fp32 s", "torch same s", "ratio", "fp32 ratio", "same ratio"
     );
+    let mut rows = Vec::new();
+    let fmt = |v: Option<f64>, digits: usize| v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into());
     for &size in &args.sizes {
         anyhow::ensure!(size >= 32, "sizes must be at least 32");
-        let ours = time_engine(&engine, size, &args);
-        let reference = if args.no_reference {
-            None
+        let t_ours = time_engine(&ours, size, &args);
+        let t_fp32 = fp32.as_ref().map(|e| time_engine(e, size, &args)).unwrap_or(t_ours);
+        let (t_torch, t_torch_same) = if args.no_reference {
+            (None, None)
         } else {
-            Some(time_reference(size, device, &args)?)
+            let base = time_reference(size, device, Layout::FP32, &args)?;
+            let same = if layout == Layout::FP32 { base } else { time_reference(size, device, layout, &args)? };
+            (Some(base), Some(same))
         };
-        let ratio = reference.map(|r| ours / r);
+        let ratio = t_torch.map(|r| t_ours / r);
+        let ratio_fp32 = t_torch.map(|r| t_fp32 / r);
+        let ratio_same = t_torch_same.map(|r| t_ours / r);
         eprintln!(
-            "{size:>6}  {ours:>14.4}  {:>14}  {:>7}",
-            reference.map(|r| format!("{r:.4}")).unwrap_or("-".into()),
-            ratio.map(|r| format!("{r:.3}")).unwrap_or("-".into())
+            "{size:>5} {t_ours:>12.4} {t_fp32:>12.4} {:>12} {:>12} {:>9} {:>9} {:>9}",
+            fmt(t_torch, 4),
+            fmt(t_torch_same, 4),
+            fmt(ratio, 3),
+            fmt(ratio_fp32, 3),
+            fmt(ratio_same, 3)
         );
-        rows.push(serde_json::json!({"size": size, "neural_style_s": ours, "pytorch_s": reference, "ratio": ratio}));
+        rows.push(serde_json::json!({
+            "size": size, "neural_style_s": t_ours, "neural_style_fp32_s": t_fp32,
+            "pytorch_fp32_s": t_torch, "pytorch_same_layout_s": t_torch_same,
+            "ratio": ratio, "ratio_fp32": ratio_fp32, "ratio_same_layout": ratio_same,
+        }));
     }
+    eprintln!("ratio = ours (default precision) / PyTorch eager fp32 NCHW; fp32 ratio = ours fp32 / the same; same ratio = ours / PyTorch with our layout");
     if args.json {
         let v = serde_json::json!({
             "device": device_name(device), "threads": tch::get_num_threads(),
-            "bf16": args.bf16, "channels_last": args.channels_last, "results": rows,
+            "precision": layout.name(), "results": rows,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     }

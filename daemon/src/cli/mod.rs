@@ -15,11 +15,7 @@ mod samples;
 mod weights;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "neural-style",
-    version,
-    about = "Gatys et al. neural style transfer (VGG19, libtorch)"
-)]
+#[command(name = "neural-style", version, about = "Gatys et al. neural style transfer (VGG19, libtorch)")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,6 +43,10 @@ pub struct DeviceArgs {
     /// CPU threads for libtorch (default: libtorch's choice, usually the number of cores).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Network precision: auto (bf16 + channels-last where the hardware has fast bf16), fp32,
+    /// bf16. The image, Gram matrices and loss sums are always f32.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub precision: crate::vgg::Precision,
 }
 
 impl DeviceArgs {
@@ -91,11 +91,7 @@ pub struct EngineArgs {
     #[arg(long, value_delimiter = ',', default_value = "relu4_2")]
     pub content_layers: Vec<String>,
     /// Style layers, comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1")]
     pub style_layers: Vec<String>,
     /// Weights w_l of the style layers, comma-separated (default 1/|layers| each).
     #[arg(long, value_delimiter = ',')]
@@ -177,11 +173,7 @@ impl WeightsArg {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
 /// Entry point of the binary.

@@ -49,46 +49,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Check the output before spending minutes on the optimisation.
     let format = OutputFormat::from_path(&args.output)?;
     if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        anyhow::ensure!(
-            dir.is_dir(),
-            "output folder {} does not exist; create it first",
-            dir.display()
-        );
+        anyhow::ensure!(dir.is_dir(), "output folder {} does not exist; create it first", dir.display());
     }
-    let limits = DecodeLimits {
-        max_pixels: args.max_pixels,
-        ..Default::default()
-    };
+    let limits = DecodeLimits { max_pixels: args.max_pixels, ..Default::default() };
     let content = Picture::load(&args.content, limits)?;
-    let styles = args
-        .style
-        .iter()
-        .map(|s| Picture::load(s, limits))
-        .collect::<Result<Vec<_>, _>>()?;
+    let styles = args.style.iter().map(|s| Picture::load(s, limits)).collect::<Result<Vec<_>, _>>()?;
     let device = args.device.apply()?;
     let weights = args.weights.load()?;
-    let engine = Engine::new(&weights, device);
+    let layout = args.device.precision.layout(device);
+    let engine = Engine::with_layout(&weights, device, layout);
     drop(weights);
-    tracing::info!(device = %crate::engine::device_name(device), "model loaded");
+    tracing::info!(device = %crate::engine::device_name(device), precision = %layout.name(), "model loaded");
 
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
-        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-            .context("installing the Ctrl-C handler")?;
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     }
     let bar = ProgressBar::new(params.iterations as u64);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} evals  loss {msg}  ETA {eta}",
-        )
-        .expect("valid template"),
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} evals  loss {msg}  ETA {eta}")
+            .expect("valid template"),
     );
-    let job = Job {
-        content,
-        styles,
-        params,
-    };
+    let job = Job { content, styles, params };
     let result = engine.stylize(&job, &mut |p| {
         bar.set_position(p.evaluation as u64);
         bar.set_message(format!("{:.4e}", p.losses.total));
@@ -108,12 +91,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if sixteen_bit && format != OutputFormat::Png {
         anyhow::bail!("16-bit output needs a .png file name");
     }
-    Output {
-        rgb: &out.rgb,
-        alpha: out.alpha.as_deref(),
-        sixteen_bit,
-    }
-    .save(&args.output)?;
+    Output { rgb: &out.rgb, alpha: out.alpha.as_deref(), sixteen_bit }.save(&args.output)?;
     let s = &out.summary;
     let total_seconds = total_start.elapsed().as_secs_f64();
     if args.json {
@@ -122,18 +100,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         v["output"] = args.output.display().to_string().into();
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
-    let weights_note = if s.pretrained {
-        "pretrained weights"
-    } else {
-        "NOT PRETRAINED weights (random init)"
-    };
+    let weights_note = if s.pretrained { "pretrained weights" } else { "NOT PRETRAINED weights (random init)" };
     eprintln!(
         "{} {} ({}×{}) — {} evaluations, {} iterations, loss {:.4e} → {:.4e}, {:.1} s on {}, {}",
-        if s.cancelled {
-            "interrupted: wrote the current image to"
-        } else {
-            "wrote"
-        },
+        if s.cancelled { "interrupted: wrote the current image to" } else { "wrote" },
         args.output.display(),
         s.width,
         s.height,
@@ -145,9 +115,5 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         s.device,
         weights_note
     );
-    Ok(if s.cancelled {
-        ExitCode::from(130)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if s.cancelled { ExitCode::from(130) } else { ExitCode::SUCCESS })
 }

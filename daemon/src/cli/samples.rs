@@ -21,11 +21,7 @@ fn content(w: u32, h: u32) -> RgbImage {
         let near = 0.62 + 0.10 * (fx * 5.0 + 1.0).sin();
         let sun = ((fx - 0.72).powi(2) + (fy - 0.22).powi(2)).sqrt() < 0.07;
         let c = if fy > 0.8 {
-            [
-                40.0,
-                90.0 + 60.0 * (fy - 0.8) * 5.0,
-                160.0 + 10.0 * (fx * 40.0).sin(),
-            ]
+            [40.0, 90.0 + 60.0 * (fy - 0.8) * 5.0, 160.0 + 10.0 * (fx * 40.0).sin()]
         } else if fy > near {
             [60.0 + 40.0 * fx, 120.0 + 30.0 * (fx * 31.0).sin(), 50.0]
         } else if fy > far {
@@ -48,11 +44,7 @@ fn style(w: u32, h: u32) -> RgbImage {
         let swirl = (a * 5.0 + r * 40.0).sin() * 0.5 + 0.5;
         let strokes = ((fx * 60.0 + (fy * 13.0).sin() * 4.0).sin() * 0.5 + 0.5) * 0.35;
         let t = (swirl * 0.65 + strokes).clamp(0.0, 1.0);
-        let c = [
-            20.0 + 230.0 * t * t,
-            40.0 + 160.0 * t,
-            110.0 + 120.0 * (1.0 - t),
-        ];
+        let c = [20.0 + 230.0 * t * t, 40.0 + 160.0 * t, 110.0 + 120.0 * (1.0 - t)];
         Rgb(c.map(|v: f32| v.clamp(0.0, 255.0) as u8))
     })
 }

@@ -58,8 +58,7 @@ pub enum WeightsCommand {
 }
 
 fn default_out(out: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    out.or_else(weights::default_path)
-        .context("no home directory to put the weights in; pass --out FILE")
+    out.or_else(weights::default_path).context("no home directory to put the weights in; pass --out FILE")
 }
 
 fn run_script(args: &[String]) -> anyhow::Result<ExitCode> {
@@ -105,21 +104,14 @@ pub fn run(cmd: WeightsCommand) -> anyhow::Result<ExitCode> {
                 format,
             ])
         }
-        WeightsCommand::Random {
-            seed,
-            out,
-            if_missing,
-        } => {
+        WeightsCommand::Random { seed, out, if_missing } => {
             if if_missing && out.exists() {
                 Weights::load(&out)?;
                 eprintln!("random weights already present: {}", out.display());
                 return Ok(ExitCode::SUCCESS);
             }
             Weights::random(seed).save(&out)?;
-            eprintln!(
-                "wrote NOT PRETRAINED VGG19 weights (seed {seed}) to {}",
-                out.display()
-            );
+            eprintln!("wrote NOT PRETRAINED VGG19 weights (seed {seed}) to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         WeightsCommand::Info { file, json } => {
@@ -131,14 +123,7 @@ pub fn run(cmd: WeightsCommand) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("file: {}", path.display());
-                println!(
-                    "pretrained: {}",
-                    if w.pretrained {
-                        "yes"
-                    } else {
-                        "NO (random init)"
-                    }
-                );
+                println!("pretrained: {}", if w.pretrained { "yes" } else { "NO (random init)" });
                 let mut keys: Vec<_> = w.metadata.iter().collect();
                 keys.sort();
                 for (k, v) in keys {
