@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
+use crate::cache::{StyleCache, StyleKey};
 use crate::image_io::{ImageError, Picture};
 use crate::lbfgs::{LbfgsConfig, Outcome, Stop};
 use crate::objective::{Coefficients, Losses, Objective};
@@ -182,12 +183,14 @@ pub struct Job {
 }
 
 /// Progress after each evaluation.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Debug)]
 pub struct Progress {
     pub evaluation: usize,
     pub max_evaluations: usize,
     pub losses: Losses,
     pub elapsed: Duration,
+    /// The image just evaluated, [1,3,H,W] on the engine's device (values may leave [0,1]).
+    pub image: Tensor,
 }
 
 /// What the observer wants after a progress report.
@@ -224,6 +227,10 @@ pub struct Summary {
     pub converged: bool,
     /// Stopped early by request (Ctrl-C, cancel).
     pub cancelled: bool,
+    /// The content had an alpha channel (carried to the output).
+    pub has_alpha: bool,
+    /// The content had more than 8 bits per channel.
+    pub high_precision: bool,
 }
 
 /// The result: RGB [1,3,H,W] in [0,1] on the CPU, the content's alpha if it had one.
@@ -304,8 +311,18 @@ impl Engine {
 
     /// Runs a job. libtorch errors (including out-of-memory) come back as [`EngineError::Torch`].
     pub fn stylize(&self, job: &Job, observe: &mut dyn FnMut(&Progress) -> Control) -> Result<Stylized, EngineError> {
+        self.stylize_cached(job, None, observe)
+    }
+
+    /// [`Engine::stylize`] with a style-target cache (the daemon keeps one across jobs).
+    pub fn stylize_cached(
+        &self,
+        job: &Job,
+        cache: Option<&mut StyleCache>,
+        observe: &mut dyn FnMut(&Progress) -> Control,
+    ) -> Result<Stylized, EngineError> {
         job.params.validate(job.styles.len())?;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| self.run(job, observe))) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.run(job, cache, observe))) {
             Ok(r) => r,
             Err(panic) => {
                 let msg = panic
@@ -343,16 +360,31 @@ impl Engine {
 
     /// The objective of a job at its working size.
     pub fn objective(&self, content: &Tensor, styles: &[Tensor], p: &Params) -> Objective {
-        Self::objective_on(&self.vgg, content, styles, p)
+        Self::objective_on(&self.vgg, content, styles, p, None)
     }
 
-    fn objective_on(vgg: &Vgg19, content: &Tensor, styles: &[Tensor], p: &Params) -> Objective {
+    fn objective_on(
+        vgg: &Vgg19,
+        content: &Tensor,
+        styles: &[Tensor],
+        p: &Params,
+        mut cache: Option<&mut StyleCache>,
+    ) -> Objective {
         let c_idx: Vec<usize> = p.content_layers.iter().filter_map(|n| layer_index(n)).collect();
         let s_idx: Vec<usize> = p.style_layers.iter().filter_map(|n| layer_index(n)).collect();
         let content_terms = Objective::content_targets(vgg, content, &c_idx, p.pooling);
         let elements: f64 = content_terms.iter().map(|t| t.target.numel() as f64).sum();
-        let grams: Vec<Vec<Tensor>> =
-            styles.iter().map(|s| Objective::style_grams(vgg, s, &s_idx, p.pooling)).collect();
+        let pooling = format!("{:?}", p.pooling);
+        let grams: Vec<Vec<Tensor>> = styles
+            .iter()
+            .map(|s| {
+                let compute = || Objective::style_grams(vgg, s, &s_idx, p.pooling);
+                match cache.as_deref_mut() {
+                    Some(c) => c.get_or_compute(StyleKey::new(s, &s_idx, &pooling, &vgg.layout().name()), compute),
+                    None => compute(),
+                }
+            })
+            .collect();
         let blend = if p.style_blend.is_empty() { vec![1.0; styles.len()] } else { p.style_blend.clone() };
         let layer_weights =
             p.style_layer_weights.clone().unwrap_or_else(|| vec![1.0 / s_idx.len().max(1) as f64; s_idx.len()]);
@@ -369,14 +401,19 @@ impl Engine {
         }
     }
 
-    fn run(&self, job: &Job, observe: &mut dyn FnMut(&Progress) -> Control) -> Result<Stylized, EngineError> {
+    fn run(
+        &self,
+        job: &Job,
+        cache: Option<&mut StyleCache>,
+        observe: &mut dyn FnMut(&Progress) -> Control,
+    ) -> Result<Stylized, EngineError> {
         let p = &job.params;
         let device = self.device();
         let (content_pic, style_pics) = self.prepare(job)?;
         let (w, h) = (content_pic.width(), content_pic.height());
         let content = content_pic.rgb_tensor().to_device(device);
         let styles: Vec<Tensor> = style_pics.iter().map(|s| s.rgb_tensor().to_device(device)).collect();
-        let objective = self.objective(&content, &styles, p);
+        let objective = Self::objective_on(&self.vgg, &content, &styles, p, cache);
 
         let x0 = match p.init {
             Init::Noise => crate::rng::uniform(&[1, 3, i64::from(h), i64::from(w)], p.seed).to_device(device),
@@ -395,8 +432,13 @@ impl Engine {
             evaluations += 1;
             initial.get_or_insert(losses.total);
             last = Some((flat.copy(), losses));
-            let progress =
-                Progress { evaluation: evaluations, max_evaluations: p.iterations, losses, elapsed: start.elapsed() };
+            let progress = Progress {
+                evaluation: evaluations,
+                max_evaluations: p.iterations,
+                losses,
+                elapsed: start.elapsed(),
+                image: x.shallow_clone(),
+            };
             if observe(&progress) == Control::Stop {
                 stopped = true;
                 return Err(());
@@ -441,7 +483,7 @@ impl Engine {
         let mut initial = initial.unwrap_or(losses.total);
         if let Some(reference) = &self.reference {
             // Report f32 figures, comparable across precisions.
-            let exact = Self::objective_on(reference, &content, &styles, p);
+            let exact = Self::objective_on(reference, &content, &styles, p, None);
             losses = exact.value(reference, &x.view(shape.as_slice()));
             initial = exact.value(reference, &x0).total;
         }
@@ -475,6 +517,8 @@ impl Engine {
                 precision: self.vgg.layout().name(),
                 converged,
                 cancelled: stopped,
+                has_alpha: content_pic.has_alpha,
+                high_precision: content_pic.high_precision,
             },
         })
     }

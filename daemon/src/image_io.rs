@@ -9,6 +9,7 @@ use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::imageops::FilterType;
 use image::{ColorType, DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageReader, Rgba32FImage};
+use neural_style_protocol::message::PixelFormat;
 use tch::{Kind, Tensor};
 
 /// The smallest side the network accepts (four 2×2 poolings before relu5_1).
@@ -119,6 +120,28 @@ impl Picture {
                 | ColorType::Rgba32F
         );
         Ok(Self { rgba: img.to_rgba32f(), has_alpha: color.has_alpha(), high_precision })
+    }
+
+    /// Raw RGBA pixels (8-bit, 16-bit little-endian or f32 little-endian samples).
+    pub fn from_raw(format: PixelFormat, width: u32, height: u32, bytes: &[u8]) -> Result<Self, String> {
+        let n = width as usize * height as usize * 4;
+        let samples: Vec<f32> = match format {
+            PixelFormat::Rgba8 => bytes.iter().map(|&b| f32::from(b) / 255.0).collect(),
+            PixelFormat::Rgba16 => {
+                bytes.chunks_exact(2).map(|c| f32::from(u16::from_le_bytes([c[0], c[1]])) / 65535.0).collect()
+            }
+            PixelFormat::Rgba32f => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .map(|v| if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 })
+                .collect(),
+            PixelFormat::Encoded => return Err("encoded bytes are not raw pixels".into()),
+        };
+        if samples.len() != n {
+            return Err(format!("{width}×{height} RGBA needs {n} samples, got {}", samples.len()));
+        }
+        let rgba = Rgba32FImage::from_raw(width, height, samples).ok_or("pixel buffer of the wrong size")?;
+        Ok(Self { rgba, has_alpha: true, high_precision: format != PixelFormat::Rgba8 })
     }
 
     /// Resized so that the longer side is `size` (no resampling when it already is).
@@ -258,4 +281,37 @@ impl Output<'_> {
             write_err(e.to_string())
         })
     }
+}
+
+/// RGB [1,3,H,W] in [0,1] (+ optional alpha) as raw RGBA bytes in `format` (alpha 1 when none).
+pub fn encode_raw(rgb: &Tensor, alpha: Option<&[f32]>, format: PixelFormat) -> Vec<u8> {
+    let hwc = rgb.squeeze_dim(0).permute([1, 2, 0]).clamp(0.0, 1.0).to_kind(Kind::Float).contiguous();
+    let v: Vec<f32> = Vec::<f32>::try_from(hwc.to_device(tch::Device::Cpu).view([-1])).expect("f32 pixels");
+    let pixels = v.len() / 3;
+    let mut out = Vec::with_capacity(pixels * format.bytes_per_pixel().unwrap_or(4));
+    for i in 0..pixels {
+        let a = alpha.map(|a| a[i]).unwrap_or(1.0);
+        for s in [v[3 * i], v[3 * i + 1], v[3 * i + 2], a] {
+            match format {
+                PixelFormat::Rgba16 => out.extend_from_slice(&((s * 65535.0).round() as u16).to_le_bytes()),
+                PixelFormat::Rgba32f => out.extend_from_slice(&s.to_le_bytes()),
+                _ => out.push((s * 255.0).round() as u8),
+            }
+        }
+    }
+    out
+}
+
+/// A small RGBA8 preview (longest side `size`) of an image tensor [1,3,H,W].
+pub fn preview(image: &Tensor, size: u32) -> (u32, u32, Vec<u8>) {
+    let (_, _, h, w) = image.size4().expect("4-D image");
+    let scale = f64::from(size) / (h.max(w) as f64);
+    let (nh, nw) = if scale < 1.0 {
+        (((h as f64 * scale).round() as i64).max(1), ((w as f64 * scale).round() as i64).max(1))
+    } else {
+        (h, w)
+    };
+    let small =
+        tch::no_grad(|| image.to_kind(Kind::Float).clamp(0.0, 1.0).upsample_bilinear2d([nh, nw], false, None, None));
+    (nw as u32, nh as u32, encode_raw(&small, None, PixelFormat::Rgba8))
 }

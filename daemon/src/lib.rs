@@ -9,19 +9,35 @@
 //! * [`lbfgs`], [`adam`]: optimisers over a flat tensor; L-BFGS follows torch.optim.LBFGS.
 //! * [`color`]: luminance-only transfer for `--preserve-colors`.
 //! * [`image_io`]: decoding with limits and EXIF orientation, 8/16-bit PNG and JPEG output.
+//! * [`cache`]: LRU cache of style Gram targets (the daemon keeps one across jobs).
 //! * [`engine`]: one job from pictures to a stylised image, with progress and cancellation.
 //! * [`rng`]: the seeded generator behind noise images and random weights.
 //! * [`python`]: the project's Python (venv) used for fetching weights and reference runs.
-//! * [`cli`]: the `neural-style` command line (`run`, `weights`, `bench`).
+//!
+//! The daemon, socket → queue → one engine thread → events:
+//!
+//! * [`server`]: `serve` — socket (private dir, 0600, stale recovery, one instance), accept
+//!   loop, one thread per connection, shutdown on SIGINT/SIGTERM or request.
+//! * [`queue`]: jobs by priority then arrival, cancellation, queue positions.
+//! * [`worker`]: the engine thread: model load, warm-up, jobs, progress/result events.
+//! * [`config`]: the daemon's config file and its defaults.
+//!
+//! * [`cli`]: the `neural-style` command line (`run`, `serve`, `status`, `cancel`, `stop`,
+//!   `config`, `weights`, `bench`, `samples`).
 
 pub mod adam;
+pub mod cache;
 pub mod cli;
 pub mod color;
+pub mod config;
 pub mod engine;
 pub mod image_io;
 pub mod lbfgs;
 pub mod objective;
 pub mod python;
+pub mod queue;
 pub mod rng;
+pub mod server;
 pub mod vgg;
 pub mod weights;
+pub mod worker;

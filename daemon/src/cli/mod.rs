@@ -10,6 +10,7 @@ use crate::engine::{Init, OptimizerKind, Params};
 use crate::vgg::Pooling;
 
 mod bench;
+mod daemon;
 mod run;
 mod samples;
 mod weights;
@@ -32,6 +33,16 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Draw a sample content and style image (for trying things out without images at hand).
     Samples(samples::SamplesArgs),
+    /// Run the daemon: VGG19 stays loaded and serves jobs over a local socket.
+    Serve(Box<daemon::ServeArgs>),
+    /// Show the daemon's state: device, weights, running job, queue, cache.
+    Status(daemon::StatusArgs),
+    /// Cancel a job of the daemon.
+    Cancel(daemon::CancelArgs),
+    /// Stop the daemon.
+    Stop(daemon::StopArgs),
+    /// Print the effective daemon configuration and paths.
+    Config(Box<daemon::ConfigArgs>),
 }
 
 /// Where the model runs.
@@ -185,6 +196,11 @@ pub fn main() -> ExitCode {
         Command::Weights(cmd) => weights::run(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Samples(args) => samples::run(args),
+        Command::Serve(args) => daemon::serve(*args),
+        Command::Status(args) => daemon::status(args),
+        Command::Cancel(args) => daemon::cancel(args),
+        Command::Stop(args) => daemon::stop(args),
+        Command::Config(args) => daemon::config(*args),
     };
     match result {
         Ok(code) => code,

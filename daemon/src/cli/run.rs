@@ -1,4 +1,5 @@
-//! `neural-style run`: one-shot stylisation in this process.
+//! `neural-style run`: one stylisation, through a running daemon when there is one (its model is
+//! already loaded), in this process otherwise (`--local` forces it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,9 +10,14 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use neural_style_protocol::client::ClientError;
+use neural_style_protocol::message::{Event, ImageRef, PixelFormat, Request, StyleRef, Stylize};
+use neural_style_protocol::Client;
+use tch::Tensor;
 
+use super::daemon::SocketArg;
 use super::{DeviceArgs, EngineArgs, WeightsArg};
-use crate::engine::{Control, Engine, Job};
+use crate::engine::{Control, Engine, Job, Params};
 use crate::image_io::{DecodeLimits, Output, OutputFormat, Picture};
 
 #[derive(Args, Debug)]
@@ -34,6 +40,11 @@ pub struct RunArgs {
     /// Print a JSON summary on stdout when done.
     #[arg(long)]
     pub json: bool,
+    /// Run in this process even when a daemon is running.
+    #[arg(long)]
+    pub local: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
     #[command(flatten)]
     pub engine: EngineArgs,
     #[command(flatten)]
@@ -42,11 +53,34 @@ pub struct RunArgs {
     pub device: DeviceArgs,
 }
 
+fn progress_bar(total: usize) -> ProgressBar {
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} evals  loss {msg}  ETA {eta}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+fn ctrl_c_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    ctrlc::set_handler(move || f.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    Ok(flag)
+}
+
+/// What either path produced.
+struct Produced {
+    rgb: Tensor,
+    alpha: Option<Vec<f32>>,
+    summary: serde_json::Value,
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let total_start = Instant::now();
     let params = args.engine.params();
     params.validate(args.style.len())?;
-    // Check the output before spending minutes on the optimisation.
+    // Check the output and the inputs before spending minutes on the optimisation.
     let format = OutputFormat::from_path(&args.output)?;
     if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
         anyhow::ensure!(dir.is_dir(), "output folder {} does not exist; create it first", dir.display());
@@ -54,23 +88,78 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let limits = DecodeLimits { max_pixels: args.max_pixels, ..Default::default() };
     let content = Picture::load(&args.content, limits)?;
     let styles = args.style.iter().map(|s| Picture::load(s, limits)).collect::<Result<Vec<_>, _>>()?;
+    let interrupted = ctrl_c_flag()?;
+
+    let remote = if args.local {
+        None
+    } else {
+        match args.socket.connect() {
+            Ok(c) => Some(c),
+            Err(e) if matches!(e.downcast_ref::<ClientError>(), Some(ClientError::Connect { .. })) => {
+                tracing::info!(socket = %args.socket.path().display(), "no daemon running: stylising in this process");
+                None
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let produced = match remote {
+        Some(client) => run_remote(&args, client, &params, &interrupted)?,
+        None => run_local(&args, content, styles, params, &interrupted)?,
+    };
+
+    let s = &produced.summary;
+    let high_precision = s["high_precision"].as_bool().unwrap_or(false);
+    let sixteen_bit = match args.output_depth.as_deref() {
+        Some("16") => true,
+        Some(_) => false,
+        None => high_precision && format == OutputFormat::Png,
+    };
+    anyhow::ensure!(!sixteen_bit || format == OutputFormat::Png, "16-bit output needs a .png file name");
+    Output { rgb: &produced.rgb, alpha: produced.alpha.as_deref(), sixteen_bit }.save(&args.output)?;
+    let cancelled = s["cancelled"].as_bool().unwrap_or(false);
+    if args.json {
+        let mut v = s.clone();
+        v["total_seconds"] = total_start.elapsed().as_secs_f64().into();
+        v["output"] = args.output.display().to_string().into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    let weights_note = if s["pretrained"].as_bool() == Some(true) {
+        "pretrained weights"
+    } else {
+        "NOT PRETRAINED weights (random init)"
+    };
+    eprintln!(
+        "{} {} ({}×{}) — {} evaluations, {} iterations, loss {:.4e} → {:.4e}, {:.1} s on {} ({}), {}",
+        if cancelled { "interrupted: wrote the current image to" } else { "wrote" },
+        args.output.display(),
+        s["width"],
+        s["height"],
+        s["evaluations"],
+        s["iterations"],
+        s["initial_loss"].as_f64().unwrap_or(f64::NAN),
+        s["total_loss"].as_f64().unwrap_or(f64::NAN),
+        s["seconds"].as_f64().unwrap_or(f64::NAN),
+        s["device"].as_str().unwrap_or("?"),
+        s["precision"].as_str().unwrap_or("?"),
+        weights_note
+    );
+    Ok(if cancelled { ExitCode::from(130) } else { ExitCode::SUCCESS })
+}
+
+fn run_local(
+    args: &RunArgs,
+    content: Picture,
+    styles: Vec<Picture>,
+    params: Params,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<Produced> {
     let device = args.device.apply()?;
     let weights = args.weights.load()?;
     let layout = args.device.precision.layout(device);
     let engine = Engine::with_layout(&weights, device, layout);
     drop(weights);
     tracing::info!(device = %crate::engine::device_name(device), precision = %layout.name(), "model loaded");
-
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
-    }
-    let bar = ProgressBar::new(params.iterations as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} evals  loss {msg}  ETA {eta}")
-            .expect("valid template"),
-    );
+    let bar = progress_bar(params.iterations);
     let job = Job { content, styles, params };
     let result = engine.stylize(&job, &mut |p| {
         bar.set_position(p.evaluation as u64);
@@ -83,37 +172,98 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     bar.finish_and_clear();
     let out = result?;
-    let sixteen_bit = match args.output_depth.as_deref() {
-        Some("16") => true,
-        Some(_) => false,
-        None => out.high_precision && format == OutputFormat::Png,
+    Ok(Produced { rgb: out.rgb, alpha: out.alpha, summary: serde_json::to_value(&out.summary)? })
+}
+
+fn run_remote(
+    args: &RunArgs,
+    mut client: Client,
+    params: &Params,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<Produced> {
+    tracing::info!(socket = %args.socket.path().display(), "using the running daemon");
+    let mut payload = Vec::new();
+    let mut add = |path: &PathBuf| -> anyhow::Result<ImageRef> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let r = ImageRef {
+            offset: payload.len() as u64,
+            length: bytes.len() as u64,
+            format: PixelFormat::Encoded,
+            width: None,
+            height: None,
+        };
+        payload.extend_from_slice(&bytes);
+        Ok(r)
     };
-    if sixteen_bit && format != OutputFormat::Png {
-        anyhow::bail!("16-bit output needs a .png file name");
+    let content = add(&args.content)?;
+    let blend = args.engine.style_weights.clone().unwrap_or_else(|| vec![1.0; args.style.len()]);
+    let styles = args
+        .style
+        .iter()
+        .zip(&blend)
+        .map(|(p, &weight)| Ok(StyleRef { image: add(p)?, weight }))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut map = match serde_json::to_value(params)? {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!("params serialise to an object"),
+    };
+    map.remove("style_blend");
+    let request = Stylize {
+        content,
+        styles,
+        params: map,
+        output: PixelFormat::Rgba32f,
+        priority: Default::default(),
+        preview_every: None,
+        preview_size: None,
+        label: Some(args.content.display().to_string()),
+    };
+    client.send(&Request::Stylize(request), &payload)?;
+    let bar = progress_bar(params.iterations);
+    let mut job_id = None;
+    let mut cancel_sent = false;
+    loop {
+        let (event, bytes) = client.recv()?;
+        match event {
+            Event::Accepted { job, position } | Event::Queued { job, position } => {
+                job_id = Some(job);
+                if position > 0 {
+                    bar.set_message(format!("queued, {position} job(s) ahead"));
+                }
+            }
+            Event::Started { .. } => bar.set_message("started"),
+            Event::Progress { iteration, losses, .. } => {
+                bar.set_position(iteration as u64);
+                bar.set_message(format!("{:.4e}", losses.total));
+            }
+            Event::Result { image, summary, .. } => {
+                bar.finish_and_clear();
+                return produced(&image, &bytes, summary);
+            }
+            Event::Cancelled { image: Some(image), summary: Some(summary), .. } => {
+                bar.finish_and_clear();
+                return produced(&image, &bytes, summary);
+            }
+            Event::Cancelled { job, .. } => anyhow::bail!("job {job} was cancelled before it started"),
+            Event::Error { code, message, .. } => {
+                bar.finish_and_clear();
+                anyhow::bail!("the daemon refused the job ({code:?}): {message}")
+            }
+            _ => {}
+        }
+        if let (Some(job), false) = (job_id, cancel_sent) {
+            if interrupted.load(Ordering::SeqCst) {
+                client.send(&Request::Cancel { job }, &[])?;
+                cancel_sent = true;
+            }
+        }
     }
-    Output { rgb: &out.rgb, alpha: out.alpha.as_deref(), sixteen_bit }.save(&args.output)?;
-    let s = &out.summary;
-    let total_seconds = total_start.elapsed().as_secs_f64();
-    if args.json {
-        let mut v = serde_json::to_value(s)?;
-        v["total_seconds"] = total_seconds.into();
-        v["output"] = args.output.display().to_string().into();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    }
-    let weights_note = if s.pretrained { "pretrained weights" } else { "NOT PRETRAINED weights (random init)" };
-    eprintln!(
-        "{} {} ({}×{}) — {} evaluations, {} iterations, loss {:.4e} → {:.4e}, {:.1} s on {}, {}",
-        if s.cancelled { "interrupted: wrote the current image to" } else { "wrote" },
-        args.output.display(),
-        s.width,
-        s.height,
-        s.evaluations,
-        s.iterations,
-        s.initial_loss,
-        s.total_loss,
-        s.seconds,
-        s.device,
-        weights_note
-    );
-    Ok(if s.cancelled { ExitCode::from(130) } else { ExitCode::SUCCESS })
+}
+
+fn produced(image: &ImageRef, bytes: &[u8], summary: serde_json::Value) -> anyhow::Result<Produced> {
+    let (w, h) = (image.width.unwrap_or(0), image.height.unwrap_or(0));
+    let pic = Picture::from_raw(image.format, w, h, image.slice(bytes).map_err(anyhow::Error::msg)?)
+        .map_err(anyhow::Error::msg)?;
+    let alpha = summary["has_alpha"].as_bool().unwrap_or(false).then(|| pic.alpha());
+    Ok(Produced { rgb: pic.rgb_tensor(), alpha, summary })
 }

@@ -1,0 +1,203 @@
+//! `serve`, `status`, `cancel`, `stop`, `config`: the daemon and the CLI as its client.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use neural_style_protocol::socket::socket_path;
+use neural_style_protocol::Client;
+
+use super::WeightsArg;
+use crate::config::{Config, OnSignal};
+use crate::vgg::Precision;
+
+/// `--socket` for every command that talks to the daemon.
+#[derive(Args, Debug, Clone)]
+pub struct SocketArg {
+    /// The daemon's socket (default: $NEURAL_STYLE_SOCKET, then the runtime directory).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    pub fn path(&self) -> PathBuf {
+        socket_path(self.socket.as_deref())
+    }
+
+    pub fn connect(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.path(), concat!("neural-style-cli/", env!("CARGO_PKG_VERSION")))?)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Config file (default: <config dir>/config.toml when it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub socket: SocketArg,
+    #[command(flatten)]
+    pub weights: WeightsArg,
+    /// auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Largest output in pixels per job.
+    #[arg(long)]
+    pub max_pixels: Option<u64>,
+    /// Largest input image in pixels.
+    #[arg(long)]
+    pub max_input_pixels: Option<u64>,
+    #[arg(long)]
+    pub max_iterations: Option<usize>,
+    #[arg(long)]
+    pub max_clients: Option<usize>,
+    #[arg(long)]
+    pub max_queue: Option<usize>,
+    /// Memory cap of the style-target cache in MiB.
+    #[arg(long)]
+    pub cache_mb: Option<u64>,
+    /// On SIGINT/SIGTERM/stop: cancel the running job, or let it finish.
+    #[arg(long, value_enum)]
+    pub on_signal: Option<OnSignal>,
+    /// Skip the warm-up pass at start-up.
+    #[arg(long)]
+    pub no_warmup: bool,
+}
+
+impl ServeArgs {
+    /// The config file's values with the flags on top.
+    pub fn effective(&self) -> anyhow::Result<Config> {
+        let mut c = Config::load(self.config.as_deref())?;
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { c.$field = v; } )* };
+        }
+        set!(
+            device,
+            precision,
+            max_pixels,
+            max_input_pixels,
+            max_iterations,
+            max_clients,
+            max_queue,
+            cache_mb,
+            on_signal
+        );
+        if self.threads.is_some() {
+            c.threads = self.threads;
+        }
+        if self.socket.socket.is_some() {
+            c.socket = self.socket.socket.clone();
+        }
+        if self.weights.weights.is_some() {
+            c.weights = self.weights.weights.clone();
+        }
+        if self.no_warmup {
+            c.warmup = false;
+        }
+        Ok(c)
+    }
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = args.effective()?;
+    let weights = WeightsArg { weights: config.weights.clone() }.load()?;
+    crate::server::run(config, weights)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let s = args.socket.connect()?.status()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("neural-style {} (protocol {}), pid {}, up {:.0} s", s.version, s.protocol, s.pid, s.uptime_seconds);
+    println!("socket:  {}", s.socket);
+    println!("device:  {} ({}){}", s.device, s.precision, if s.ready { "" } else { " — loading" });
+    let pre = if s.pretrained { "pretrained" } else { "NOT PRETRAINED (random init)" };
+    println!("weights: {} — {pre}", s.weights);
+    println!("memory:  {:.0} MiB resident", s.rss_bytes as f64 / 1048576.0);
+    match &s.running {
+        Some(j) => {
+            println!("running: job {} {}×{} {}/{} evaluations", j.job, j.width, j.height, j.progress, j.iterations)
+        }
+        None => println!("running: nothing"),
+    }
+    println!("queue:   {} waiting", s.queue.len());
+    for (i, j) in s.queue.iter().enumerate() {
+        println!("  {i}. job {} {:?} {}×{} {} evaluations", j.job, j.priority, j.width, j.height, j.iterations);
+    }
+    println!(
+        "jobs:    {} done, {} failed, {} cancelled; {} client(s)",
+        s.jobs_done, s.jobs_failed, s.jobs_cancelled, s.clients
+    );
+    println!(
+        "cache:   {} style(s), {:.1} MiB, {} hits, {} misses",
+        s.cache_entries,
+        s.cache_bytes as f64 / 1048576.0,
+        s.cache_hits,
+        s.cache_misses
+    );
+    for (k, v) in &s.extra {
+        println!("{k}: {}", serde_json::to_string_pretty(v)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    /// The job id (see `neural-style status`).
+    pub job: u64,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+pub fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
+    args.socket.connect()?.cancel(args.job)?;
+    eprintln!("job {} cancelled", args.job);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
+    args.socket.connect()?.shutdown()?;
+    eprintln!("the daemon at {} is stopping", args.socket.path().display());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+pub fn config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
+    let c = args.serve.effective()?;
+    let file = args.serve.config.clone().or_else(crate::config::default_path);
+    println!("# config file: {}", file.map(|p| p.display().to_string()).unwrap_or("(none)".into()));
+    println!("# socket:      {}", socket_path(c.socket.as_deref()).display());
+    let weights = crate::weights::resolve(c.weights.as_deref()).map(|p| p.display().to_string()).unwrap_or_else(|_| {
+        format!("(missing; expected {})", crate::weights::default_path().unwrap_or_default().display())
+    });
+    println!("# weights:     {weights}");
+    println!("# data dir:    {}", crate::weights::data_dir().unwrap_or_default().display());
+    print!("{}", c.to_toml());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,240 @@
+//! The job queue in front of the engine thread: FIFO within a priority, interactive before
+//! batch (watch-folder) jobs; cancellation of waiting and running jobs; queue positions sent to
+//! clients whenever they change.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
+
+use neural_style_protocol::message::{Event, JobInfo, PixelFormat};
+
+use crate::engine::Job;
+
+/// An event for a client, with its payload bytes.
+pub type Outgoing = (Event, Vec<u8>);
+
+/// A job waiting for or held by the engine thread.
+pub struct QueuedJob {
+    pub id: u64,
+    pub job: Job,
+    pub info: JobInfo,
+    /// Where this job's events go (the requesting connection, or a watch folder).
+    pub events: Sender<Outgoing>,
+    /// The connection that submitted it (0 for internal submitters).
+    pub owner: u64,
+    pub output: PixelFormat,
+    pub preview_every: u32,
+    pub preview_size: u32,
+    pub cancel: Arc<AtomicBool>,
+    pub progress: Arc<AtomicUsize>,
+    seq: u64,
+    last_position: usize,
+}
+
+impl QueuedJob {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        job: Job,
+        info: JobInfo,
+        events: Sender<Outgoing>,
+        owner: u64,
+        output: PixelFormat,
+        preview_every: u32,
+        preview_size: u32,
+    ) -> Self {
+        Self {
+            id: 0,
+            job,
+            info,
+            events,
+            owner,
+            output,
+            preview_every,
+            preview_size,
+            cancel: Arc::new(AtomicBool::new(false)),
+            progress: Arc::new(AtomicUsize::new(0)),
+            seq: 0,
+            last_position: usize::MAX,
+        }
+    }
+
+    pub fn send(&self, event: Event, payload: Vec<u8>) {
+        // A client that went away cannot be told; its job is cancelled by the connection.
+        let _ = self.events.send((event, payload));
+    }
+}
+
+struct Running {
+    id: u64,
+    owner: u64,
+    info: JobInfo,
+    cancel: Arc<AtomicBool>,
+    progress: Arc<AtomicUsize>,
+}
+
+#[derive(Default)]
+struct Inner {
+    waiting: Vec<QueuedJob>,
+    running: Option<Running>,
+    closed: bool,
+    next_id: u64,
+    next_seq: u64,
+}
+
+/// Outcome of a cancel request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cancel {
+    /// Removed from the queue (its client was told).
+    Waiting,
+    /// The running job will stop after its current evaluation.
+    Running,
+    NotFound,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("the queue is full ({0} jobs waiting); try again later")]
+    Full(usize),
+    #[error("the daemon is shutting down")]
+    Closed,
+}
+
+#[derive(Default)]
+pub struct Queue {
+    inner: Mutex<Inner>,
+    ready: Condvar,
+    max_waiting: usize,
+}
+
+impl Queue {
+    pub fn new(max_waiting: usize) -> Self {
+        Self { max_waiting, ..Default::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a job; returns its id and queue position (0 = next).
+    pub fn push(&self, mut job: QueuedJob) -> Result<(u64, usize), QueueError> {
+        let mut inner = self.lock();
+        if inner.closed {
+            return Err(QueueError::Closed);
+        }
+        if inner.waiting.len() >= self.max_waiting {
+            return Err(QueueError::Full(inner.waiting.len()));
+        }
+        inner.next_id += 1;
+        inner.next_seq += 1;
+        job.id = inner.next_id;
+        job.info.job = job.id;
+        job.seq = inner.next_seq;
+        let id = job.id;
+        let key = (job.info.priority, job.seq);
+        let at = inner.waiting.iter().position(|j| (j.info.priority, j.seq) > key).unwrap_or(inner.waiting.len());
+        job.last_position = at;
+        job.send(Event::Accepted { job: id, position: at }, Vec::new());
+        inner.waiting.insert(at, job);
+        Self::announce_positions(&mut inner);
+        self.ready.notify_one();
+        Ok((id, at))
+    }
+
+    fn announce_positions(inner: &mut Inner) {
+        for (pos, j) in inner.waiting.iter_mut().enumerate() {
+            if j.last_position != pos {
+                j.last_position = pos;
+                j.send(Event::Queued { job: j.id, position: pos }, Vec::new());
+            }
+        }
+    }
+
+    /// Blocks until a job is available (and marks it running), or returns `None` once closed.
+    pub fn pop(&self) -> Option<QueuedJob> {
+        let mut inner = self.lock();
+        loop {
+            if inner.closed {
+                return None;
+            }
+            if !inner.waiting.is_empty() {
+                let job = inner.waiting.remove(0);
+                inner.running = Some(Running {
+                    id: job.id,
+                    owner: job.owner,
+                    info: job.info.clone(),
+                    cancel: job.cancel.clone(),
+                    progress: job.progress.clone(),
+                });
+                Self::announce_positions(&mut inner);
+                return Some(job);
+            }
+            inner = self.ready.wait(inner).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The engine thread is done with the running job.
+    pub fn finish(&self) {
+        self.lock().running = None;
+    }
+
+    /// Cancels job `id`.
+    pub fn cancel(&self, id: u64) -> Cancel {
+        let mut inner = self.lock();
+        if let Some(r) = inner.running.as_ref().filter(|r| r.id == id) {
+            r.cancel.store(true, Ordering::SeqCst);
+            return Cancel::Running;
+        }
+        if let Some(i) = inner.waiting.iter().position(|j| j.id == id) {
+            let job = inner.waiting.remove(i);
+            job.send(Event::Cancelled { job: id, image: None, summary: None }, Vec::new());
+            Self::announce_positions(&mut inner);
+            return Cancel::Waiting;
+        }
+        Cancel::NotFound
+    }
+
+    /// Cancels every job of a connection (it went away). Returns how many.
+    pub fn cancel_owner(&self, owner: u64) -> usize {
+        let mut inner = self.lock();
+        let mut n = 0;
+        if let Some(r) = inner.running.as_ref().filter(|r| r.owner == owner) {
+            r.cancel.store(true, Ordering::SeqCst);
+            n += 1;
+        }
+        let before = inner.waiting.len();
+        inner.waiting.retain(|j| j.owner != owner);
+        n += before - inner.waiting.len();
+        Self::announce_positions(&mut inner);
+        n
+    }
+
+    /// Stops taking jobs: waiting ones are cancelled; the running one is cancelled too when
+    /// `cancel_running`. `pop` returns `None` from now on.
+    pub fn close(&self, cancel_running: bool) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        for j in inner.waiting.drain(..) {
+            j.send(Event::Cancelled { job: j.id, image: None, summary: None }, Vec::new());
+        }
+        if cancel_running {
+            if let Some(r) = &inner.running {
+                r.cancel.store(true, Ordering::SeqCst);
+            }
+        }
+        self.ready.notify_all();
+    }
+
+    /// The running job and the waiting ones, in order.
+    pub fn snapshot(&self) -> (Option<JobInfo>, Vec<JobInfo>) {
+        let inner = self.lock();
+        let running =
+            inner.running.as_ref().map(|r| JobInfo { progress: r.progress.load(Ordering::SeqCst), ..r.info.clone() });
+        (running, inner.waiting.iter().map(|j| j.info.clone()).collect())
+    }
+
+    /// Whether a job is waiting or running.
+    pub fn is_idle(&self) -> bool {
+        let inner = self.lock();
+        inner.running.is_none() && inner.waiting.is_empty()
+    }
+}

@@ -1,0 +1,285 @@
+//! The messages: what clients send ([`Request`]) and what the daemon sends ([`Event`]).
+//! JSON objects tagged by `"type"`; images travel in the frame's payload and are referenced by
+//! byte ranges ([`ImageRef`]).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Protocol version spoken by this build. The daemon refuses a `hello` with another version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// How an image's bytes are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelFormat {
+    /// An encoded file (PNG, JPEG, WebP, TIFF, …); width and height come from the file.
+    Encoded,
+    /// Raw RGBA, 8 bits per sample, row-major, no padding.
+    Rgba8,
+    /// Raw RGBA, 16-bit little-endian samples.
+    Rgba16,
+    /// Raw RGBA, 32-bit little-endian float samples in [0,1].
+    Rgba32f,
+}
+
+impl PixelFormat {
+    /// Bytes per pixel of a raw format.
+    pub fn bytes_per_pixel(self) -> Option<usize> {
+        match self {
+            PixelFormat::Encoded => None,
+            PixelFormat::Rgba8 => Some(4),
+            PixelFormat::Rgba16 => Some(8),
+            PixelFormat::Rgba32f => Some(16),
+        }
+    }
+}
+
+/// An image inside the frame's payload: bytes `offset .. offset + length`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    pub offset: u64,
+    pub length: u64,
+    pub format: PixelFormat,
+    /// Required for raw formats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+}
+
+impl ImageRef {
+    /// The referenced bytes, checked against the payload and, for raw formats, the dimensions.
+    pub fn slice<'a>(&self, payload: &'a [u8]) -> Result<&'a [u8], String> {
+        let end = self.offset.checked_add(self.length).ok_or("image range overflows")?;
+        if end > payload.len() as u64 {
+            return Err(format!("image bytes {}..{end} lie outside the {}-byte payload", self.offset, payload.len()));
+        }
+        if let Some(bpp) = self.format.bytes_per_pixel() {
+            let (w, h) = match (self.width, self.height) {
+                (Some(w), Some(h)) if w > 0 && h > 0 => (w, h),
+                _ => return Err(format!("raw {:?} pixels need a positive width and height", self.format)),
+            };
+            let expected = u64::from(w) * u64::from(h) * bpp as u64;
+            if expected != self.length {
+                return Err(format!("{w}×{h} {:?} needs {expected} bytes, got {}", self.format, self.length));
+            }
+        }
+        Ok(&payload[self.offset as usize..end as usize])
+    }
+}
+
+/// A style image and its blend weight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StyleRef {
+    pub image: ImageRef,
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Queue class: interactive requests run before watch-folder (batch) ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    #[default]
+    Interactive,
+    Batch,
+}
+
+/// A style-transfer request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stylize {
+    pub content: ImageRef,
+    pub styles: Vec<StyleRef>,
+    /// Engine parameters (see the README's table; unknown names are rejected).
+    #[serde(default)]
+    pub params: Map<String, Value>,
+    /// Pixel format of the result (raw formats only).
+    #[serde(default = "rgba8")]
+    pub output: PixelFormat,
+    #[serde(default)]
+    pub priority: Priority,
+    /// Send a small RGBA8 preview with every K-th progress event (0/absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_every: Option<u32>,
+    /// Longest side of previews (default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_size: Option<u32>,
+    /// Free text shown in status and logs (e.g. the GIMP image name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+fn rgba8() -> PixelFormat {
+    PixelFormat::Rgba8
+}
+
+/// Client → daemon.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// First message on every connection.
+    Hello {
+        protocol: u32,
+        client: String,
+    },
+    Stylize(Stylize),
+    /// Cancel a job (any job of the same user).
+    Cancel {
+        job: u64,
+    },
+    Status,
+    /// Stop the daemon (running job per its `--on-signal` setting).
+    Shutdown,
+}
+
+/// Loss values (the paper's eq. 1, 5, TV and eq. 7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Losses {
+    pub content: f64,
+    pub style: f64,
+    pub tv: f64,
+    pub total: f64,
+}
+
+/// Stable error codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The client speaks another protocol version.
+    VersionMismatch,
+    /// A frame could not be read (bad magic, sizes over the limits, truncated).
+    BadFrame,
+    /// The frame was fine but the message was not (bad JSON, unknown type, missing fields).
+    BadRequest,
+    /// An engine parameter is invalid.
+    InvalidParams,
+    /// An image could not be decoded.
+    BadImage,
+    /// Over a configured limit (pixels, iterations, clients, queue).
+    TooLarge,
+    /// Too many clients connected.
+    Busy,
+    /// Unknown job.
+    NotFound,
+    /// Another user's connection.
+    Forbidden,
+    /// The device ran out of memory; try a smaller size.
+    OutOfMemory,
+    /// The daemon is stopping.
+    ShuttingDown,
+    Internal,
+}
+
+/// A job in the status report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub job: u64,
+    pub priority: Priority,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    pub iterations: usize,
+    /// Evaluations done (running job).
+    #[serde(default)]
+    pub progress: usize,
+}
+
+/// The daemon's state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub protocol: u32,
+    pub pid: u32,
+    pub socket: String,
+    pub device: String,
+    pub precision: String,
+    pub weights: String,
+    pub pretrained: bool,
+    pub ready: bool,
+    pub uptime_seconds: f64,
+    pub rss_bytes: u64,
+    #[serde(default)]
+    pub device_memory_bytes: Option<u64>,
+    pub running: Option<JobInfo>,
+    pub queue: Vec<JobInfo>,
+    pub clients: usize,
+    pub jobs_done: u64,
+    pub jobs_failed: u64,
+    pub jobs_cancelled: u64,
+    pub cache_entries: usize,
+    pub cache_bytes: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Extra sections (e.g. watch folders).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
+}
+
+/// Daemon → client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// Answer to the client's hello.
+    Hello {
+        protocol: u32,
+        server: String,
+        device: String,
+        pretrained: bool,
+    },
+    /// The request is queued; `position` 0 = next to run.
+    Accepted {
+        job: u64,
+        position: usize,
+    },
+    /// The job's queue position changed.
+    Queued {
+        job: u64,
+        position: usize,
+    },
+    /// The job left the queue and runs now.
+    Started {
+        job: u64,
+        width: u32,
+        height: u32,
+    },
+    /// After each objective evaluation. `preview`, when present, is RGBA8 in the payload.
+    Progress {
+        job: u64,
+        iteration: usize,
+        total: usize,
+        losses: Losses,
+        elapsed: f64,
+        eta: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preview: Option<ImageRef>,
+    },
+    /// The stylised image in the payload, and the run's summary.
+    Result {
+        job: u64,
+        image: ImageRef,
+        summary: Value,
+    },
+    /// The job stopped early. A job cancelled while running carries its current image (in the
+    /// requested format, in the payload) and summary; one cancelled while waiting has neither.
+    Cancelled {
+        job: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<ImageRef>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        summary: Option<Value>,
+    },
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    },
+    Status(Status),
+    /// The daemon is stopping (answer to shutdown).
+    ShuttingDown,
+}
