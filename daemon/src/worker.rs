@@ -109,7 +109,8 @@ fn run_job(shared: &Shared, engine: &Engine, cache: &mut StyleCache, job: &Queue
         job.progress.store(p.evaluation, Ordering::SeqCst);
         let elapsed = p.elapsed.as_secs_f64();
         let eta = elapsed / p.evaluation as f64 * (p.max_evaluations - p.evaluation) as f64;
-        let (preview_ref, payload) = if job.preview_every > 0 && p.evaluation % job.preview_every as usize == 0 {
+        let (preview_ref, payload) = if job.preview_every > 0 && p.evaluation.is_multiple_of(job.preview_every as usize)
+        {
             let (w, h, bytes) = preview(&p.image, job.preview_size);
             let r = ImageRef {
                 offset: 0,

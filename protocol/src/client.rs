@@ -130,7 +130,7 @@ impl Client {
     pub fn status(&mut self) -> Result<Status, ClientError> {
         self.send(&Request::Status, &[])?;
         match self.recv()?.0 {
-            Event::Status(s) => Ok(s),
+            Event::Status(s) => Ok(*s),
             other => Err(unexpected(other)),
         }
     }

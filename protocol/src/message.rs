@@ -279,7 +279,7 @@ pub enum Event {
         code: ErrorCode,
         message: String,
     },
-    Status(Status),
+    Status(Box<Status>),
     /// The daemon is stopping (answer to shutdown).
     ShuttingDown,
 }

@@ -167,7 +167,7 @@ fn read_requests(shared: &Shared, stream: &SharedStream, id: u64, tx: &mpsc::Sen
                 let _ = tx.send(reply);
             }
             Request::Status => {
-                let _ = tx.send((Event::Status(shared.status()), Vec::new()));
+                let _ = tx.send((Event::Status(Box::new(shared.status())), Vec::new()));
             }
             Request::Shutdown => {
                 let _ = tx.send((Event::ShuttingDown, Vec::new()));
