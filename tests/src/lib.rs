@@ -82,3 +82,134 @@ pub fn stylise(content: &Path, style: &Path, out: &Path, extra: &[&str]) -> Outp
 pub fn summary(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("no JSON summary ({e}); stderr:\n{}", stderr(o)))
 }
+
+/// A real `neural-style serve` process on a private socket, with the test weights.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon with its runtime directory in a fresh temp dir and waits until ready.
+    pub fn start(extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("rt/neural-style/daemon.sock");
+        Self::start_at(dir, socket, extra)
+    }
+
+    pub fn start_at(dir: tempfile::TempDir, socket: PathBuf, extra: &[&str]) -> Daemon {
+        let log = dir.path().join(format!("daemon-{}.log", std::process::id()));
+        let child = Self::spawn(dir.path(), &socket, &log, extra);
+        let d = Daemon { child, dir, socket, log };
+        d.wait_ready();
+        d
+    }
+
+    /// Spawns `serve` (runtime dir under `root`) without waiting.
+    pub fn spawn(root: &Path, socket: &Path, log: &Path, extra: &[&str]) -> std::process::Child {
+        let mut args = vec!["serve", "--threads", "2", "--weights", weights().to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let rt = root.join("rt");
+        std::fs::create_dir_all(&rt).unwrap();
+        command(&args)
+            .env("XDG_RUNTIME_DIR", &rt)
+            .env("NEURAL_STYLE_SOCKET", socket)
+            .env("XDG_CONFIG_HOME", root.join("config"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn wait_ready(&self) {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Ok(mut c) = self.try_client() {
+                if c.status().map(|s| s.ready).unwrap_or(false) {
+                    return;
+                }
+            }
+            assert!(t0.elapsed().as_secs() < 60, "daemon not ready after 60 s:\n{}", self.log_text());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    pub fn try_client(&self) -> Result<neural_style_protocol::Client, neural_style_protocol::ClientError> {
+        neural_style_protocol::Client::connect(&self.socket, "e2e-test")
+    }
+
+    pub fn client(&self) -> neural_style_protocol::Client {
+        self.try_client().unwrap_or_else(|e| panic!("connect: {e}\n{}", self.log_text()))
+    }
+
+    pub fn status(&self) -> neural_style_protocol::message::Status {
+        self.client().status().unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A CLI command talking to this daemon.
+    pub fn cli(&self, args: &[&str]) -> Command {
+        let mut c = command(args);
+        c.env("NEURAL_STYLE_SOCKET", &self.socket);
+        c
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for the process to exit (up to `secs`), returning its status.
+    pub fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(t0.elapsed().as_secs() < secs, "daemon did not exit:\n{}", self.log_text());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A stylize request for encoded image files, with parameters.
+pub fn stylize_files(
+    content: &Path,
+    style: &Path,
+    params: serde_json::Value,
+) -> (neural_style_protocol::message::Stylize, Vec<u8>) {
+    use neural_style_protocol::message::{ImageRef, PixelFormat, StyleRef, Stylize};
+    let c = std::fs::read(content).unwrap();
+    let s = std::fs::read(style).unwrap();
+    let r = |offset: usize, len: usize| ImageRef {
+        offset: offset as u64,
+        length: len as u64,
+        format: PixelFormat::Encoded,
+        width: None,
+        height: None,
+    };
+    let req = Stylize {
+        content: r(0, c.len()),
+        styles: vec![StyleRef { image: r(c.len(), s.len()), weight: 1.0 }],
+        params: params.as_object().cloned().unwrap_or_default(),
+        output: PixelFormat::Rgba8,
+        priority: Default::default(),
+        preview_every: None,
+        preview_size: None,
+        label: None,
+    };
+    let mut payload = c;
+    payload.extend_from_slice(&s);
+    (req, payload)
+}
