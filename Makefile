@@ -1,6 +1,7 @@
 # neural-style — two commands do everything on a fresh machine:
-#   make run    set up, get weights, stylise CONTENT with STYLE into OUT (one-shot, CPU ≈ 1 min)
+#   make run    set up, get weights, run the daemon (`neural-style serve`) in the foreground
 #   make test   set up and run every test
+# and `make demo` stylises CONTENT with STYLE into OUT once (CPU ≈ 1 min).
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
 
@@ -26,7 +27,7 @@ ITERATIONS     ?= 150
 RUN_FLAGS      ?=
 RANDOM_WEIGHTS := .cache/vgg19-random-seed0.safetensors
 
-.PHONY: setup build run test weights samples bench fmt clippy clean
+.PHONY: setup build run demo test weights samples bench install install-unit fmt clippy clean
 
 $(VENV)/.installed:
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -50,10 +51,15 @@ weights: build
 	  echo "*** could not fetch the pretrained VGG19 weights (offline?): continuing with seeded RANDOM weights — results are NOT representative ***"; \
 	  $(BIN) weights random --seed 0 --out $(RANDOM_WEIGHTS) --if-missing; }
 
-run: weights samples
+# The weights flag: the pretrained file when present, else the seeded random one.
+WEIGHTS_FLAG = $$(W=$$($(BIN) weights path); if [ -z "$$NEURAL_STYLE_WEIGHTS" ] && [ ! -f "$$W" ]; then echo "--weights $(RANDOM_WEIGHTS)"; fi)
+
+run: weights
+	$(BIN) serve $(WEIGHTS_FLAG) $(SERVE_FLAGS)
+
+demo: weights samples
 	@mkdir -p $(dir $(OUT))
-	@W=$$($(BIN) weights path); if [ -z "$$NEURAL_STYLE_WEIGHTS" ] && [ ! -f "$$W" ]; then W_FLAG="--weights $(RANDOM_WEIGHTS)"; fi; \
-	$(BIN) run --content $(CONTENT) --style $(STYLE) --output $(OUT) --size $(SIZE) --iterations $(ITERATIONS) $$W_FLAG $(RUN_FLAGS)
+	$(BIN) run --content $(CONTENT) --style $(STYLE) --output $(OUT) --size $(SIZE) --iterations $(ITERATIONS) $(WEIGHTS_FLAG) $(RUN_FLAGS)
 	@echo "output: $(abspath $(OUT))"
 
 test: build
@@ -63,6 +69,16 @@ test: build
 
 bench: build
 	$(BIN) bench --sizes 256,512
+	$(BIN) bench --latency
+
+PREFIX ?= $(HOME)/.local
+install: build
+	install -D -m 0755 $(BIN) $(PREFIX)/bin/neural-style
+	@echo "installed $(PREFIX)/bin/neural-style (it loads libtorch from $(abspath $(VENV)); keep that venv)"
+
+install-unit: install
+	install -D -m 0644 daemon/systemd/neural-style.service $(HOME)/.config/systemd/user/neural-style.service
+	@echo "now: systemctl --user daemon-reload && systemctl --user enable --now neural-style"
 
 fmt:
 	cargo fmt --all

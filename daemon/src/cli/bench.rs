@@ -34,6 +34,19 @@ pub struct BenchArgs {
     /// Print the results as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Instead: daemon latency (warm request → first progress / result, style cache) against
+    /// the one-shot CLI, with a real daemon process.
+    #[arg(long)]
+    pub latency: bool,
+    /// Image size of the latency jobs.
+    #[arg(long, default_value_t = 128)]
+    pub latency_size: u32,
+    /// Evaluations of the latency jobs.
+    #[arg(long, default_value_t = 20)]
+    pub latency_iterations: usize,
+    /// Weights for the latency bench (default: random weights in a temporary file).
+    #[arg(long)]
+    pub weights: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -96,6 +109,14 @@ fn time_reference(size: i64, device: Device, layout: Layout, args: &BenchArgs) -
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.latency {
+        args.device.apply()?;
+        let v = super::latency::run(&args, args.weights.clone())?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let device = args.device.apply()?;
     let layout = args.device.precision.layout(device);
     let weights = Weights::random(0);

@@ -11,6 +11,7 @@ use crate::vgg::Pooling;
 
 mod bench;
 mod daemon;
+mod latency;
 mod run;
 mod samples;
 mod weights;

@@ -14,7 +14,7 @@ pub struct SamplesArgs {
 }
 
 /// A landscape: sky gradient, sun, two ranges of hills, a lake.
-fn content(w: u32, h: u32) -> RgbImage {
+pub(crate) fn content(w: u32, h: u32) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
         let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
         let far = 0.45 + 0.08 * (fx * 9.0).sin() + 0.04 * (fx * 23.0).cos();
@@ -36,7 +36,7 @@ fn content(w: u32, h: u32) -> RgbImage {
 }
 
 /// Swirling strokes in a warm/cool palette, loosely after a night-sky painting.
-fn style(w: u32, h: u32) -> RgbImage {
+pub(crate) fn style(w: u32, h: u32) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
         let (fx, fy) = (x as f32 / w as f32 - 0.5, y as f32 / h as f32 - 0.5);
         let r = (fx * fx + fy * fy).sqrt();
