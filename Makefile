@@ -27,7 +27,7 @@ ITERATIONS     ?= 150
 RUN_FLAGS      ?=
 RANDOM_WEIGHTS := .cache/vgg19-random-seed0.safetensors
 
-.PHONY: setup build run demo test weights samples bench install install-unit fmt clippy clean
+.PHONY: setup build run demo test weights samples bench install install-unit install-gimp fmt clippy clean
 
 $(VENV)/.installed:
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -63,6 +63,7 @@ demo: weights samples
 	@echo "output: $(abspath $(OUT))"
 
 test: build
+	python3 -m unittest discover -s plugin-gimp/tests -v
 	cargo test --release --workspace
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	cargo fmt --all -- --check
@@ -76,6 +77,14 @@ install: build
 	install -D -m 0755 $(BIN) $(PREFIX)/bin/neural-style
 	@echo "installed $(PREFIX)/bin/neural-style (it loads libtorch from $(abspath $(VENV)); keep that venv)"
 
+# GIMP 3 user plug-ins folder (Linux; see README for macOS and Windows)
+GIMP_PLUGINS ?= $(HOME)/.config/GIMP/3.0/plug-ins
+install-gimp:
+	install -d $(GIMP_PLUGINS)/neural-style
+	install -m 0755 plugin-gimp/neural-style/neural-style.py $(GIMP_PLUGINS)/neural-style/neural-style.py
+	install -m 0644 plugin-gimp/neural-style/ns_protocol.py $(GIMP_PLUGINS)/neural-style/ns_protocol.py
+	@echo "installed the GIMP plug-in into $(GIMP_PLUGINS)/neural-style; restart GIMP: Filters → Neural Style…"
+
 install-unit: install
 	install -D -m 0644 daemon/systemd/neural-style.service $(HOME)/.config/systemd/user/neural-style.service
 	@echo "now: systemctl --user daemon-reload && systemctl --user enable --now neural-style"
@@ -88,4 +97,4 @@ clippy: build
 
 clean:
 	cargo clean
-	rm -rf .cache out
+	rm -rf out .cache/samples   # .cache/gimp-root (the GIMP test root) is kept: rm -rf it by hand

@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""GIMP 3 plug-in: Filters → Neural Style…
+
+Sends the selected layers to the neural-style daemon (Gatys et al. style transfer with a resident
+VGG19) and inserts the stylised result as a new layer above the content layer.
+
+- Two or more layers selected: the lowest one in the stack is the content (change it with
+  "Content layer"), the others are styles (blend with "Style weights").
+- One layer selected: the "Style file" argument gives the style image.
+
+The daemon is found by the shared rule (NEURAL_STYLE_SOCKET first, see protocol/README.md); when
+none runs, the plug-in starts `neural-style serve` (found via the "neural-style binary" argument,
+NEURAL_STYLE_BIN, PATH or ~/.local/bin) and waits until it is ready. Standard library only
+beyond GIMP's own modules.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import gi  # noqa: E402
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
+
+import ns_protocol as proto  # noqa: E402
+
+PROC = "plug-in-neural-style"
+FLAGS = GObject.ParamFlags.READWRITE
+
+
+class UserError(Exception):
+    """Something the user can fix; shown as the procedure's error message."""
+
+
+def choice(*items):
+    c = Gimp.Choice.new()
+    for i, (nick, label) in enumerate(items):
+        c.add(nick, i, label, "")
+    return c
+
+
+def high_precision(image):
+    return image.get_precision() not in (Gimp.Precision.U8_LINEAR, Gimp.Precision.U8_NON_LINEAR,
+                                          Gimp.Precision.U8_PERCEPTUAL)
+
+
+def read_pixels(drawable, hp):
+    """(width, height, format name for the daemon, bytes) of a drawable as RGBA."""
+    w, h = drawable.get_width(), drawable.get_height()
+    fmt = "R'G'B'A float" if hp else "R'G'B'A u8"
+    data = drawable.get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, fmt, Gegl.AbyssPolicy.NONE)
+    return w, h, ("rgba32f" if hp else "rgba8"), bytes(data)
+
+
+def check_drawable(d, role):
+    name = d.get_name()
+    if d.is_layer_mask():
+        raise UserError("'%s' is a layer mask; select the layer itself as %s." % (name, role))
+    if d.is_channel():
+        raise UserError("'%s' is a channel; select a layer as %s." % (name, role))
+    if d.is_group():
+        raise UserError("'%s' is a layer group; select a pixel layer as %s (or merge the group first)."
+                        % (name, role))
+    if d.is_text_layer():
+        raise UserError("'%s' is a text layer; rasterize it first (Layer → Discard Text Information) to use it as %s."
+                        % (name, role))
+
+
+def connect(config, progress_text):
+    """A greeted connection, starting the daemon when none runs."""
+    socket = config.get_property("socket") or None
+    try:
+        return proto.Connection(socket)
+    except proto.NoDaemon:
+        pass
+    binary = proto.find_binary(config.get_property("daemon-binary") or None)
+    if binary is None:
+        raise UserError(
+            "The neural-style daemon is not running at %s and the neural-style program was not found "
+            "(looked at the 'neural-style binary' setting, NEURAL_STYLE_BIN, PATH and ~/.local/bin). "
+            "Install it (make install in the neural-style checkout) or start `neural-style serve`."
+            % proto.socket_path(socket))
+    progress_text("Neural Style: starting the daemon (%s)…" % binary)
+    try:
+        return proto.start_daemon(binary, socket)
+    except proto.DaemonError as e:
+        raise UserError("Could not start the neural-style daemon: %s. If the weights are missing, run "
+                        "`neural-style weights fetch`." % e.message)
+
+
+def stylise(procedure, image, drawables, config):
+    layers = [d for d in drawables]
+    if not layers:
+        raise UserError("Select the content layer (and style layers) first.")
+    for d in layers:
+        check_drawable(d, "content or style")
+    # bottom of the stack first
+    layers.sort(key=lambda l: image.get_item_position(l), reverse=True)
+    index = config.get_property("content-index")
+    if index >= len(layers):
+        raise UserError("Content layer %d does not exist: %d layer(s) are selected." % (index, len(layers)))
+    content = layers[index]
+    style_layers = [l for i, l in enumerate(layers) if i != index]
+    style_file = config.get_property("style-file")
+    if not style_layers and style_file is None:
+        raise UserError("Select two or more layers (content + styles), or choose a style image file.")
+
+    hp = high_precision(image)
+    payload = bytearray()
+
+    def add(data, fmt, w=None, h=None):
+        ref = proto.image_ref(len(payload), data, fmt, w, h)
+        payload.extend(data)
+        return ref
+
+    cw, ch, fmt, data = read_pixels(content, hp)
+    content_ref = add(data, fmt, cw, ch)
+    styles = []
+    for l in style_layers:
+        w, h, fmt, data = read_pixels(l, hp)
+        styles.append({"image": add(data, fmt, w, h)})
+    if not style_layers:
+        path = style_file.get_path()
+        try:
+            with open(path, "rb") as f:
+                styles.append({"image": add(f.read(), "encoded")})
+        except OSError as e:
+            raise UserError("Cannot read the style file %s: %s" % (path, e))
+    weights_text = (config.get_property("style-weights") or "").strip()
+    if weights_text:
+        try:
+            weights = [float(x) for x in weights_text.split(",")]
+        except ValueError:
+            raise UserError("Style weights must be numbers separated by commas, e.g. 1,0.5")
+        if len(weights) != len(styles):
+            raise UserError("%d style weights for %d style(s)." % (len(weights), len(styles)))
+        for s, w in zip(styles, weights):
+            s["weight"] = w
+
+    max_size = config.get_property("max-size")
+    size = max_size if max_size and max(cw, ch) > max_size else None
+    params = {
+        "size": size,
+        "iterations": config.get_property("iterations"),
+        "strength": config.get_property("strength"),
+        "init": config.get_property("init"),
+        "seed": config.get_property("seed"),
+        "preserve_colors": config.get_property("preserve-colors"),
+        "pooling": config.get_property("pooling"),
+    }
+    request = {"content": content_ref, "styles": styles, "params": params,
+               "output": "rgba32f" if hp else "rgba8", "priority": "interactive",
+               "label": "%s: %s" % (image.get_name() or "GIMP", content.get_name())}
+
+    Gimp.progress_init("Neural Style")
+    conn = connect(config, Gimp.progress_set_text)
+    if not conn.server.get("pretrained", True):
+        Gimp.message("neural-style: the daemon runs with NOT PRETRAINED weights (random init), so the result "
+                     "will not look like the style. Run `neural-style weights fetch` and restart the daemon.")
+
+    def on_event(header, _data):
+        t = header["type"]
+        if t in ("accepted", "queued") and header.get("position", 0) > 0:
+            Gimp.progress_set_text("Neural Style: waiting, %d job(s) ahead" % header["position"])
+        elif t == "started":
+            Gimp.progress_set_text("Neural Style: %d×%d" % (header["width"], header["height"]))
+        elif t == "progress":
+            Gimp.progress_set_text("Neural Style: iteration %d/%d, %.0f s left"
+                                   % (header["iteration"], header["total"], header.get("eta", 0)))
+            Gimp.progress_update(header["iteration"] / max(1, header["total"]))
+
+    try:
+        result, data = conn.stylize(request, bytes(payload), on_event)
+    except proto.DaemonError as e:
+        hint = " Lower the output size limit." if e.code in ("too_large", "out_of_memory") else ""
+        raise UserError("neural-style: %s%s" % (e.message, hint))
+    except (proto.ProtocolError, OSError) as e:
+        raise UserError("neural-style: lost the connection to the daemon: %s" % e)
+    finally:
+        conn.close()
+    Gimp.progress_end()
+
+    ref = result["image"]
+    rw, rh = ref["width"], ref["height"]
+    pixels = proto.slice_image(ref, data)
+    image.undo_group_start()
+    try:
+        layer = Gimp.Layer.new(image, "%s (Neural Style)" % content.get_name(), rw, rh,
+                               content.type_with_alpha(), 100.0, Gimp.LayerMode.NORMAL)
+        parent = content.get_parent()
+        image.insert_layer(layer, parent, image.get_item_position(content))
+        buf = layer.get_buffer()
+        buf.set(Gegl.Rectangle.new(0, 0, rw, rh), "R'G'B'A float" if hp else "R'G'B'A u8", pixels)
+        buf.flush()
+        if (rw, rh) != (cw, ch):
+            layer.scale(cw, ch, False)
+        _, x, y = content.get_offsets()
+        layer.set_offsets(x, y)
+        if not Gimp.Selection.is_empty(image):
+            layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+        layer.update(0, 0, cw, ch)
+    finally:
+        image.undo_group_end()
+    Gimp.displays_flush()
+    return layer
+
+
+class NeuralStyle(Gimp.PlugIn):
+    def do_query_procedures(self):
+        return [PROC]
+
+    def do_set_i18n(self, name):
+        return False
+
+    def do_create_procedure(self, name):
+        proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, self.run, None)
+        proc.set_image_types("RGB*, GRAY*")
+        proc.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE | Gimp.ProcedureSensitivityMask.DRAWABLES)
+        proc.set_menu_label("Neural _Style…")
+        proc.add_menu_path("<Image>/Filters")
+        proc.set_documentation(
+            "Neural style transfer (Gatys et al.) with the neural-style daemon",
+            "Select the content layer and one or more style layers (or one layer and a style file); "
+            "the stylised image is added as a new layer above the content layer.", name)
+        proc.set_attribution("neural-style contributors", "neural-style contributors", "2026")
+        proc.add_double_argument("strength", "_Strength", "Style strength (size-independent)",
+                                 0.0, 1000.0, 1.0, FLAGS)
+        proc.add_int_argument("iterations", "_Quality (iterations)", "Objective evaluations",
+                              1, 10000, 300, FLAGS)
+        proc.add_int_argument("max-size", "Output size _limit", "Longest side in pixels (0: the layer's size)",
+                              0, 16384, 1024, FLAGS)
+        proc.add_choice_argument("init", "_Start from", "Starting image",
+                                 choice(("content", "Content"), ("noise", "White noise"), ("style", "Style")),
+                                 "content", FLAGS)
+        proc.add_int_argument("seed", "S_eed", "Seed of the noise start", 0, 2147483647, 0, FLAGS)
+        proc.add_boolean_argument("preserve-colors", "_Preserve colours", "Keep the content's colours",
+                                  False, FLAGS)
+        proc.add_choice_argument("pooling", "Poo_ling", "Pooling in VGG19",
+                                 choice(("avg", "Average (paper)"), ("max", "Max")), "avg", FLAGS)
+        proc.add_int_argument("content-index", "_Content layer",
+                              "Which selected layer is the content, counting from the bottom (0)", 0, 64, 0, FLAGS)
+        proc.add_string_argument("style-weights", "Style _weights",
+                                 "Blend weights of the styles, comma-separated (empty: equal)", "", FLAGS)
+        proc.add_file_argument("style-file", "Style _file", "Style image when one layer is selected",
+                               Gimp.FileChooserAction.OPEN, True, None, FLAGS)
+        proc.add_string_argument("socket", "Daemon socket", "Empty: NEURAL_STYLE_SOCKET or the default", "", FLAGS)
+        proc.add_string_argument("daemon-binary", "neural-style binary",
+                                 "Used to start the daemon when none runs (empty: search)", "", FLAGS)
+        proc.add_layer_return_value("layer", "Stylised layer", "The new layer", True, FLAGS)
+        return proc
+
+    def run(self, procedure, run_mode, image, drawables, config, data):
+        if run_mode == Gimp.RunMode.INTERACTIVE:
+            gi.require_version("GimpUi", "3.0")
+            from gi.repository import GimpUi
+            GimpUi.init(PROC)
+            dialog = GimpUi.ProcedureDialog.new(procedure, config, "Neural Style")
+            dialog.fill(None)
+            ok = dialog.run()
+            dialog.destroy()
+            if not ok:
+                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        try:
+            layer = stylise(procedure, image, drawables, config)
+        except UserError as e:
+            Gimp.progress_end()
+            err = GLib.Error.new_literal(Gimp.PlugIn.error_quark(), str(e), 0)
+            return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, err)
+        values = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+        values.remove(1)
+        values.insert(1, GObject.Value(Gimp.Layer, layer))
+        return values
+
+
+Gimp.main(NeuralStyle.__gtype__, sys.argv)
