@@ -41,6 +41,8 @@ pub struct Config {
     pub on_signal: OnSignal,
     /// Run one small job at start-up so the first request is warm.
     pub warmup: bool,
+    /// Watch folders (`[[watch]]` tables).
+    pub watch: Vec<crate::watch::WatchRule>,
 }
 
 impl Default for Config {
@@ -59,6 +61,7 @@ impl Default for Config {
             cache_mb: 256,
             on_signal: OnSignal::Cancel,
             warmup: true,
+            watch: Vec::new(),
         }
     }
 }

@@ -20,6 +20,7 @@
 //!   loop, one thread per connection, shutdown on SIGINT/SIGTERM or request.
 //! * [`queue`]: jobs by priority then arrival, cancellation, queue positions.
 //! * [`worker`]: the engine thread: model load, warm-up, jobs, progress/result events.
+//! * [`watch`]: watch folders: files dropped in are stylised (batch priority), never lost.
 //! * [`config`]: the daemon's config file and its defaults.
 //!
 //! * [`cli`]: the `neural-style` command line (`run`, `serve`, `status`, `cancel`, `stop`,
@@ -39,5 +40,6 @@ pub mod queue;
 pub mod rng;
 pub mod server;
 pub mod vgg;
+pub mod watch;
 pub mod weights;
 pub mod worker;

@@ -66,6 +66,27 @@ pub struct ServeArgs {
     /// Skip the warm-up pass at start-up.
     #[arg(long)]
     pub no_warmup: bool,
+    /// Watch this folder: images dropped in are stylised (repeat for several rules).
+    #[arg(long)]
+    pub watch: Vec<PathBuf>,
+    /// Style image of the n-th --watch rule (a style.* image in the folder takes precedence).
+    #[arg(long)]
+    pub style: Vec<PathBuf>,
+    /// Output folder of the n-th --watch rule (default <folder>/out).
+    #[arg(long)]
+    pub out: Vec<PathBuf>,
+    /// Watch by polling size and mtime (network shares) instead of file-system events.
+    #[arg(long)]
+    pub poll: bool,
+    /// Leave processed sources in place instead of moving them to done/.
+    #[arg(long)]
+    pub keep_source: bool,
+    /// Output format of watch rules: png or jpg.
+    #[arg(long, default_value = "png")]
+    pub watch_format: String,
+    /// Engine parameters of the --watch rules.
+    #[command(flatten)]
+    pub engine: super::EngineArgs,
 }
 
 impl ServeArgs {
@@ -97,6 +118,32 @@ impl ServeArgs {
         }
         if self.no_warmup {
             c.warmup = false;
+        }
+        anyhow::ensure!(
+            self.style.len() <= self.watch.len() && self.out.len() <= self.watch.len(),
+            "--style and --out belong to a --watch folder: give --watch first"
+        );
+        let mut params = match serde_json::to_value(self.engine.params())? {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!("params are an object"),
+        };
+        params.remove("style_blend");
+        for (i, input) in self.watch.iter().enumerate() {
+            c.watch.push(crate::watch::WatchRule {
+                input: input.clone(),
+                style: self.style.get(i).cloned(),
+                output: self.out.get(i).cloned(),
+                params: params.clone(),
+                keep_source: self.keep_source,
+                format: self.watch_format.clone(),
+                poll: self.poll,
+                debounce_ms: 1500,
+            });
+        }
+        if self.poll {
+            for r in &mut c.watch {
+                r.poll = true;
+            }
         }
         Ok(c)
     }

@@ -253,6 +253,14 @@ pub fn run(config: Config, weights: Weights) -> anyhow::Result<()> {
         let s = shared.clone();
         std::thread::Builder::new().name("engine".into()).spawn(move || crate::worker::run(s, weights))?
     };
+    let watchers = match crate::watch::start(shared.clone(), shared.config.watch.clone()) {
+        Ok(w) => w,
+        Err(e) => {
+            shared.trigger_shutdown();
+            let _ = worker.join();
+            return Err(e);
+        }
+    };
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "listening");
     for conn in bound.listener.incoming() {
         if shared.shutdown.load(Ordering::SeqCst) {
@@ -273,6 +281,9 @@ pub fn run(config: Config, weights: Weights) -> anyhow::Result<()> {
         }
     }
     shared.trigger_shutdown();
+    for w in watchers {
+        let _ = w.join();
+    }
     let result = worker.join();
     drop(bound);
     tracing::info!("stopped");
