@@ -238,3 +238,53 @@ impl Queue {
         inner.running.is_none() && inner.waiting.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Job, Params};
+    use crate::image_io::Picture;
+    use neural_style_protocol::message::Priority;
+    use std::sync::mpsc;
+
+    fn job(priority: Priority) -> (QueuedJob, mpsc::Receiver<Outgoing>) {
+        let pic = Picture { rgba: image::Rgba32FImage::new(16, 16), has_alpha: false, high_precision: false };
+        let job = Job { content: pic.clone(), styles: vec![pic], params: Params::default() };
+        let info = JobInfo { job: 0, priority, label: None, width: 16, height: 16, iterations: 1, progress: 0 };
+        let (tx, rx) = mpsc::channel();
+        (QueuedJob::new(job, info, tx, 1, PixelFormat::Rgba8, 0, 128), rx)
+    }
+
+    #[test]
+    fn interactive_jobs_overtake_batch_jobs_fifo_within_a_class() {
+        let q = Queue::new(10);
+        let (b1, rb1) = job(Priority::Batch);
+        let (b2, _rb2) = job(Priority::Batch);
+        let (i1, ri1) = job(Priority::Interactive);
+        let (i2, _ri2) = job(Priority::Interactive);
+        assert_eq!(q.push(b1).unwrap().1, 0);
+        assert_eq!(q.push(b2).unwrap().1, 1);
+        assert_eq!(q.push(i1).unwrap().1, 0, "interactive goes before batch");
+        assert_eq!(q.push(i2).unwrap().1, 1, "after the earlier interactive job");
+        // b1 was told it moved from 0 to 2
+        let positions: Vec<usize> = rb1
+            .try_iter()
+            .filter_map(|(e, _)| match e {
+                Event::Accepted { position, .. } | Event::Queued { position, .. } => Some(position),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(positions, vec![0, 1, 2]);
+        let order: Vec<Priority> = (0..4).map(|_| q.pop().unwrap().info.priority).collect();
+        assert_eq!(order, [Priority::Interactive, Priority::Interactive, Priority::Batch, Priority::Batch]);
+        assert!(matches!(ri1.try_iter().next().unwrap().0, Event::Accepted { position: 0, .. }));
+        // cancelling a waiting job tells its owner; closing cancels the rest
+        let (b3, rb3) = job(Priority::Batch);
+        let (id, _) = q.push(b3).unwrap();
+        assert_eq!(q.cancel(id), Cancel::Waiting);
+        assert!(rb3.try_iter().any(|(e, _)| matches!(e, Event::Cancelled { .. })));
+        assert_eq!(q.cancel(id), Cancel::NotFound);
+        q.close(true);
+        assert!(q.pop().is_none());
+    }
+}

@@ -10,6 +10,7 @@ if ! command -v mmdebstrap >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null
 fi
+mkdir -p "$(dirname "$root")"
 rm -rf "$root.part"
 mmdebstrap --quiet --variant=apt --include=gimp,python3,python3-gi,gir1.2-gimp-3.0 trixie "$root.part"
 mv "$root.part" "$root"
