@@ -48,6 +48,11 @@ pub struct ImageRef {
 }
 
 impl ImageRef {
+    /// An encoded image file at `offset .. offset + length` of the payload.
+    pub fn encoded(offset: usize, length: usize) -> Self {
+        Self { offset: offset as u64, length: length as u64, format: PixelFormat::Encoded, width: None, height: None }
+    }
+
     /// The referenced bytes, checked against the payload and, for raw formats, the dimensions.
     pub fn slice<'a>(&self, payload: &'a [u8]) -> Result<&'a [u8], String> {
         let end = self.offset.checked_add(self.length).ok_or("image range overflows")?;

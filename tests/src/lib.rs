@@ -192,13 +192,7 @@ pub fn stylize_files(
     use neural_style_protocol::message::{ImageRef, PixelFormat, StyleRef, Stylize};
     let c = std::fs::read(content).unwrap();
     let s = std::fs::read(style).unwrap();
-    let r = |offset: usize, len: usize| ImageRef {
-        offset: offset as u64,
-        length: len as u64,
-        format: PixelFormat::Encoded,
-        width: None,
-        height: None,
-    };
+    let r = ImageRef::encoded;
     let req = Stylize {
         content: r(0, c.len()),
         styles: vec![StyleRef { image: r(c.len(), s.len()), weight: 1.0 }],

@@ -26,13 +26,7 @@ struct Timing {
 }
 
 fn job(client: &mut Client, content: &[u8], style: &[u8], size: u32, iterations: usize) -> anyhow::Result<Timing> {
-    let r = |offset: usize, len: usize| ImageRef {
-        offset: offset as u64,
-        length: len as u64,
-        format: PixelFormat::Encoded,
-        width: None,
-        height: None,
-    };
+    let r = ImageRef::encoded;
     let mut payload = content.to_vec();
     payload.extend_from_slice(style);
     let params = json!({"size": size, "iterations": iterations});

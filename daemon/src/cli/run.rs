@@ -185,13 +185,7 @@ fn run_remote(
     let mut payload = Vec::new();
     let mut add = |path: &PathBuf| -> anyhow::Result<ImageRef> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let r = ImageRef {
-            offset: payload.len() as u64,
-            length: bytes.len() as u64,
-            format: PixelFormat::Encoded,
-            width: None,
-            height: None,
-        };
+        let r = ImageRef::encoded(payload.len(), bytes.len());
         payload.extend_from_slice(&bytes);
         Ok(r)
     };
