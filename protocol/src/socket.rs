@@ -19,8 +19,9 @@ pub fn socket_path(explicit: Option<&Path>) -> PathBuf {
     default_socket_path()
 }
 
+/// The default path (no flag, no environment variable): the private runtime-directory socket.
 #[cfg(unix)]
-fn default_socket_path() -> PathBuf {
+pub fn default_socket_path() -> PathBuf {
     let runtime = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()).map(PathBuf::from);
     match runtime {
         Some(dir) => dir.join("neural-style").join("daemon.sock"),
@@ -30,7 +31,7 @@ fn default_socket_path() -> PathBuf {
 }
 
 #[cfg(windows)]
-fn default_socket_path() -> PathBuf {
+pub fn default_socket_path() -> PathBuf {
     let user = std::env::var("USERNAME").unwrap_or_else(|_| "user".into());
     PathBuf::from(format!(r"\\.\pipe\neural-style-{user}"))
 }

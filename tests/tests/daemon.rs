@@ -479,3 +479,29 @@ fn status_stop_and_config_commands() {
         stderr(&o)
     );
 }
+
+#[test]
+fn connections_from_another_user_are_refused() {
+    // Normally the 0700 directory and the 0600 socket keep other users out; open both up to
+    // check the second line of defence (peer credentials).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sockdir = dir.path().join("open");
+    std::fs::create_dir(&sockdir).unwrap();
+    std::fs::set_permissions(&sockdir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = sockdir.join("d.sock");
+    let d = Daemon::start_at(tempfile::tempdir().unwrap(), socket.clone(), &[]);
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // the CLI itself as the other user's client
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(neural_style_e2e::bin())
+        .args(["status", "--socket", socket.to_str().unwrap()])
+        .env("HOME", "/tmp")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("Forbidden") && err.contains("uid 65534"), "{err}");
+    assert!(d.status().ready, "the daemon goes on");
+}

@@ -283,3 +283,18 @@ fn per_folder_style_and_settings_are_picked_up_and_changes_apply_later() {
     assert_ne!(a.to_rgb8(), b.to_rgb8(), "same content, changed style: a different result");
     assert!(input.join("style.png").exists(), "the style file itself is never taken");
 }
+
+#[test]
+fn keep_source_leaves_inputs_in_place_and_processes_them_once() {
+    let root = tempfile::tempdir().unwrap();
+    let s = setup(&root);
+    let input = s.input.clone();
+    let d = start(root, &s, &["--keep-source"]);
+    std::fs::write(input.join("stay.png"), png(8, 30, 20)).unwrap();
+    wait_for("the output", &d, 60, || input.join("out/stay.brush.png").exists());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(files(&input), vec!["stay.png"], "the source stays where it was");
+    assert!(files(&input.join("done")).is_empty());
+    assert_eq!(files(&input.join("out")), vec!["stay.brush.png"], "processed once");
+    assert_eq!(rule_status(&d)["done"], 1);
+}

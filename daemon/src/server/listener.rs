@@ -60,7 +60,7 @@ fn check_private(path: &Path) -> anyhow::Result<()> {
     #[cfg(unix)]
     if let Some(dir) = path.parent() {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let default = neural_style_protocol::socket::socket_path(None);
+        let default = neural_style_protocol::socket::default_socket_path();
         if default == path {
             let meta = std::fs::metadata(dir)?;
             // SAFETY: geteuid has no preconditions.
