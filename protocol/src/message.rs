@@ -122,6 +122,35 @@ fn rgba8() -> PixelFormat {
     PixelFormat::Rgba8
 }
 
+impl Stylize {
+    /// A request for encoded image files (content, then `(style bytes, blend weight)`), with
+    /// defaults for everything else (RGBA8 result, interactive, no previews); returns the
+    /// request and its payload.
+    pub fn encoded(content: &[u8], styles: &[(&[u8], f64)], params: Map<String, Value>) -> (Self, Vec<u8>) {
+        let mut payload = content.to_vec();
+        let content = ImageRef::encoded(0, content.len());
+        let styles = styles
+            .iter()
+            .map(|(bytes, weight)| {
+                let image = ImageRef::encoded(payload.len(), bytes.len());
+                payload.extend_from_slice(bytes);
+                StyleRef { image, weight: *weight }
+            })
+            .collect();
+        let request = Stylize {
+            content,
+            styles,
+            params,
+            output: PixelFormat::Rgba8,
+            priority: Priority::Interactive,
+            preview_every: None,
+            preview_size: None,
+            label: None,
+        };
+        (request, payload)
+    }
+}
+
 /// Client → daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -189,21 +189,12 @@ pub fn stylize_files(
     style: &Path,
     params: serde_json::Value,
 ) -> (neural_style_protocol::message::Stylize, Vec<u8>) {
-    use neural_style_protocol::message::{ImageRef, PixelFormat, StyleRef, Stylize};
     let c = std::fs::read(content).unwrap();
     let s = std::fs::read(style).unwrap();
-    let r = ImageRef::encoded;
-    let req = Stylize {
-        content: r(0, c.len()),
-        styles: vec![StyleRef { image: r(c.len(), s.len()), weight: 1.0 }],
-        params: params.as_object().cloned().unwrap_or_default(),
-        output: PixelFormat::Rgba8,
-        priority: Default::default(),
-        preview_every: None,
-        preview_size: None,
-        label: None,
-    };
-    let mut payload = c;
-    payload.extend_from_slice(&s);
+    let (req, payload) = neural_style_protocol::message::Stylize::encoded(
+        &c,
+        &[(&s, 1.0)],
+        params.as_object().cloned().unwrap_or_default(),
+    );
     (req, payload)
 }

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use neural_style_protocol::message::{Event, ImageRef, PixelFormat, Request, StyleRef, Stylize};
+use neural_style_protocol::message::{Event, Request, Stylize};
 use neural_style_protocol::Client;
 use serde_json::json;
 
@@ -26,20 +26,9 @@ struct Timing {
 }
 
 fn job(client: &mut Client, content: &[u8], style: &[u8], size: u32, iterations: usize) -> anyhow::Result<Timing> {
-    let r = ImageRef::encoded;
-    let mut payload = content.to_vec();
-    payload.extend_from_slice(style);
-    let params = json!({"size": size, "iterations": iterations});
-    let req = Stylize {
-        content: r(0, content.len()),
-        styles: vec![StyleRef { image: r(content.len(), style.len()), weight: 1.0 }],
-        params: params.as_object().cloned().unwrap_or_default(),
-        output: PixelFormat::Rgba8,
-        priority: Default::default(),
-        preview_every: None,
-        preview_size: None,
-        label: Some("latency bench".into()),
-    };
+    let params = json!({"size": size, "iterations": iterations}).as_object().cloned().unwrap_or_default();
+    let (mut req, payload) = Stylize::encoded(content, &[(style, 1.0)], params);
+    req.label = Some("latency bench".into());
     let t0 = Instant::now();
     client.send(&Request::Stylize(req), &payload)?;
     let mut first = None;

@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use neural_style_protocol::client::ClientError;
-use neural_style_protocol::message::{Event, ImageRef, PixelFormat, Request, StyleRef, Stylize};
+use neural_style_protocol::message::{Event, ImageRef, PixelFormat, Request, Stylize};
 use neural_style_protocol::Client;
 use tch::Tensor;
 
@@ -182,36 +182,19 @@ fn run_remote(
     interrupted: &AtomicBool,
 ) -> anyhow::Result<Produced> {
     tracing::info!(socket = %args.socket.path().display(), "using the running daemon");
-    let mut payload = Vec::new();
-    let mut add = |path: &PathBuf| -> anyhow::Result<ImageRef> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let r = ImageRef::encoded(payload.len(), bytes.len());
-        payload.extend_from_slice(&bytes);
-        Ok(r)
-    };
-    let content = add(&args.content)?;
+    let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
+    let content = read(&args.content)?;
+    let styles = args.style.iter().map(read).collect::<anyhow::Result<Vec<_>>>()?;
     let blend = args.engine.style_weights.clone().unwrap_or_else(|| vec![1.0; args.style.len()]);
-    let styles = args
-        .style
-        .iter()
-        .zip(&blend)
-        .map(|(p, &weight)| Ok(StyleRef { image: add(p)?, weight }))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let styles: Vec<(&[u8], f64)> = styles.iter().map(Vec::as_slice).zip(blend).collect();
     let mut map = match serde_json::to_value(params)? {
         serde_json::Value::Object(m) => m,
         _ => unreachable!("params serialise to an object"),
     };
     map.remove("style_blend");
-    let request = Stylize {
-        content,
-        styles,
-        params: map,
-        output: PixelFormat::Rgba32f,
-        priority: Default::default(),
-        preview_every: None,
-        preview_size: None,
-        label: Some(args.content.display().to_string()),
-    };
+    let (mut request, payload) = Stylize::encoded(&content, &styles, map);
+    request.output = PixelFormat::Rgba32f;
+    request.label = Some(args.content.display().to_string());
     client.send(&Request::Stylize(request), &payload)?;
     let bar = progress_bar(params.iterations);
     let mut job_id = None;
