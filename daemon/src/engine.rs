@@ -71,6 +71,9 @@ pub struct Params {
     pub style_scale: f64,
     /// Luminance-only transfer: the output keeps the content's colours.
     pub preserve_colors: bool,
+    /// Time budget for the optimisation in seconds: stop at the first evaluation past it and
+    /// return that image (the iteration budget still applies).
+    pub max_seconds: Option<f64>,
 }
 
 impl Default for Params {
@@ -95,6 +98,7 @@ impl Default for Params {
             style_blend: Vec::new(),
             style_scale: 1.0,
             preserve_colors: false,
+            max_seconds: None,
         }
     }
 }
@@ -146,6 +150,11 @@ impl Params {
                 || self.style_blend.iter().sum::<f64>() <= 0.0
             {
                 return bad("style blend weights must be non-negative and not all zero".into());
+            }
+        }
+        if let Some(t) = self.max_seconds {
+            if !(t > 0.0 && t.is_finite()) {
+                return bad(format!("max-seconds must be a positive number of seconds, got {t}"));
             }
         }
         for (name, v) in [("strength", self.strength), ("tv-weight", self.tv_weight)] {
@@ -227,6 +236,8 @@ pub struct Summary {
     pub converged: bool,
     /// Stopped early by request (Ctrl-C, cancel).
     pub cancelled: bool,
+    /// Stopped by `max_seconds`.
+    pub time_budget_reached: bool,
     /// The content had an alpha channel (carried to the output).
     pub has_alpha: bool,
     /// The content had more than 8 bits per channel.
@@ -426,6 +437,7 @@ impl Engine {
         let mut initial = None;
         let mut last: Option<(Tensor, Losses)> = None;
         let mut stopped = false;
+        let mut out_of_time = false;
         let mut eval = |flat: &Tensor| -> Result<(f64, Tensor), ()> {
             let x = flat.view(shape.as_slice());
             let (losses, grad) = objective.evaluate(&self.vgg, &x);
@@ -441,6 +453,10 @@ impl Engine {
             };
             if observe(&progress) == Control::Stop {
                 stopped = true;
+                return Err(());
+            }
+            if p.max_seconds.is_some_and(|t| start.elapsed().as_secs_f64() >= t) {
+                out_of_time = true;
                 return Err(());
             }
             Ok((losses.total, grad.view([-1])))
@@ -517,6 +533,7 @@ impl Engine {
                 precision: self.vgg.layout().name(),
                 converged,
                 cancelled: stopped,
+                time_budget_reached: out_of_time,
                 has_alpha: content_pic.has_alpha,
                 high_precision: content_pic.high_precision,
             },

@@ -169,3 +169,27 @@ fn no_resampling_when_size_equals_longest_side() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&out).unwrap().to_rgb8(), img);
 }
+
+#[test]
+fn max_seconds_is_a_time_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("timed.png");
+    let o = stylise(
+        &image("tubingen.jpg"),
+        &image("starry_night.jpg"),
+        &out,
+        &["--size", "64", "--iterations", "100000", "--max-seconds", "1.5", "--json"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = summary(&o);
+    assert_eq!(s["time_budget_reached"], true);
+    assert_eq!(s["cancelled"], false);
+    let seconds = s["seconds"].as_f64().unwrap();
+    assert!((1.5..4.0).contains(&seconds), "optimised for {seconds} s");
+    assert!(s["evaluations"].as_u64().unwrap() < 100000);
+    assert!(s["total_loss"].as_f64().unwrap() < s["initial_loss"].as_f64().unwrap());
+    assert!(image::open(&out).is_ok());
+    let o = stylise(&image("tubingen.jpg"), &image("starry_night.jpg"), &out, &["--max-seconds", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("max-seconds must be a positive number"), "{}", stderr(&o));
+}

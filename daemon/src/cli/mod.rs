@@ -129,6 +129,9 @@ pub struct EngineArgs {
     /// Keep the content's colours (luminance-only transfer in YIQ).
     #[arg(long)]
     pub preserve_colors: bool,
+    /// Time budget in seconds: stop the optimisation at the first evaluation past it.
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
 }
 
 impl EngineArgs {
@@ -153,6 +156,7 @@ impl EngineArgs {
             style_blend: self.style_weights.clone().unwrap_or_default(),
             style_scale: self.style_scale,
             preserve_colors: self.preserve_colors,
+            max_seconds: self.max_seconds,
         }
     }
 }
