@@ -47,7 +47,8 @@ pub struct Params {
     pub optimizer: OptimizerKind,
     /// L-BFGS history size.
     pub lbfgs_history: usize,
-    /// Strong-Wolfe line search for L-BFGS.
+    /// Strong-Wolfe line search for L-BFGS (default on: without it, L-BFGS at lr = 1 can
+    /// diverge or stall on this objective).
     pub line_search: bool,
     /// Step size: L-BFGS `lr` (default 1) or Adam's learning rate (default 0.02).
     pub learning_rate: Option<f64>,
@@ -74,6 +75,10 @@ pub struct Params {
     /// Time budget for the optimisation in seconds: stop at the first evaluation past it and
     /// return that image (the iteration budget still applies).
     pub max_seconds: Option<f64>,
+    /// Coarse-to-fine: optimise at halved sizes first (see [`Params::schedule`]).
+    pub multiscale: bool,
+    /// The coarsest scale's longest side.
+    pub min_scale: u32,
 }
 
 impl Default for Params {
@@ -83,7 +88,7 @@ impl Default for Params {
             iterations: 500,
             optimizer: OptimizerKind::Lbfgs,
             lbfgs_history: 100,
-            line_search: false,
+            line_search: true,
             learning_rate: None,
             init: Init::Noise,
             seed: 0,
@@ -99,6 +104,8 @@ impl Default for Params {
             style_scale: 1.0,
             preserve_colors: false,
             max_seconds: None,
+            multiscale: true,
+            min_scale: 128,
         }
     }
 }
@@ -169,6 +176,40 @@ impl Params {
             return bad("lbfgs-history must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The coarse-to-fine schedule for an output of w × h: `(width, height, evaluations)` per
+    /// scale, coarsest first. Sizes halve from the output down to `min_scale` (longest side;
+    /// both sides stay ≥ 16 px), at most 4 scales, and only while every scale gets at least 10
+    /// evaluations. The coarser scales share half of the evaluation budget equally and the
+    /// output size gets the other half; a coarse evaluation costs ¼, 1/16, … of a full one.
+    /// Each scale starts from the previous result upsampled (bicubic); style targets are
+    /// recomputed per scale from the style resized by the same factor. `multiscale = false`
+    /// (`--single-scale`) gives one scale.
+    pub fn schedule(&self, w: u32, h: u32) -> Vec<(u32, u32, usize)> {
+        let mut sizes = vec![(w, h)];
+        if self.multiscale {
+            let (mut sw, mut sh) = (w, h);
+            while sizes.len() < 4
+                && sw.max(sh) / 2 >= self.min_scale.max(crate::image_io::MIN_SIDE)
+                && sw.min(sh) / 2 >= 16
+            {
+                sw = (sw / 2).max(1);
+                sh = (sh / 2).max(1);
+                sizes.push((sw, sh));
+            }
+            while sizes.len() > 1 && self.iterations / (2 * (sizes.len() - 1)).max(1) < 10 {
+                sizes.pop();
+            }
+        }
+        sizes.reverse();
+        let n = sizes.len();
+        if n == 1 {
+            return vec![(w, h, self.iterations)];
+        }
+        let coarse = self.iterations / (2 * (n - 1));
+        let last = self.iterations - coarse * (n - 1);
+        sizes.iter().enumerate().map(|(i, &(a, b))| (a, b, if i + 1 == n { last } else { coarse })).collect()
     }
 
     /// α, β, γ. Unless given explicitly: α = 1/Σ_l(N_l·M_l) over the content layers (so α·L_content
@@ -415,7 +456,7 @@ impl Engine {
     fn run(
         &self,
         job: &Job,
-        cache: Option<&mut StyleCache>,
+        mut cache: Option<&mut StyleCache>,
         observe: &mut dyn FnMut(&Progress) -> Control,
     ) -> Result<Stylized, EngineError> {
         let p = &job.params;
@@ -424,90 +465,115 @@ impl Engine {
         let (w, h) = (content_pic.width(), content_pic.height());
         let content = content_pic.rgb_tensor().to_device(device);
         let styles: Vec<Tensor> = style_pics.iter().map(|s| s.rgb_tensor().to_device(device)).collect();
-        let objective = Self::objective_on(&self.vgg, &content, &styles, p, cache);
-
-        let x0 = match p.init {
-            Init::Noise => crate::rng::uniform(&[1, 3, i64::from(h), i64::from(w)], p.seed).to_device(device),
-            Init::Content => content.copy(),
-            Init::Style => style_pics[0].resized(w, h).rgb_tensor().to_device(device),
+        let init_at = |sw: u32, sh: u32| match p.init {
+            Init::Noise => crate::rng::uniform(&[1, 3, i64::from(sh), i64::from(sw)], p.seed).to_device(device),
+            Init::Content => content_pic.resized(sw, sh).rgb_tensor().to_device(device),
+            Init::Style => style_pics[0].resized(sw, sh).rgb_tensor().to_device(device),
         };
-        let shape = x0.size();
+        let schedule = p.schedule(w, h);
         let start = Instant::now();
         let mut evaluations = 0;
-        let mut initial = None;
-        let mut last: Option<(Tensor, Losses)> = None;
+        let mut iterations = 0;
+        let mut converged = false;
         let mut stopped = false;
         let mut out_of_time = false;
-        let mut eval = |flat: &Tensor| -> Result<(f64, Tensor), ()> {
-            let x = flat.view(shape.as_slice());
-            let (losses, grad) = objective.evaluate(&self.vgg, &x);
-            evaluations += 1;
-            initial.get_or_insert(losses.total);
-            last = Some((flat.copy(), losses));
-            let progress = Progress {
-                evaluation: evaluations,
-                max_evaluations: p.iterations,
-                losses,
-                elapsed: start.elapsed(),
-                image: x.shallow_clone(),
+        let mut x: Option<Tensor> = None;
+        for (k, &(sw, sh, budget)) in schedule.iter().enumerate() {
+            let last_scale = k + 1 == schedule.len();
+            // coarser scales: content resized, styles scaled by the same factor
+            let (content_k, styles_k) = if last_scale {
+                (content.shallow_clone(), styles.iter().map(|s| s.shallow_clone()).collect::<Vec<_>>())
+            } else {
+                let f = f64::from(sw) / f64::from(w);
+                let st = style_pics
+                    .iter()
+                    .map(|s| {
+                        let l =
+                            ((f64::from(s.width().max(s.height())) * f).round() as u32).max(crate::image_io::MIN_SIDE);
+                        s.resized_longest(l).rgb_tensor().to_device(device)
+                    })
+                    .collect();
+                (content_pic.resized(sw, sh).rgb_tensor().to_device(device), st)
             };
-            if observe(&progress) == Control::Stop {
-                stopped = true;
-                return Err(());
-            }
-            if p.max_seconds.is_some_and(|t| start.elapsed().as_secs_f64() >= t) {
-                out_of_time = true;
-                return Err(());
-            }
-            Ok((losses.total, grad.view([-1])))
-        };
-        let flat0 = x0.view([-1]);
-        let outcome: Result<Outcome, ()> = match p.optimizer {
-            OptimizerKind::Lbfgs => {
-                let cfg = LbfgsConfig {
-                    lr: p.learning_rate.unwrap_or(1.0),
-                    history_size: p.lbfgs_history,
-                    strong_wolfe: p.line_search,
-                    // torch's absolute tolerances (1e-9) end runs early at this objective's
-                    // scale; users ask for a budget, so stop only on a zero step or gradient.
-                    tolerance_change: 0.0,
-                    tolerance_grad: 0.0,
+            let objective = Self::objective_on(&self.vgg, &content_k, &styles_k, p, cache.as_deref_mut());
+            let x0 = match &x {
+                None => init_at(sw, sh),
+                Some(prev) => {
+                    prev.upsample_bicubic2d([i64::from(sh), i64::from(sw)], false, None, None).clamp(0.0, 1.0)
+                }
+            };
+            let shape = x0.size();
+            let mut last: Option<Tensor> = None;
+            let mut eval = |flat: &Tensor| -> Result<(f64, Tensor), ()> {
+                let xv = flat.view(shape.as_slice());
+                let (losses, grad) = objective.evaluate(&self.vgg, &xv);
+                evaluations += 1;
+                last = Some(flat.copy());
+                let progress = Progress {
+                    evaluation: evaluations,
+                    max_evaluations: p.iterations,
+                    losses,
+                    elapsed: start.elapsed(),
+                    image: xv.shallow_clone(),
                 };
-                lbfgs::minimize(&cfg, &flat0, p.iterations, &mut eval)
+                if observe(&progress) == Control::Stop {
+                    stopped = true;
+                    return Err(());
+                }
+                if p.max_seconds.is_some_and(|t| start.elapsed().as_secs_f64() >= t) {
+                    out_of_time = true;
+                    return Err(());
+                }
+                Ok((losses.total, grad.view([-1])))
+            };
+            let flat0 = x0.view([-1]);
+            let outcome: Result<Outcome, ()> = match p.optimizer {
+                OptimizerKind::Lbfgs => {
+                    let cfg = LbfgsConfig {
+                        lr: p.learning_rate.unwrap_or(1.0),
+                        history_size: p.lbfgs_history,
+                        strong_wolfe: p.line_search,
+                        // torch's absolute tolerances (1e-9) end runs early at this objective's
+                        // scale; users ask for a budget, so stop only on a zero step or gradient.
+                        tolerance_change: 0.0,
+                        tolerance_grad: 0.0,
+                    };
+                    lbfgs::minimize(&cfg, &flat0, budget, &mut eval)
+                }
+                OptimizerKind::Adam => {
+                    let cfg = adam::AdamConfig { lr: p.learning_rate.unwrap_or(0.02), ..Default::default() };
+                    adam::minimize(&cfg, &flat0, budget, &mut eval)
+                }
+            };
+            let flat = match outcome {
+                Ok(o) => {
+                    iterations += o.iterations;
+                    converged = o.stop == Stop::Converged;
+                    o.x
+                }
+                Err(()) => last.take().expect("an evaluation happened before the stop"),
+            };
+            x = Some(flat.view(shape.as_slice()));
+            if stopped || out_of_time {
+                break;
             }
-            OptimizerKind::Adam => {
-                let cfg = adam::AdamConfig { lr: p.learning_rate.unwrap_or(0.02), ..Default::default() };
-                adam::minimize(&cfg, &flat0, p.iterations, &mut eval)
-            }
-        };
-        let seconds = start.elapsed().as_secs_f64();
-        let (x, mut losses, iterations, converged) = match outcome {
-            Ok(o) => {
-                // The optimiser's point is the last one evaluated except after a strong-Wolfe
-                // search that settled on an earlier trial point.
-                let losses = match &last {
-                    Some((lx, l)) if lx.equal(&o.x) => *l,
-                    _ => objective.value(&self.vgg, &o.x.view(shape.as_slice())),
-                };
-                (o.x, losses, o.iterations, o.stop == Stop::Converged)
-            }
-            Err(()) => {
-                let (lx, l) = last.take().expect("an evaluation happened before the stop");
-                (lx, l, 0, false)
-            }
-        };
-        let mut initial = initial.unwrap_or(losses.total);
-        if let Some(reference) = &self.reference {
-            // Report f32 figures, comparable across precisions.
-            let exact = Self::objective_on(reference, &content, &styles, p, None);
-            losses = exact.value(reference, &x.view(shape.as_slice()));
-            initial = exact.value(reference, &x0).total;
         }
-        let mut rgb = x.view(shape.as_slice()).clamp(0.0, 1.0);
+        let seconds = start.elapsed().as_secs_f64();
+        let mut x = x.expect("at least one scale");
+        if x.size()[2..] != [i64::from(h), i64::from(w)] {
+            // stopped at a coarser scale
+            x = x.upsample_bicubic2d([i64::from(h), i64::from(w)], false, None, None);
+        }
+        // Report f32 figures at the output size, comparable across precisions and schedules.
+        let reporter = self.reference.as_ref().unwrap_or(&self.vgg);
+        let exact = Self::objective_on(reporter, &content, &styles, p, None);
+        let losses = exact.value(reporter, &x);
+        let initial = exact.value(reporter, &init_at(w, h)).total;
+        let c = exact.coefficients;
+        let mut rgb = x.clamp(0.0, 1.0);
         if p.preserve_colors {
             rgb = color::luminance_transfer(&rgb, &content);
         }
-        let c = objective.coefficients;
         Ok(Stylized {
             rgb: rgb.to_device(Device::Cpu),
             alpha: content_pic.has_alpha.then(|| content_pic.alpha()),
@@ -538,5 +604,33 @@ impl Engine {
                 high_precision: content_pic.high_precision,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coarse_to_fine_schedule() {
+        let p = Params { iterations: 500, ..Params::default() };
+        // 512×384: 128×96, 256×192, 512×384; half the budget to the output size
+        assert_eq!(p.schedule(512, 384), vec![(128, 96, 125), (256, 192, 125), (512, 384, 250)]);
+        // small images and small budgets: one scale
+        assert_eq!(p.schedule(200, 150), vec![(200, 150, 500)]);
+        let few = Params { iterations: 30, ..Params::default() };
+        assert_eq!(few.schedule(512, 512), vec![(256, 256, 15), (512, 512, 15)]);
+        let one = Params { iterations: 1, ..Params::default() };
+        assert_eq!(one.schedule(512, 512), vec![(512, 512, 1)]);
+        // at most four scales; both sides stay ≥ 16
+        let big = Params { iterations: 1000, ..Params::default() };
+        assert_eq!(big.schedule(4096, 2048).len(), 4);
+        assert_eq!(big.schedule(2048, 40).len(), 2, "1024×20 is the last with both sides ≥ 16");
+        let single = Params { multiscale: false, ..Params::default() };
+        assert_eq!(single.schedule(2048, 2048), vec![(2048, 2048, 500)]);
+        for s in [p.schedule(512, 384), few.schedule(512, 512), big.schedule(4096, 2048)] {
+            let total: usize = s.iter().map(|x| x.2).sum();
+            assert!(total == 500 || total == 30 || total == 1000);
+        }
     }
 }

@@ -115,8 +115,9 @@ pub fn minimize<E>(
             return Ok(done(x, loss, evals, iterations, Stop::Converged));
         }
         if config.strong_wolfe {
-            let budget = (max_evals - evals).min(25);
-            let ls = strong_wolfe(&mut f, &x, t, &d, loss, &g, gtd, config.tolerance_change, budget)?;
+            // the search's first evaluation plus at most `max_ls` more stay within the budget
+            let max_ls = (max_evals - evals).min(25) - 1;
+            let ls = strong_wolfe(&mut f, &x, t, &d, loss, &g, gtd, config.tolerance_change, max_ls)?;
             evals += ls.evals;
             t = ls.t;
             loss = ls.f;
@@ -329,5 +330,16 @@ mod tests {
         assert_eq!(calls, 7);
         assert_eq!(out.evaluations, 7);
         assert_eq!(out.stop, Stop::Budget);
+        // with the line search too
+        for budget in 1..12 {
+            let cfg = LbfgsConfig { strong_wolfe: true, ..Default::default() };
+            let mut calls = 0;
+            let out = minimize(&cfg, &Tensor::from_slice(&[-1.5f32, 2.0]), budget, |x| {
+                calls += 1;
+                rosenbrock(x)
+            })
+            .unwrap();
+            assert!(calls <= budget && out.evaluations == calls, "budget {budget}: {calls} calls");
+        }
     }
 }

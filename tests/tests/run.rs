@@ -65,7 +65,7 @@ fn every_option_runs() {
     let s2 = style2.to_str().unwrap();
     let cases: Vec<Vec<&str>> = vec![
         vec!["--init", "content", "--optimizer", "adam", "--learning-rate", "0.05"],
-        vec!["--init", "style", "--pooling", "max", "--line-search"],
+        vec!["--init", "style", "--pooling", "max", "--no-line-search"],
         vec!["--style", s2, "--style-weights", "3,1", "--style-scale", "0.8", "--preserve-colors"],
         vec!["--tv-weight", "0.1", "--strength", "5", "--content-layers", "relu3_2,relu4_2"],
         vec![

@@ -85,9 +85,10 @@ pub struct EngineArgs {
     /// L-BFGS history size.
     #[arg(long, default_value_t = 100)]
     pub lbfgs_history: usize,
-    /// Strong-Wolfe line search for L-BFGS (more evaluations per iteration, steadier descent).
+    /// Fixed steps (lr) instead of L-BFGS's strong-Wolfe line search (torch.optim.LBFGS's
+    /// default; fewer evaluations per iteration but it can diverge or stall).
     #[arg(long)]
-    pub line_search: bool,
+    pub no_line_search: bool,
     /// Step size (L-BFGS lr, default 1; Adam learning rate, default 0.02).
     #[arg(long)]
     pub learning_rate: Option<f64>,
@@ -132,6 +133,13 @@ pub struct EngineArgs {
     /// Time budget in seconds: stop the optimisation at the first evaluation past it.
     #[arg(long)]
     pub max_seconds: Option<f64>,
+    /// Optimise at the output size only (default: coarse-to-fine, sizes halving down to
+    /// --min-scale).
+    #[arg(long)]
+    pub single_scale: bool,
+    /// Longest side of the coarsest scale.
+    #[arg(long, default_value_t = 128)]
+    pub min_scale: u32,
 }
 
 impl EngineArgs {
@@ -141,7 +149,7 @@ impl EngineArgs {
             iterations: self.iterations,
             optimizer: self.optimizer,
             lbfgs_history: self.lbfgs_history,
-            line_search: self.line_search,
+            line_search: !self.no_line_search,
             learning_rate: self.learning_rate,
             init: self.init,
             seed: self.seed,
@@ -157,6 +165,8 @@ impl EngineArgs {
             style_scale: self.style_scale,
             preserve_colors: self.preserve_colors,
             max_seconds: self.max_seconds,
+            multiscale: !self.single_scale,
+            min_scale: self.min_scale,
         }
     }
 }
