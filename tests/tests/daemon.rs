@@ -100,7 +100,7 @@ fn cancel_stops_a_job_within_one_iteration() {
     let d = Daemon::start(&[]);
     let mut client = d.client();
     // 256 px: an evaluation takes long enough that the client is never behind the daemon
-    let params = json!({"size": 256, "iterations": 5000});
+    let params = json!({"size": 256, "iterations": 5000, "multiscale": false});
     let (req, payload) = stylize_files(&image("tubingen.jpg"), &image("shipwreck.jpg"), params.clone());
     client.send(&Request::Stylize(req), &payload).unwrap();
     let mut job = 0;
