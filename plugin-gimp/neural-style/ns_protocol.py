@@ -193,7 +193,10 @@ class Connection:
                     raise
         except OSError as e:
             raise NoDaemon("no neural-style daemon at %s: %s" % (self.path, e))
-        self.send({"type": "hello", "protocol": PROTOCOL_VERSION, "client": client})
+        try:
+            self.send({"type": "hello", "protocol": PROTOCOL_VERSION, "client": client})
+        except OSError:
+            pass  # a refusing daemon answers with an error and closes at once: read it below
         header, _ = self.recv()
         if header["type"] == "error":
             raise DaemonError(header.get("code"), header.get("message"))

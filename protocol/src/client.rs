@@ -83,10 +83,14 @@ impl Client {
             limits: Limits::default(),
             server: Event::ShuttingDown,
         };
-        c.send(&Request::Hello { protocol: PROTOCOL_VERSION, client: client_name.into() }, &[])?;
-        match c.recv()? {
-            (hello @ Event::Hello { .. }, _) => c.server = hello,
-            (other, _) => return Err(unexpected(other)),
+        // A daemon that refuses the connection (another user, too many clients, shutting down)
+        // answers with an error and closes at once, so our hello may fail to send: read its
+        // answer anyway, and report the refusal rather than the broken pipe.
+        let sent = c.send(&Request::Hello { protocol: PROTOCOL_VERSION, client: client_name.into() }, &[]);
+        match c.recv() {
+            Ok((hello @ Event::Hello { .. }, _)) if sent.is_ok() => c.server = hello,
+            Ok((other, _)) => return Err(unexpected(other)),
+            Err(e) => return Err(sent.err().unwrap_or(e)),
         }
         Ok(c)
     }
