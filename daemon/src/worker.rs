@@ -81,21 +81,24 @@ fn serve(shared: &Shared, weights: Weights) -> anyhow::Result<()> {
     );
     let mut cache = StyleCache::new(cfg.cache_mb * 1024 * 1024);
     while let Some(job) = shared.queue.pop() {
-        run_job(shared, &engine, &mut cache, &job);
+        let (event, payload) = run_job(shared, &engine, &mut cache, &job);
+        // Settle the bookkeeping before the client hears the outcome, so that a status request
+        // sent right after it sees this job finished.
         *shared.stats.cache.lock().unwrap_or_else(|e| e.into_inner()) =
             (cache.len(), cache.bytes(), cache.hits, cache.misses);
         shared.queue.finish();
+        job.send(event, payload);
     }
     Ok(())
 }
 
-fn run_job(shared: &Shared, engine: &Engine, cache: &mut StyleCache, job: &QueuedJob) {
+/// Runs one job and returns its final event (result, cancelled or error) with its payload.
+fn run_job(shared: &Shared, engine: &Engine, cache: &mut StyleCache, job: &QueuedJob) -> (Event, Vec<u8>) {
     let id = job.id;
     let stats = &shared.stats;
     if job.cancel.load(Ordering::SeqCst) {
-        job.send(Event::Cancelled { job: id, image: None, summary: None }, Vec::new());
         stats.cancelled.fetch_add(1, Ordering::SeqCst);
-        return;
+        return (Event::Cancelled { job: id, image: None, summary: None }, Vec::new());
     }
     job.send(Event::Started { job: id, width: job.info.width, height: job.info.height }, Vec::new());
     tracing::info!(
@@ -158,8 +161,7 @@ fn run_job(shared: &Shared, engine: &Engine, cache: &mut StyleCache, job: &Queue
                 tracing::info!(job = id, evaluations = out.summary.evaluations, "cancelled");
                 stats.cancelled.fetch_add(1, Ordering::SeqCst);
                 let summary = serde_json::to_value(&out.summary).ok();
-                job.send(Event::Cancelled { job: id, image: Some(image), summary }, bytes);
-                return;
+                return (Event::Cancelled { job: id, image: Some(image), summary }, bytes);
             }
             let s = &out.summary;
             tracing::info!(
@@ -171,18 +173,18 @@ fn run_job(shared: &Shared, engine: &Engine, cache: &mut StyleCache, job: &Queue
             );
             stats.done.fetch_add(1, Ordering::SeqCst);
             let summary = serde_json::to_value(&out.summary).unwrap_or_default();
-            job.send(Event::Result { job: id, image, summary }, bytes);
+            (Event::Result { job: id, image, summary }, bytes)
         }
         Ok(Err(e)) => {
             tracing::warn!(job = id, "failed: {e}");
             stats.failed.fetch_add(1, Ordering::SeqCst);
-            job.send(Event::Error { job: Some(id), code: error_code(&e), message: e.to_string() }, Vec::new());
+            (Event::Error { job: Some(id), code: error_code(&e), message: e.to_string() }, Vec::new())
         }
         Err(_) => {
             tracing::error!(job = id, "the job panicked");
             stats.failed.fetch_add(1, Ordering::SeqCst);
             let message = "internal error while running the job; the daemon goes on".to_string();
-            job.send(Event::Error { job: Some(id), code: ErrorCode::Internal, message }, Vec::new());
+            (Event::Error { job: Some(id), code: ErrorCode::Internal, message }, Vec::new())
         }
     }
 }
