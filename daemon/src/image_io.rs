@@ -146,14 +146,7 @@ impl Picture {
 
     /// Resized so that the longer side is `size` (no resampling when it already is).
     pub fn resized_longest(&self, size: u32) -> Self {
-        let (w, h) = (self.width(), self.height());
-        let longest = w.max(h);
-        if longest == size {
-            return self.clone();
-        }
-        let scale = f64::from(size) / f64::from(longest);
-        let nw = ((f64::from(w) * scale).round() as u32).max(1);
-        let nh = ((f64::from(h) * scale).round() as u32).max(1);
+        let (nw, nh) = longest_side_dims(self.width(), self.height(), size);
         self.resized(nw, nh)
     }
 
@@ -190,6 +183,16 @@ impl Picture {
     pub fn alpha(&self) -> Vec<f32> {
         self.rgba.pixels().map(|p| p.0[3]).collect()
     }
+}
+
+/// The size of a w × h image scaled so that its longer side is `size` (aspect kept, rounded).
+pub fn longest_side_dims(w: u32, h: u32, size: u32) -> (u32, u32) {
+    let longest = w.max(h);
+    if longest == size {
+        return (w, h);
+    }
+    let scale = f64::from(size) / f64::from(longest);
+    (((f64::from(w) * scale).round() as u32).max(1), ((f64::from(h) * scale).round() as u32).max(1))
 }
 
 fn decode_err(path: &Path, e: impl std::fmt::Display) -> ImageError {

@@ -218,13 +218,7 @@ impl Shared {
 /// The size a content picture will be optimised at.
 pub fn working_size(content: &Picture, size: Option<u32>) -> (u32, u32) {
     let (w, h) = (content.width(), content.height());
-    match size {
-        Some(s) if s != w.max(h) => {
-            let scale = f64::from(s) / f64::from(w.max(h));
-            (((f64::from(w) * scale).round() as u32).max(1), ((f64::from(h) * scale).round() as u32).max(1))
-        }
-        _ => (w, h),
-    }
+    size.map_or((w, h), |s| crate::image_io::longest_side_dims(w, h, s))
 }
 
 /// Resident memory of this process (Linux), 0 where unknown.
