@@ -18,6 +18,11 @@ use crate::{adam, color, lbfgs};
 /// β per unit of `--strength` (see [`Params::coefficients`]).
 pub const STYLE_WEIGHT_PER_STRENGTH: f64 = 500.0;
 
+/// L-BFGS's first step at each scale moves the pixel with the largest gradient by this much (of
+/// the [0,1] range); the line search then adapts it. torch's default first step, min(1, 1/|g|₁),
+/// is ~1e-6 of a pixel on this objective and costs a handful of evaluations per scale to grow.
+pub const FIRST_STEP: f64 = 0.1;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
@@ -72,8 +77,10 @@ pub struct Params {
     pub style_scale: f64,
     /// Luminance-only transfer: the output keeps the content's colours.
     pub preserve_colors: bool,
-    /// Time budget for the optimisation in seconds: stop at the first evaluation past it and
-    /// return that image (the iteration budget still applies).
+    /// Time budget in seconds (from the first scale's setup to the last evaluation): each scale
+    /// of the schedule gets a share of the time (see [`scale_time_share`]) and the job ends at
+    /// the first evaluation past the budget with the best image evaluated at the last scale
+    /// reached (the iteration budget still applies).
     pub max_seconds: Option<f64>,
     /// Coarse-to-fine: optimise at halved sizes first (see [`Params::schedule`]).
     pub multiscale: bool,
@@ -226,6 +233,7 @@ impl Params {
 }
 
 /// A job: decoded content and style pictures at their original sizes, and parameters.
+#[derive(Clone)]
 pub struct Job {
     pub content: Picture,
     pub styles: Vec<Picture>,
@@ -281,8 +289,19 @@ pub struct Summary {
     pub time_budget_reached: bool,
     /// The content had an alpha channel (carried to the output).
     pub has_alpha: bool,
+    /// What each scale of the schedule got, coarsest first (scales never reached are absent).
+    pub scales: Vec<ScaleReport>,
     /// The content had more than 8 bits per channel.
     pub high_precision: bool,
+}
+
+/// One scale of a finished job.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScaleReport {
+    pub width: u32,
+    pub height: u32,
+    pub evaluations: usize,
+    pub seconds: f64,
 }
 
 /// The result: RGB [1,3,H,W] in [0,1] on the CPU, the content's alpha if it had one.
@@ -453,6 +472,22 @@ impl Engine {
         }
     }
 
+    /// The objective at the output size on the f32 network: what summaries report.
+    fn exact_objective(&self, content: &Tensor, styles: &[Tensor], p: &Params) -> (&Vgg19, Objective) {
+        let reporter = self.reference.as_ref().unwrap_or(&self.vgg);
+        (reporter, Self::objective_on(reporter, content, styles, p, None))
+    }
+
+    /// The f32 objective of any image `x` ([1,3,H,W] at the job's output size) for `job`: the
+    /// figure a [`Summary`] reports, so results from elsewhere (a PyTorch run) can be compared.
+    pub fn exact_losses(&self, job: &Job, x: &Tensor) -> Result<Losses, EngineError> {
+        let (content, styles) = self.prepare(job)?;
+        let device = self.device();
+        let styles: Vec<Tensor> = styles.iter().map(|s| s.rgb_tensor().to_device(device)).collect();
+        let (reporter, exact) = self.exact_objective(&content.rgb_tensor().to_device(device), &styles, &job.params);
+        Ok(exact.value(reporter, &x.to_device(device)))
+    }
+
     fn run(
         &self,
         job: &Job,
@@ -478,8 +513,15 @@ impl Engine {
         let mut stopped = false;
         let mut out_of_time = false;
         let mut x: Option<Tensor> = None;
-        for (k, &(sw, sh, budget)) in schedule.iter().enumerate() {
+        let mut scales = Vec::new();
+        for (k, &(sw, sh, _)) in schedule.iter().enumerate() {
+            let (scale_start, evaluations_before) = (start.elapsed().as_secs_f64(), evaluations);
             let last_scale = k + 1 == schedule.len();
+            let budget = scale_budget(&schedule, k, p.iterations - evaluations);
+            let deadline = p.max_seconds.map(|t| {
+                let now = start.elapsed().as_secs_f64();
+                now + scale_time_share(schedule.len(), k) * (t - now).max(0.0)
+            });
             // coarser scales: content resized, styles scaled by the same factor
             let (content_k, styles_k) = if last_scale {
                 (content.shallow_clone(), styles.iter().map(|s| s.shallow_clone()).collect::<Vec<_>>())
@@ -503,12 +545,16 @@ impl Engine {
                 }
             };
             let shape = x0.size();
-            let mut last: Option<Tensor> = None;
+            // The best point evaluated at this scale: what an interrupted scale hands on (a
+            // line search's last trial point can be worse than where it started).
+            let mut best: Option<(f64, Tensor)> = None;
             let mut eval = |flat: &Tensor| -> Result<(f64, Tensor), ()> {
                 let xv = flat.view(shape.as_slice());
                 let (losses, grad) = objective.evaluate(&self.vgg, &xv);
                 evaluations += 1;
-                last = Some(flat.copy());
+                if best.as_ref().is_none_or(|(v, _)| losses.total < *v) {
+                    best = Some((losses.total, flat.copy()));
+                }
                 let progress = Progress {
                     evaluation: evaluations,
                     max_evaluations: p.iterations,
@@ -520,8 +566,13 @@ impl Engine {
                     stopped = true;
                     return Err(());
                 }
-                if p.max_seconds.is_some_and(|t| start.elapsed().as_secs_f64() >= t) {
+                let now = start.elapsed().as_secs_f64();
+                if p.max_seconds.is_some_and(|t| now >= t) {
                     out_of_time = true;
+                    return Err(());
+                }
+                if deadline.is_some_and(|d| now >= d) {
+                    // this scale's share of the time is spent: go on to the next scale
                     return Err(());
                 }
                 Ok((losses.total, grad.view([-1])))
@@ -537,6 +588,7 @@ impl Engine {
                         // scale; users ask for a budget, so stop only on a zero step or gradient.
                         tolerance_change: 0.0,
                         tolerance_grad: 0.0,
+                        first_step: Some(FIRST_STEP),
                     };
                     lbfgs::minimize(&cfg, &flat0, budget, &mut eval)
                 }
@@ -551,10 +603,16 @@ impl Engine {
                     converged = o.stop == Stop::Converged;
                     o.x
                 }
-                Err(()) => last.take().expect("an evaluation happened before the stop"),
+                Err(()) => best.take().expect("an evaluation happened before the stop").1,
             };
             x = Some(flat.view(shape.as_slice()));
-            if stopped || out_of_time {
+            scales.push(ScaleReport {
+                width: sw,
+                height: sh,
+                evaluations: evaluations - evaluations_before,
+                seconds: start.elapsed().as_secs_f64() - scale_start,
+            });
+            if stopped || out_of_time || evaluations >= p.iterations {
                 break;
             }
         }
@@ -565,8 +623,7 @@ impl Engine {
             x = x.upsample_bicubic2d([i64::from(h), i64::from(w)], false, None, None);
         }
         // Report f32 figures at the output size, comparable across precisions and schedules.
-        let reporter = self.reference.as_ref().unwrap_or(&self.vgg);
-        let exact = Self::objective_on(reporter, &content, &styles, p, None);
+        let (reporter, exact) = self.exact_objective(&content, &styles, p);
         let losses = exact.value(reporter, &x);
         let initial = exact.value(reporter, &init_at(w, h)).total;
         let c = exact.coefficients;
@@ -601,10 +658,31 @@ impl Engine {
                 cancelled: stopped,
                 time_budget_reached: out_of_time,
                 has_alpha: content_pic.has_alpha,
+                scales,
                 high_precision: content_pic.high_precision,
             },
         })
     }
+}
+
+/// Evaluations for scale `k` of `schedule` when `left` of the job's budget remain: its own
+/// share plus whatever earlier scales left unused, keeping the later scales' shares.
+fn scale_budget(schedule: &[(u32, u32, usize)], k: usize, left: usize) -> usize {
+    let later: usize = schedule[k + 1..].iter().map(|s| s.2).sum();
+    left.saturating_sub(later).max(1)
+}
+
+/// The fraction of the remaining time budget that scale `k` of `n` gets: the coarser scales
+/// share half of the budget equally and the output size gets the other half, as with
+/// evaluations; time a scale leaves unused (it converged or ran out of evaluations) rolls over
+/// to the later ones, because each share is taken of what remains.
+fn scale_time_share(n: usize, k: usize) -> f64 {
+    if k + 1 >= n {
+        return 1.0;
+    }
+    let coarse = 0.5 / (n - 1) as f64;
+    let remaining_weight = coarse * (n - 1 - k) as f64 + 0.5;
+    coarse / remaining_weight
 }
 
 #[cfg(test)]
@@ -628,6 +706,15 @@ mod tests {
         assert_eq!(big.schedule(2048, 40).len(), 2, "1024×20 is the last with both sides ≥ 16");
         let single = Params { multiscale: false, ..Params::default() };
         assert_eq!(single.schedule(2048, 2048), vec![(2048, 2048, 500)]);
+        // time shares: coarse scales split half the budget, the output size gets the rest
+        let shares: Vec<f64> = (0..3).map(|k| scale_time_share(3, k)).collect();
+        assert!((shares[0] - 0.25).abs() < 1e-12 && (shares[1] - 1.0 / 3.0).abs() < 1e-12 && shares[2] == 1.0);
+        assert_eq!(scale_time_share(1, 0), 1.0);
+        // unused evaluations roll over, later scales keep theirs
+        let s = p.schedule(512, 384);
+        assert_eq!(scale_budget(&s, 0, 500), 125);
+        assert_eq!(scale_budget(&s, 1, 450), 200);
+        assert_eq!(scale_budget(&s, 2, 300), 300);
         for s in [p.schedule(512, 384), few.schedule(512, 512), big.schedule(4096, 2048)] {
             let total: usize = s.iter().map(|x| x.2).sum();
             assert!(total == 500 || total == 30 || total == 1000);

@@ -14,11 +14,22 @@ pub struct LbfgsConfig {
     pub tolerance_grad: f64,
     pub tolerance_change: f64,
     pub strong_wolfe: bool,
+    /// The first step's size in units of x: the step moves the coordinate with the largest
+    /// gradient by this much. `None` is torch's min(1, 1/|g|₁)·lr, which on an objective whose
+    /// gradients are small per coordinate (an image of many pixels) barely moves at all.
+    pub first_step: Option<f64>,
 }
 
 impl Default for LbfgsConfig {
     fn default() -> Self {
-        Self { lr: 1.0, history_size: 100, tolerance_grad: 1e-7, tolerance_change: 1e-9, strong_wolfe: false }
+        Self {
+            lr: 1.0,
+            history_size: 100,
+            tolerance_grad: 1e-7,
+            tolerance_change: 1e-9,
+            strong_wolfe: false,
+            first_step: None,
+        }
     }
 }
 
@@ -106,7 +117,10 @@ pub fn minimize<E>(
         prev_g = Some(g.copy());
         let prev_loss = loss;
         t = if iterations == 1 {
-            (1.0f64).min(1.0 / g.abs().sum(Kind::Float).double_value(&[])) * config.lr
+            match config.first_step {
+                Some(step) => step / abs_max(&g).max(f64::MIN_POSITIVE),
+                None => (1.0f64).min(1.0 / g.abs().sum(Kind::Float).double_value(&[])) * config.lr,
+            }
         } else {
             config.lr
         };

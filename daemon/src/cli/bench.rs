@@ -44,9 +44,32 @@ pub struct BenchArgs {
     /// Evaluations of the latency jobs.
     #[arg(long, default_value_t = 20)]
     pub latency_iterations: usize,
-    /// Weights for the latency bench (default: random weights in a temporary file).
+    /// Weights for the latency and time-to-loss benches (default: seeded random weights in a
+    /// temporary file).
     #[arg(long)]
     pub weights: Option<std::path::PathBuf>,
+    /// Instead: time to reach the loss of a PyTorch L-BFGS run (fp32, single scale), with
+    /// neural-style's defaults under --max-seconds budgets that are fractions of PyTorch's time.
+    #[arg(long)]
+    pub time_to_loss: bool,
+    /// Image size (longest side) of the time-to-loss comparison.
+    #[arg(long, default_value_t = 256)]
+    pub ttl_size: u32,
+    /// Evaluations of the PyTorch reference run.
+    #[arg(long, default_value_t = 300)]
+    pub reference_evals: usize,
+    /// neural-style's time budgets as fractions of the reference's time.
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.2,0.35")]
+    pub budgets: Vec<f64>,
+    /// Content image of the time-to-loss comparison (default: the drawn sample).
+    #[arg(long)]
+    pub content: Option<std::path::PathBuf>,
+    /// Style image of the time-to-loss comparison (default: the drawn sample).
+    #[arg(long)]
+    pub style: Option<std::path::PathBuf>,
+    /// Write a PNG plot of loss against time (needs matplotlib in the venv).
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -119,6 +142,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let device = args.device.apply()?;
     let layout = args.device.precision.layout(device);
+    if args.time_to_loss {
+        let dir = tempfile::tempdir()?;
+        let (weights, path) = super::time_to_loss::weights(args.weights.as_deref(), dir.path())?;
+        let engine = Engine::with_layout(&weights, device, layout);
+        let v = super::time_to_loss::run(&args, device, &engine, &path)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let weights = Weights::random(0);
     let ours = Engine::with_layout(&weights, device, layout);
     let fp32 = (layout != Layout::FP32).then(|| Engine::new(&weights, device));

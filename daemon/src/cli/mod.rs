@@ -14,6 +14,7 @@ mod daemon;
 mod latency;
 mod run;
 mod samples;
+mod time_to_loss;
 mod weights;
 
 #[derive(Parser, Debug)]
@@ -130,7 +131,8 @@ pub struct EngineArgs {
     /// Keep the content's colours (luminance-only transfer in YIQ).
     #[arg(long)]
     pub preserve_colors: bool,
-    /// Time budget in seconds: stop the optimisation at the first evaluation past it.
+    /// Time budget in seconds: the scales share it (coarse half, output size half) and the job
+    /// ends at the first evaluation past it with the best image so far.
     #[arg(long)]
     pub max_seconds: Option<f64>,
     /// Optimise at the output size only (default: coarse-to-fine, sizes halving down to

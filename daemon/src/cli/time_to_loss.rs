@@ -1,0 +1,186 @@
+//! `neural-style bench --time-to-loss`: how long neural-style takes to reach the loss PyTorch
+//! reaches. The reference (daemon/python/time_to_loss.py, the venv's torch) runs the paper's
+//! objective with torch.optim.LBFGS + strong Wolfe, fp32, single scale, for a fixed number of
+//! evaluations from the same start image; then neural-style runs with its defaults and
+//! `--max-seconds` set to fractions of the reference's time. Both final images are scored by the
+//! same code: the f32 objective at the full size ([`Engine::exact_losses`]).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+use image::DynamicImage;
+use tch::{Device, Tensor};
+
+use super::bench::BenchArgs;
+use crate::engine::{device_name, Control, Engine, Job, Params, STYLE_WEIGHT_PER_STRENGTH};
+use crate::image_io::{DecodeLimits, Picture};
+use crate::python;
+use crate::weights::Weights;
+
+const REFERENCE: &str = include_str!("../../python/time_to_loss.py");
+const PLOT: &str = include_str!("../../python/plot_time_to_loss.py");
+
+fn picture(path: Option<&Path>, draw: impl Fn() -> image::RgbImage) -> anyhow::Result<Picture> {
+    match path {
+        Some(p) => Ok(Picture::load(p, DecodeLimits::default())?),
+        None => {
+            let img = DynamicImage::ImageRgb8(draw());
+            Ok(Picture { rgba: img.to_rgba32f(), has_alpha: false, high_precision: false })
+        }
+    }
+}
+
+/// Runs the reference; returns its JSON report and final image.
+fn reference(
+    weights: &Path,
+    content: &Tensor,
+    style: &Tensor,
+    x0: &Tensor,
+    evals: usize,
+    dir: &Path,
+) -> anyhow::Result<(serde_json::Value, Tensor)> {
+    let input = dir.join("input.safetensors");
+    let output = dir.join("reference.safetensors");
+    Tensor::write_safetensors(&[("content", content), ("style", style), ("x0", x0)], &input)?;
+    let script = python::script_file("time_to_loss", REFERENCE)?;
+    let py = python::interpreter();
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg("--weights")
+        .arg(weights)
+        .arg("--input")
+        .arg(&input)
+        .arg("--out")
+        .arg(&output)
+        .args(["--beta", &STYLE_WEIGHT_PER_STRENGTH.to_string(), "--evals", &evals.to_string()])
+        .args(["--threads", &tch::get_num_threads().to_string()])
+        .output()
+        .with_context(|| format!("cannot run the PyTorch reference with {}", py.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the PyTorch reference failed: {}",
+        String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading the reference's JSON")?;
+    let x = Tensor::read_safetensors(&output)?
+        .into_iter()
+        .find(|(k, _)| k == "x")
+        .map(|(_, t)| t)
+        .context("reference output without x")?;
+    Ok((report, x))
+}
+
+pub fn run(
+    args: &BenchArgs,
+    device: Device,
+    engine: &Engine,
+    weights_path: &Path,
+) -> anyhow::Result<serde_json::Value> {
+    let content = picture(args.content.as_deref(), || super::samples::content(384, 256))?;
+    let style = picture(args.style.as_deref(), || super::samples::style(256, 256))?;
+    let base = Params { size: Some(args.ttl_size), iterations: 1_000_000, ..Params::default() };
+    let job = Job { content, styles: vec![style], params: base.clone() };
+    let (c, s) = engine.prepare(&job)?;
+    let (w, h) = (c.width(), c.height());
+    let x0 = crate::rng::uniform(&[1, 3, i64::from(h), i64::from(w)], base.seed);
+    let dir = tempfile::tempdir()?;
+    eprintln!(
+        "time to loss at {w}×{h}: PyTorch eager fp32 NCHW, L-BFGS + strong Wolfe, single scale, {} evaluations, \
+         {} threads, {} …",
+        args.reference_evals,
+        tch::get_num_threads(),
+        device_name(device)
+    );
+    let (rep, x_ref) =
+        reference(weights_path, &c.rgb_tensor(), &s[0].rgb_tensor(), &x0, args.reference_evals, dir.path())?;
+    let ref_seconds = rep["seconds"].as_f64().context("reference without seconds")?;
+    let ref_loss = engine.exact_losses(&job, &x_ref)?.total;
+    // PyTorch's own value of its last evaluation (at its final image) checks that both sides
+    // compute the same objective
+    let own = rep["trace"].as_array().and_then(|t| t.last()).and_then(|p| p[1].as_f64()).unwrap_or(f64::NAN);
+    eprintln!(
+        "  PyTorch: {ref_seconds:.1} s, final objective {ref_loss:.4e} (f32, scored by neural-style; PyTorch's own value \
+         {own:.4e})"
+    );
+    anyhow::ensure!(
+        ((own - ref_loss) / ref_loss).abs() < 1e-3,
+        "the two objectives disagree ({own:e} vs {ref_loss:e}): the comparison would be meaningless"
+    );
+    let mut runs = Vec::new();
+    for &fraction in &args.budgets {
+        let params = Params { max_seconds: Some(fraction * ref_seconds), ..base.clone() };
+        let job = Job { params, ..job.clone() };
+        let mut trace = Vec::new();
+        let r = engine.stylize(&job, &mut |p| {
+            let dims = p.image.size();
+            trace.push(serde_json::json!([p.elapsed.as_secs_f64(), p.losses.total, dims[2].max(dims[3])]));
+            Control::Continue
+        })?;
+        let ratio = r.summary.seconds / ref_seconds;
+        let reached = r.summary.total_loss <= ref_loss;
+        eprintln!(
+            "  neural-style, budget {fraction:.2}× ({:.1} s): final objective {:.4e} = {:.3}× PyTorch's{}",
+            r.summary.seconds,
+            r.summary.total_loss,
+            r.summary.total_loss / ref_loss,
+            if reached { " — reached" } else { " — not reached" }
+        );
+        runs.push(serde_json::json!({
+            "budget_fraction": fraction, "seconds": r.summary.seconds, "time_ratio": ratio,
+            "final_loss": r.summary.total_loss, "loss_ratio": r.summary.total_loss / ref_loss,
+            "reached_reference_loss": reached, "evaluations": r.summary.evaluations,
+            "precision": r.summary.precision, "scales": r.summary.scales, "trace": trace,
+        }));
+    }
+    let best = runs
+        .iter()
+        .filter(|r| r["reached_reference_loss"] == true)
+        .map(|r| r["time_ratio"].as_f64().unwrap_or(f64::INFINITY))
+        .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.min(b))));
+    match best {
+        Some(b) => eprintln!("  → neural-style reached PyTorch's final loss in {b:.3}× its time"),
+        None => eprintln!("  → neural-style did not reach PyTorch's final loss within the budgets tried"),
+    }
+    let v = serde_json::json!({
+        "size": [w, h], "device": device_name(device), "threads": tch::get_num_threads(),
+        "pretrained": engine.weights().pretrained,
+        "reference": {"seconds": ref_seconds, "final_loss": ref_loss, "evaluations": rep["evaluations"],
+                      "torch": rep["torch"], "trace": rep["trace"]},
+        "runs": runs, "best_time_ratio_reaching_reference": best,
+    });
+    if let Some(plot) = &args.plot {
+        plot_json(&v, plot)?;
+    }
+    Ok(v)
+}
+
+/// Draws loss against seconds (the venv's matplotlib) into a PNG.
+fn plot_json(v: &serde_json::Value, png: &PathBuf) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("ttl.json");
+    std::fs::write(&data, serde_json::to_vec(v)?)?;
+    let script = python::script_file("plot_time_to_loss", PLOT)?;
+    let py = python::interpreter();
+    let out = Command::new(&py).arg(&script).arg(&data).arg(png).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "plotting failed (is matplotlib installed in the venv? `make bench` installs it): {}",
+        String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()
+    );
+    eprintln!("  plot: {}", png.display());
+    Ok(())
+}
+
+/// Loads the weights named on the command line, or makes seeded random ones in `dir`.
+pub fn weights(explicit: Option<&Path>, dir: &Path) -> anyhow::Result<(Weights, PathBuf)> {
+    match explicit {
+        Some(p) => Ok((Weights::load(p)?, p.to_path_buf())),
+        None => {
+            let w = Weights::random(0);
+            let p = dir.join("vgg19-random-seed0.safetensors");
+            w.save(&p)?;
+            Ok((w, p))
+        }
+    }
+}
