@@ -38,6 +38,9 @@ pub struct Config {
     pub max_queue: usize,
     /// Memory cap of the style-target cache, MiB.
     pub cache_mb: u64,
+    /// Memory one job may use, GiB (default: 80% of the available RAM, 90% of a CUDA device's).
+    /// Larger jobs are tiled, or refused when even tiles do not fit.
+    pub max_memory_gb: Option<f64>,
     pub on_signal: OnSignal,
     /// Run one small job at start-up so the first request is warm.
     pub warmup: bool,
@@ -59,6 +62,7 @@ impl Default for Config {
             max_clients: 32,
             max_queue: 256,
             cache_mb: 256,
+            max_memory_gb: None,
             on_signal: OnSignal::Cancel,
             warmup: true,
             watch: Vec::new(),

@@ -10,7 +10,9 @@ use tch::{Device, Tensor};
 use crate::cache::{StyleCache, StyleKey};
 use crate::image_io::{ImageError, Picture};
 use crate::lbfgs::{LbfgsConfig, Outcome, Stop};
+use crate::memory::Plan;
 use crate::objective::{Coefficients, Losses, Objective};
+use crate::tiling::Tiling;
 use crate::vgg::{Layout, Pooling, Vgg19};
 use crate::weights::{layer_index, vgg19_layers, Weights, WeightsInfo};
 use crate::{adam, color, lbfgs};
@@ -86,6 +88,11 @@ pub struct Params {
     pub multiscale: bool,
     /// The coarsest scale's longest side.
     pub min_scale: u32,
+    /// Tile core side in px: `None` tiles only when the memory estimate exceeds the limit,
+    /// `Some(0)` never tiles, `Some(n)` always tiles.
+    pub tile: Option<u32>,
+    /// Memory a job may use, in bytes (default: 80% of the available RAM on the CPU).
+    pub max_memory: Option<u64>,
 }
 
 impl Default for Params {
@@ -113,6 +120,8 @@ impl Default for Params {
             max_seconds: None,
             multiscale: true,
             min_scale: 128,
+            tile: None,
+            max_memory: None,
         }
     }
 }
@@ -125,6 +134,8 @@ pub enum EngineError {
     Image(#[from] ImageError),
     #[error("the computation failed: {0}. If this is an out-of-memory error, use a smaller --size")]
     Torch(String),
+    #[error("not enough memory: {0}")]
+    Memory(String),
 }
 
 impl Params {
@@ -291,6 +302,8 @@ pub struct Summary {
     pub has_alpha: bool,
     /// What each scale of the schedule got, coarsest first (scales never reached are absent).
     pub scales: Vec<ScaleReport>,
+    /// The memory estimate at the output size and what it decided (tiles, L-BFGS history).
+    pub memory: Plan,
     /// The content had more than 8 bits per channel.
     pub high_precision: bool,
 }
@@ -431,7 +444,7 @@ impl Engine {
 
     /// The objective of a job at its working size.
     pub fn objective(&self, content: &Tensor, styles: &[Tensor], p: &Params) -> Objective {
-        Self::objective_on(&self.vgg, content, styles, p, None)
+        Self::objective_on(&self.vgg, content, styles, p, None, None)
     }
 
     fn objective_on(
@@ -440,16 +453,27 @@ impl Engine {
         styles: &[Tensor],
         p: &Params,
         mut cache: Option<&mut StyleCache>,
+        tiling: Option<Tiling>,
     ) -> Objective {
         let c_idx: Vec<usize> = p.content_layers.iter().filter_map(|n| layer_index(n)).collect();
         let s_idx: Vec<usize> = p.style_layers.iter().filter_map(|n| layer_index(n)).collect();
-        let content_terms = Objective::content_targets(vgg, content, &c_idx, p.pooling);
+        let content_terms = match tiling {
+            None => Objective::content_targets(vgg, content, &c_idx, p.pooling),
+            Some(t) => crate::tiling::features(vgg, content, &c_idx, p.pooling, t)
+                .into_iter()
+                .zip(&c_idx)
+                .map(|(target, &index)| crate::objective::ContentTerm { index, target })
+                .collect(),
+        };
         let elements: f64 = content_terms.iter().map(|t| t.target.numel() as f64).sum();
         let pooling = format!("{:?}", p.pooling);
         let grams: Vec<Vec<Tensor>> = styles
             .iter()
             .map(|s| {
-                let compute = || Objective::style_grams(vgg, s, &s_idx, p.pooling);
+                let compute = || match tiling {
+                    None => Objective::style_grams(vgg, s, &s_idx, p.pooling),
+                    Some(t) => crate::tiling::grams(vgg, s, &s_idx, p.pooling, t, (0, 0)),
+                };
                 match cache.as_deref_mut() {
                     Some(c) => c.get_or_compute(StyleKey::new(s, &s_idx, &pooling, &vgg.layout().name()), compute),
                     None => compute(),
@@ -473,9 +497,26 @@ impl Engine {
     }
 
     /// The objective at the output size on the f32 network: what summaries report.
-    fn exact_objective(&self, content: &Tensor, styles: &[Tensor], p: &Params) -> (&Vgg19, Objective) {
+    fn exact_objective(
+        &self,
+        content: &Tensor,
+        styles: &[Tensor],
+        p: &Params,
+        tiling: Option<Tiling>,
+    ) -> (&Vgg19, Objective) {
         let reporter = self.reference.as_ref().unwrap_or(&self.vgg);
-        (reporter, Self::objective_on(reporter, content, styles, p, None))
+        (reporter, Self::objective_on(reporter, content, styles, p, None, tiling))
+    }
+
+    /// The memory plan of a job at its output size: the estimate, tiles, L-BFGS history.
+    pub fn plan(&self, job: &Job) -> Result<Plan, EngineError> {
+        let p = &job.params;
+        let (w, h) = match p.size {
+            Some(s) => crate::image_io::longest_side_dims(job.content.width(), job.content.height(), s),
+            None => (job.content.width(), job.content.height()),
+        };
+        let limit = p.max_memory.unwrap_or_else(|| crate::memory::default_limit(self.device()));
+        crate::memory::plan(w, h, p, self.layout(), limit, p.tile.map(i64::from))
     }
 
     /// The f32 objective of any image `x` ([1,3,H,W] at the job's output size) for `job`: the
@@ -484,8 +525,10 @@ impl Engine {
         let (content, styles) = self.prepare(job)?;
         let device = self.device();
         let styles: Vec<Tensor> = styles.iter().map(|s| s.rgb_tensor().to_device(device)).collect();
-        let (reporter, exact) = self.exact_objective(&content.rgb_tensor().to_device(device), &styles, &job.params);
-        Ok(exact.value(reporter, &x.to_device(device)))
+        let tiling = self.plan(job)?.tiling;
+        let (reporter, exact) =
+            self.exact_objective(&content.rgb_tensor().to_device(device), &styles, &job.params, tiling);
+        Ok(exact.value_maybe_tiled(reporter, &x.to_device(device), tiling))
     }
 
     fn run(
@@ -505,6 +548,9 @@ impl Engine {
             Init::Content => content_pic.resized(sw, sh).rgb_tensor().to_device(device),
             Init::Style => style_pics[0].resized(sw, sh).rgb_tensor().to_device(device),
         };
+        // refuse before any work when even tiles cannot fit
+        let memory = self.plan(job)?;
+        let limit = memory.limit_bytes;
         let schedule = p.schedule(w, h);
         let start = Instant::now();
         let mut evaluations = 0;
@@ -537,7 +583,13 @@ impl Engine {
                     .collect();
                 (content_pic.resized(sw, sh).rgb_tensor().to_device(device), st)
             };
-            let objective = Self::objective_on(&self.vgg, &content_k, &styles_k, p, cache.as_deref_mut());
+            let plan = if last_scale {
+                memory.clone()
+            } else {
+                crate::memory::plan(sw, sh, p, self.layout(), limit, p.tile.map(i64::from))?
+            };
+            let tiling = plan.tiling;
+            let objective = Self::objective_on(&self.vgg, &content_k, &styles_k, p, cache.as_deref_mut(), tiling);
             let x0 = match &x {
                 None => init_at(sw, sh),
                 Some(prev) => {
@@ -548,13 +600,19 @@ impl Engine {
             // The best point evaluated at this scale: what an interrupted scale hands on (a
             // line search's last trial point can be worse than where it started).
             let mut best: Option<(f64, Tensor)> = None;
+            // best value after each evaluation of this scale, to see a coarse scale stall
+            let mut best_trace: Vec<f64> = Vec::new();
             let mut eval = |flat: &Tensor| -> Result<(f64, Tensor), ()> {
                 let xv = flat.view(shape.as_slice());
-                let (losses, grad) = objective.evaluate(&self.vgg, &xv);
+                let (losses, grad) = match tiling {
+                    None => objective.evaluate(&self.vgg, &xv),
+                    Some(t) => objective.evaluate_tiled(&self.vgg, &xv, t, crate::tiling::shift(t, evaluations)),
+                };
                 evaluations += 1;
                 if best.as_ref().is_none_or(|(v, _)| losses.total < *v) {
                     best = Some((losses.total, flat.copy()));
                 }
+                best_trace.push(best.as_ref().map_or(f64::INFINITY, |b| b.0));
                 let progress = Progress {
                     evaluation: evaluations,
                     max_evaluations: p.iterations,
@@ -575,6 +633,10 @@ impl Engine {
                     // this scale's share of the time is spent: go on to the next scale
                     return Err(());
                 }
+                if !last_scale && stalled(&best_trace) {
+                    // a coarse scale that no longer improves hands its budget to the next one
+                    return Err(());
+                }
                 Ok((losses.total, grad.view([-1])))
             };
             let flat0 = x0.view([-1]);
@@ -582,7 +644,7 @@ impl Engine {
                 OptimizerKind::Lbfgs => {
                     let cfg = LbfgsConfig {
                         lr: p.learning_rate.unwrap_or(1.0),
-                        history_size: p.lbfgs_history,
+                        history_size: plan.lbfgs_history,
                         strong_wolfe: p.line_search,
                         // torch's absolute tolerances (1e-9) end runs early at this objective's
                         // scale; users ask for a budget, so stop only on a zero step or gradient.
@@ -623,9 +685,9 @@ impl Engine {
             x = x.upsample_bicubic2d([i64::from(h), i64::from(w)], false, None, None);
         }
         // Report f32 figures at the output size, comparable across precisions and schedules.
-        let (reporter, exact) = self.exact_objective(&content, &styles, p);
-        let losses = exact.value(reporter, &x);
-        let initial = exact.value(reporter, &init_at(w, h)).total;
+        let (reporter, exact) = self.exact_objective(&content, &styles, p, memory.tiling);
+        let losses = exact.value_maybe_tiled(reporter, &x, memory.tiling);
+        let initial = exact.value_maybe_tiled(reporter, &init_at(w, h), memory.tiling).total;
         let c = exact.coefficients;
         let mut rgb = x.clamp(0.0, 1.0);
         if p.preserve_colors {
@@ -659,10 +721,23 @@ impl Engine {
                 time_budget_reached: out_of_time,
                 has_alpha: content_pic.has_alpha,
                 scales,
+                memory,
                 high_precision: content_pic.high_precision,
             },
         })
     }
+}
+
+/// Evaluations over which a coarse scale must improve by [`STALL_IMPROVEMENT`] to go on.
+const STALL_WINDOW: usize = 20;
+/// Relative improvement of the best value over [`STALL_WINDOW`] evaluations below which a
+/// coarse scale has stalled.
+const STALL_IMPROVEMENT: f64 = 1e-3;
+
+/// Whether the best value (after each evaluation) stopped improving.
+fn stalled(best: &[f64]) -> bool {
+    let n = best.len();
+    n > STALL_WINDOW && best[n - 1] > best[n - 1 - STALL_WINDOW] * (1.0 - STALL_IMPROVEMENT)
 }
 
 /// Evaluations for scale `k` of `schedule` when `left` of the job's budget remain: its own

@@ -6,6 +6,9 @@
 //!   (`--weights` > `NEURAL_STYLE_WEIGHTS` > data dir), seeded random (non-pretrained) weights.
 //! * [`vgg`]: VGG19 `features` up to the deepest tap, avg or max pooling, input normalisation.
 //! * [`objective`]: the paper's equations 1, 3, 4, 5 and 7 (plus optional total variation).
+//! * [`tiling`]: the objective evaluated over overlapping tiles (exact global Gram matrices),
+//!   for images whose activations do not fit.
+//! * [`memory`]: a job's predicted peak memory, and the choice of tiles or a refusal.
 //! * [`lbfgs`], [`adam`]: optimisers over a flat tensor; L-BFGS follows torch.optim.LBFGS.
 //! * [`color`]: luminance-only transfer for `--preserve-colors`.
 //! * [`image_io`]: decoding with limits and EXIF orientation, 8/16-bit PNG and JPEG output.
@@ -34,11 +37,13 @@ pub mod config;
 pub mod engine;
 pub mod image_io;
 pub mod lbfgs;
+pub mod memory;
 pub mod objective;
 pub mod python;
 pub mod queue;
 pub mod rng;
 pub mod server;
+pub mod tiling;
 pub mod vgg;
 pub mod watch;
 pub mod weights;

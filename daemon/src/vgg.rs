@@ -148,6 +148,13 @@ impl Vgg19 {
         self.layout
     }
 
+    /// The spatial stride of the activations after `features` layer `index`: 2 per pooling
+    /// before it.
+    pub fn stride(index: usize) -> i64 {
+        let pools = vgg19_layers().iter().take(index + 1).filter(|l| matches!(l, LayerSpec::Pool { .. })).count();
+        1 << pools
+    }
+
     /// Layer names in `features` order.
     pub fn layer_names(&self) -> &[String] {
         &self.names

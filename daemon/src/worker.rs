@@ -35,6 +35,7 @@ fn error_code(e: &EngineError) -> ErrorCode {
         EngineError::Image(crate::image_io::ImageError::TooLarge { .. }) => ErrorCode::TooLarge,
         EngineError::Image(_) => ErrorCode::BadImage,
         EngineError::Torch(m) if m.to_lowercase().contains("out of memory") => ErrorCode::OutOfMemory,
+        EngineError::Memory(_) => ErrorCode::OutOfMemory,
         EngineError::Torch(_) => ErrorCode::Internal,
     }
 }
@@ -100,12 +101,31 @@ fn run_job(shared: &Shared, engine: &Engine, cache: &mut StyleCache, job: &Queue
         stats.cancelled.fetch_add(1, Ordering::SeqCst);
         return (Event::Cancelled { job: id, image: None, summary: None }, Vec::new());
     }
-    job.send(Event::Started { job: id, width: job.info.width, height: job.info.height }, Vec::new());
+    // The memory plan, under the daemon's limit (a client may ask for less, never for more).
+    let mut job_data = job.job.clone();
+    let limit = shared
+        .config
+        .max_memory_gb
+        .map(|g| (g.max(0.0) * (1u64 << 30) as f64) as u64)
+        .unwrap_or_else(|| crate::memory::default_limit(engine.device()));
+    job_data.params.max_memory = Some(job_data.params.max_memory.map_or(limit, |m| m.min(limit)));
+    let plan = match engine.plan(&job_data) {
+        Ok(plan) => plan,
+        Err(e) => {
+            tracing::warn!(job = id, "refused: {e}");
+            stats.failed.fetch_add(1, Ordering::SeqCst);
+            return (Event::Error { job: Some(id), code: error_code(&e), message: e.to_string() }, Vec::new());
+        }
+    };
+    let memory = serde_json::to_value(&plan).ok();
+    job.send(Event::Started { job: id, width: job.info.width, height: job.info.height, memory }, Vec::new());
     tracing::info!(
         job = id,
         priority = priority_name(job.info.priority),
         width = job.info.width,
         height = job.info.height,
+        estimated_gib = format!("{:.2}", crate::memory::gib(plan.estimated_bytes)),
+        tiles = plan.tiling.map(|t| t.tile),
         "started"
     );
     let mut observe = |p: &Progress| {
@@ -146,7 +166,7 @@ fn run_job(shared: &Shared, engine: &Engine, cache: &mut StyleCache, job: &Queue
         }
     };
     let outcome =
-        std::panic::catch_unwind(AssertUnwindSafe(|| engine.stylize_cached(&job.job, Some(cache), &mut observe)));
+        std::panic::catch_unwind(AssertUnwindSafe(|| engine.stylize_cached(&job_data, Some(cache), &mut observe)));
     match outcome {
         Ok(Ok(out)) => {
             let bytes = encode_raw(&out.rgb, out.alpha.as_deref(), job.output);

@@ -280,6 +280,10 @@ pub enum Event {
         job: u64,
         width: u32,
         height: u32,
+        /// The daemon's memory plan for the job: `estimated_bytes`, `limit_bytes`, `tiling`
+        /// (`null` or `{tile, halo}`), `lbfgs_history`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        memory: Option<Value>,
     },
     /// After each objective evaluation. `preview`, when present, is RGBA8 in the payload.
     Progress {

@@ -76,7 +76,7 @@ fn valid_vectors() -> Vec<(&'static str, &'static str, Msg, Vec<u8>)> {
         ),
         ("event_accepted", "job 3 queued behind two others", Msg::Ev(Event::Accepted { job: 3, position: 2 }), vec![]),
         ("event_queued", "job 3 moved up", Msg::Ev(Event::Queued { job: 3, position: 1 }), vec![]),
-        ("event_started", "job 3 runs at 256×192", Msg::Ev(Event::Started { job: 3, width: 256, height: 192 }), vec![]),
+        ("event_started", "job 3 runs at 256×192", Msg::Ev(Event::Started { job: 3, width: 256, height: 192, memory: None }), vec![]),
         (
             "event_progress",
             "progress with a 2×1 RGBA8 preview in the payload",

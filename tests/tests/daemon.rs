@@ -322,6 +322,40 @@ fn bad_requests_get_errors_and_the_daemon_goes_on() {
 }
 
 #[test]
+fn jobs_that_cannot_fit_in_memory_are_refused_and_large_ones_tiled() {
+    // 0.4 GiB: the process alone is estimated at that, so a 512 px job cannot fit even in tiles
+    let d = Daemon::start(&["--max-memory", "0.4"]);
+    let mut client = d.client();
+    let (c, s) = (image("tubingen.jpg"), image("starry_night.jpg"));
+    let (req, payload) = stylize_files(&c, &s, json!({"size": 512, "iterations": 2}));
+    match client.stylize(req, &payload, |_, _| {}) {
+        Err(neural_style_protocol::ClientError::Daemon { code, message }) => {
+            assert_eq!(code, ErrorCode::OutOfMemory, "{message}");
+            assert!(message.contains("GiB") && message.contains("--size"), "{message}");
+        }
+        other => panic!("{:?}", other.map(|r| r.job)),
+    }
+    assert!(d.log_text().contains("refused"));
+    // still serving; a client may ask for less memory than the daemon allows but not more, and
+    // a job over its limit is tiled: the started event carries the plan
+    let d = Daemon::start(&[]);
+    let mut client = d.client();
+    let (req, payload) = stylize_files(&c, &s, json!({"size": 96, "iterations": 2, "tile": 48}));
+    let mut memory = None;
+    let r = client
+        .stylize(req, &payload, |e, _| {
+            if let Event::Started { memory: m, .. } = e {
+                memory = m.clone();
+            }
+        })
+        .unwrap();
+    let m = memory.expect("started carries the memory plan");
+    assert_eq!(m["tiling"]["tile"], 48, "{m}");
+    assert!(m["estimated_bytes"].as_u64().unwrap() > 0 && m["limit_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(r.summary["memory"]["tiling"]["tile"], 48);
+}
+
+#[test]
 fn style_targets_are_cached_across_jobs() {
     let d = Daemon::start(&[]);
     let mut client = d.client();

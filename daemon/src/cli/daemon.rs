@@ -110,6 +110,10 @@ impl ServeArgs {
         if self.threads.is_some() {
             c.threads = self.threads;
         }
+        // --max-memory is the daemon's per-job limit (clients may ask for less)
+        if self.engine.max_memory.is_some() {
+            c.max_memory_gb = self.engine.max_memory;
+        }
         if self.socket.socket.is_some() {
             c.socket = self.socket.socket.clone();
         }

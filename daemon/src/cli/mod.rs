@@ -142,6 +142,14 @@ pub struct EngineArgs {
     /// Longest side of the coarsest scale.
     #[arg(long, default_value_t = 128)]
     pub min_scale: u32,
+    /// Tile core side in px for images too large to optimise whole: 0 never tiles; default:
+    /// tiles only when the memory estimate exceeds --max-memory.
+    #[arg(long)]
+    pub tile: Option<u32>,
+    /// Memory a job may use, in GiB (default: 80% of the available RAM; on CUDA 90% of the
+    /// device's memory). Larger jobs are tiled, or refused when even tiles do not fit.
+    #[arg(long)]
+    pub max_memory: Option<f64>,
 }
 
 impl EngineArgs {
@@ -169,6 +177,8 @@ impl EngineArgs {
             max_seconds: self.max_seconds,
             multiscale: !self.single_scale,
             min_scale: self.min_scale,
+            tile: self.tile,
+            max_memory: self.max_memory.map(|g| (g.max(0.0) * (1u64 << 30) as f64) as u64),
         }
     }
 }

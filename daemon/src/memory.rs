@@ -1,0 +1,226 @@
+//! Peak-memory estimate of a job before it runs, and the tiling decision.
+//!
+//! The estimate adds, for the largest scale of the schedule (the output size):
+//!
+//! * the network: every convolution of VGG19 `features` in the working precision, plus the f32
+//!   copy that reports losses when the working precision is reduced;
+//! * activations kept for the backward pass: per pixel, Σ over the layers up to the deepest tap
+//!   of channels / stride², in the working precision, times [`ACTIVATION_OVERHEAD`] (gradients
+//!   in flight, convolution workspaces, allocator slack: measured, see docs/benchmarks.md);
+//! * f32 copies of the tapped activations and their gradients;
+//! * image-sized f32 vectors: the optimiser's (L-BFGS keeps 2 per history entry) and about ten
+//!   working copies (image, gradient, direction, best point, targets, pictures);
+//! * [`BASE_BYTES`] for the process itself (libtorch, thread pools).
+//!
+//! With tiles, the activation terms use a tile window's area instead of the image's, and the
+//! stitched content targets are added. When the untiled estimate exceeds the memory limit the job
+//! is tiled, with the largest tile whose estimate fits; when even 256 px tiles and the smallest
+//! useful L-BFGS history do not fit, the job is refused with the numbers.
+
+use crate::engine::{EngineError, OptimizerKind, Params};
+use crate::tiling::Tiling;
+use crate::vgg::{Layout, Vgg19};
+use crate::weights::{layer_index, vgg19_layers, LayerSpec};
+
+/// Measured factor over the activation sizes that the backward pass holds at its peak.
+pub const ACTIVATION_OVERHEAD: f64 = 2.0;
+/// The process before any job: libtorch, its thread pools, the binary.
+pub const BASE_BYTES: u64 = 400 << 20;
+/// Image-sized f32 working vectors besides the optimiser's history.
+const WORKING_VECTORS: u64 = 10;
+/// Context around each tile core.
+pub const HALO: i64 = 96;
+/// The smallest tile core tried before refusing.
+const MIN_TILE: i64 = 256;
+
+/// What the estimate found for a job.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Plan {
+    /// Predicted peak bytes.
+    pub estimated_bytes: u64,
+    /// The limit it was checked against.
+    pub limit_bytes: u64,
+    /// Tiles, when the whole image does not fit.
+    pub tiling: Option<Tiling>,
+    /// The L-BFGS history actually used (reduced when the history alone would not fit).
+    pub lbfgs_history: usize,
+}
+
+fn deepest(p: &Params) -> usize {
+    p.content_layers.iter().chain(&p.style_layers).filter_map(|n| layer_index(n)).max().unwrap_or(0)
+}
+
+/// Elements per input pixel of the activations up to layer `deepest` (channels / stride²).
+fn activation_elements_per_pixel(deepest: usize) -> f64 {
+    let mut channels = 3.0;
+    let mut total = 0.0;
+    for (i, l) in vgg19_layers().iter().enumerate().take(deepest + 1) {
+        let s = Vgg19::stride(i) as f64;
+        match l {
+            LayerSpec::Conv { out_channels, .. } => {
+                channels = *out_channels as f64;
+                total += channels / (s * s);
+            }
+            LayerSpec::Pool { .. } => total += channels / (s * s),
+            LayerSpec::Relu { .. } => {}
+        }
+    }
+    total
+}
+
+fn tap_elements_per_pixel(p: &Params) -> f64 {
+    let layers = vgg19_layers();
+    p.content_layers
+        .iter()
+        .chain(&p.style_layers)
+        .filter_map(|n| layer_index(n))
+        .map(|i| {
+            let c = layers[..=i]
+                .iter()
+                .rev()
+                .find_map(|l| match l {
+                    LayerSpec::Conv { out_channels, .. } => Some(*out_channels as f64),
+                    _ => None,
+                })
+                .unwrap_or(3.0);
+            let s = Vgg19::stride(i) as f64;
+            c / (s * s)
+        })
+        .sum()
+}
+
+fn network_bytes(layout: Layout) -> u64 {
+    let params: u64 = vgg19_layers()
+        .iter()
+        .map(|l| match l {
+            LayerSpec::Conv { in_channels, out_channels, .. } => (in_channels * out_channels * 9 + out_channels) as u64,
+            _ => 0,
+        })
+        .sum();
+    if layout.bf16 {
+        params * (2 + 4)
+    } else {
+        params * 4
+    }
+}
+
+/// Predicted peak bytes of a job at `w` × `h` (its output size).
+pub fn estimate(w: u32, h: u32, p: &Params, layout: Layout, tiling: Option<Tiling>, history: usize) -> u64 {
+    let pixels = f64::from(w) * f64::from(h);
+    let work_pixels = match tiling {
+        None => pixels,
+        Some(t) => {
+            let side = |len: u32| ((t.tile + 2 * t.halo) as f64).min(f64::from(len));
+            side(h) * side(w)
+        }
+    };
+    let act_bytes = if layout.bf16 { 2.0 } else { 4.0 };
+    let activations = activation_elements_per_pixel(deepest(p)) * work_pixels * act_bytes * ACTIVATION_OVERHEAD;
+    let taps = tap_elements_per_pixel(p) * work_pixels * 4.0 * 2.0;
+    let history = if p.optimizer == OptimizerKind::Lbfgs { 2 * history as u64 } else { 2 };
+    let vectors = (history + WORKING_VECTORS) as f64 * 3.0 * pixels * 4.0;
+    // stitched content targets (tiled): the content layers' features at full size, in f32
+    let content_targets = if tiling.is_some() {
+        let c = Params { style_layers: Vec::new(), ..p.clone() };
+        tap_elements_per_pixel(&c) * pixels * 4.0
+    } else {
+        0.0
+    };
+    BASE_BYTES + network_bytes(layout) + (activations + taps + vectors + content_targets) as u64
+}
+
+/// Decides tiling for a job at `w` × `h` under `limit` bytes. `tile` forces a tile size
+/// (`Some(0)`: never tile).
+pub fn plan(w: u32, h: u32, p: &Params, layout: Layout, limit: u64, tile: Option<i64>) -> Result<Plan, EngineError> {
+    let mut history = p.lbfgs_history;
+    let fits = |t: Option<Tiling>, m: usize| estimate(w, h, p, layout, t, m) <= limit;
+    let done = |t: Option<Tiling>, m: usize| Plan {
+        estimated_bytes: estimate(w, h, p, layout, t, m),
+        limit_bytes: limit,
+        tiling: t,
+        lbfgs_history: m,
+    };
+    match tile {
+        Some(0) => return Ok(done(None, history)),
+        Some(t) => return Ok(done(Some(Tiling::new(t, HALO)), history)),
+        None => {}
+    }
+    if fits(None, history) {
+        return Ok(done(None, history));
+    }
+    // the history is the first thing to give: 10 pairs keep most of L-BFGS's benefit
+    while history > 10 && !fits(Some(Tiling::new(MIN_TILE, HALO)), history) {
+        history = (history / 2).max(10);
+    }
+    if fits(None, history) {
+        return Ok(done(None, history));
+    }
+    let longest = i64::from(w.max(h));
+    let mut t = (longest / 2 + 15) / 16 * 16;
+    while t >= MIN_TILE {
+        let tiling = Tiling::new(t, HALO);
+        if fits(Some(tiling), history) {
+            return Ok(done(Some(tiling), history));
+        }
+        t = (t * 3 / 4) / 16 * 16;
+    }
+    let need = estimate(w, h, p, layout, Some(Tiling::new(MIN_TILE, HALO)), history);
+    Err(EngineError::Memory(format!(
+        "{w}×{h} needs about {:.1} GiB even in {MIN_TILE} px tiles with an L-BFGS history of {history}, more than \
+         the {:.1} GiB allowed; use a smaller --size, --optimizer adam, or raise --max-memory",
+        gib(need),
+        gib(limit)
+    )))
+}
+
+pub fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// Memory a job may use by default: on a CUDA device, 90% of its memory as nvidia-smi reports
+/// it (libtorch has no query); on the CPU, or when that fails, 80% of MemAvailable (Linux), else
+/// 8 GiB.
+pub fn default_limit(device: tch::Device) -> u64 {
+    if let tch::Device::Cuda(i) = device {
+        let total = std::process::Command::new("nvidia-smi")
+            .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits", &format!("--id={i}")])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if let Some(mib) = total {
+            return (mib << 20) / 10 * 9;
+        }
+    }
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).map(|kb| kb * 1024))
+    });
+    available.map(|b| b / 5 * 4).unwrap_or(8 << 30)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimate_grows_with_pixels_and_tiles_bound_it() {
+        let p = Params::default();
+        let l = Layout { bf16: true, channels_last: true };
+        let small = estimate(512, 512, &p, l, None, 100);
+        let big = estimate(1024, 1024, &p, l, None, 100);
+        assert!(big > 3 * (small - BASE_BYTES) && big < 5 * small);
+        let tiled = estimate(3840, 2160, &p, l, Some(Tiling::new(512, HALO)), 10);
+        assert!(tiled < estimate(3840, 2160, &p, l, None, 10));
+        // 4K on a 12 GiB budget: tiled, history reduced
+        let plan = plan(3840, 2160, &p, l, 12 << 30, None).unwrap();
+        assert!(plan.tiling.is_some() && plan.lbfgs_history < 100 && plan.estimated_bytes <= 12 << 30, "{plan:?}");
+        // small jobs are left alone
+        let plan = super::plan(512, 512, &p, l, 12 << 30, None).unwrap();
+        assert!(plan.tiling.is_none() && plan.lbfgs_history == 100);
+        // impossible: refused with the numbers
+        let e = super::plan(3840, 2160, &p, l, 1 << 30, None).unwrap_err().to_string();
+        assert!(e.contains("GiB") && e.contains("--size"), "{e}");
+    }
+}
