@@ -59,12 +59,13 @@ def main():
     ap.add_argument("--threads", type=int)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--fp16", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
-    dtype = torch.bfloat16 if a.bf16 else torch.float32
+    dtype = torch.bfloat16 if a.bf16 else torch.float16 if a.fp16 else torch.float32
     net = build(dev, dtype, a.channels_last)
     mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)

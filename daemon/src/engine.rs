@@ -372,6 +372,9 @@ impl Engine {
     }
 
     pub fn with_layout(weights: &Weights, device: Device, layout: Layout) -> Self {
+        if device.is_cuda() {
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
         let reference = (layout != Layout::FP32).then(|| Vgg19::load(weights, device, Layout::FP32));
         Self { vgg: Vgg19::load(weights, device, layout), reference, weights: weights.info() }
     }
@@ -590,6 +593,17 @@ impl Engine {
             };
             let tiling = plan.tiling;
             let objective = Self::objective_on(&self.vgg, &content_k, &styles_k, p, cache.as_deref_mut(), tiling);
+            // Precision refinement: with a reduced-precision network, the last REFINE_FRACTION of
+            // the output size's evaluations (or of the time budget) run on the f32 copy. Close
+            // to a minimum, bf16 values and gradients are too coarse for the line search (it
+            // needs more evaluations per step and ends a few percent higher; measured in
+            // docs/benchmarks.md).
+            let refine = match (&self.reference, last_scale) {
+                (Some(r), true) => Some((r, Self::objective_on(r, &content_k, &styles_k, p, None, tiling))),
+                _ => None,
+            };
+            let refine_from = evaluations + budget - ((budget as f64 * REFINE_FRACTION).ceil() as usize).min(budget);
+            let refine_at = p.max_seconds.map(|t| t * (1.0 - REFINE_FRACTION));
             let x0 = match &x {
                 None => init_at(sw, sh),
                 Some(prev) => {
@@ -604,9 +618,15 @@ impl Engine {
             let mut best_trace: Vec<f64> = Vec::new();
             let mut eval = |flat: &Tensor| -> Result<(f64, Tensor), ()> {
                 let xv = flat.view(shape.as_slice());
+                let refining =
+                    evaluations >= refine_from || refine_at.is_some_and(|t| start.elapsed().as_secs_f64() >= t);
+                let (net, obj) = match &refine {
+                    Some((r, o)) if refining => (*r, o),
+                    _ => (&self.vgg, &objective),
+                };
                 let (losses, grad) = match tiling {
-                    None => objective.evaluate(&self.vgg, &xv),
-                    Some(t) => objective.evaluate_tiled(&self.vgg, &xv, t, crate::tiling::shift(t, evaluations)),
+                    None => obj.evaluate(net, &xv),
+                    Some(t) => obj.evaluate_tiled(net, &xv, t, crate::tiling::shift(t, evaluations)),
                 };
                 evaluations += 1;
                 if best.as_ref().is_none_or(|(v, _)| losses.total < *v) {
@@ -727,6 +747,10 @@ impl Engine {
         })
     }
 }
+
+/// The share of the output size's evaluations (or of the time budget) that run on the f32
+/// network when the working precision is reduced.
+pub const REFINE_FRACTION: f64 = 0.3;
 
 /// Evaluations over which a coarse scale must improve by [`STALL_IMPROVEMENT`] to go on.
 const STALL_WINDOW: usize = 20;

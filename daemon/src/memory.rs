@@ -8,8 +8,8 @@
 //!   of channels / stride², in the working precision, times [`ACTIVATION_OVERHEAD`] (gradients
 //!   in flight, convolution workspaces, allocator slack: measured, see docs/benchmarks.md);
 //! * f32 copies of the tapped activations and their gradients;
-//! * image-sized f32 vectors: the optimiser's (L-BFGS keeps 2 per history entry) and about ten
-//!   working copies (image, gradient, direction, best point, targets, pictures);
+//! * image-sized f32 vectors: the optimiser's (L-BFGS: [`PAIR_VECTORS`] per history pair) and
+//!   about sixteen working copies (image, gradient, direction, best point, targets, pictures);
 //! * [`BASE_BYTES`] for the process itself (libtorch, thread pools).
 //!
 //! With tiles, the activation terms use a tile window's area instead of the image's, and the
@@ -23,13 +23,18 @@ use crate::vgg::{Layout, Vgg19};
 use crate::weights::{layer_index, vgg19_layers, LayerSpec};
 
 /// Measured factor over the activation sizes that the backward pass holds at its peak.
-pub const ACTIVATION_OVERHEAD: f64 = 2.0;
+pub const ACTIVATION_OVERHEAD: f64 = 2.2;
 /// The process before any job: libtorch, its thread pools, the binary.
 pub const BASE_BYTES: u64 = 400 << 20;
+/// Image-sized vectors one L-BFGS history pair costs at the peak: its two stored vectors plus the
+/// two-loop recursion's temporaries and allocator slack (measured at 512 and 1024 px).
+pub const PAIR_VECTORS: u64 = 3;
 /// Image-sized f32 working vectors besides the optimiser's history.
-const WORKING_VECTORS: u64 = 10;
+const WORKING_VECTORS: u64 = 16;
 /// Context around each tile core.
 pub const HALO: i64 = 96;
+/// The smallest L-BFGS history a large job is given.
+const MIN_HISTORY: usize = 5;
 /// The smallest tile core tried before refusing.
 const MIN_TILE: i64 = 256;
 
@@ -44,6 +49,8 @@ pub struct Plan {
     pub tiling: Option<Tiling>,
     /// The L-BFGS history actually used (reduced when the history alone would not fit).
     pub lbfgs_history: usize,
+    /// The part of the estimate that is the L-BFGS history (it fills over the first iterations).
+    pub history_bytes: u64,
 }
 
 fn deepest(p: &Params) -> usize {
@@ -97,10 +104,16 @@ fn network_bytes(layout: Layout) -> u64 {
             _ => 0,
         })
         .sum();
-    if layout.bf16 {
-        params * (2 + 4)
+    // a reduced-precision network has an f32 copy for reporting
+    params * if layout.reduced() { layout.element_bytes() + 4 } else { 4 }
+}
+
+/// Image-sized vectors the optimiser keeps: L-BFGS's history, Adam's two moments.
+fn optimizer_vectors(p: &Params, history: usize) -> u64 {
+    if p.optimizer == OptimizerKind::Lbfgs {
+        PAIR_VECTORS * history as u64
     } else {
-        params * 4
+        2
     }
 }
 
@@ -114,11 +127,10 @@ pub fn estimate(w: u32, h: u32, p: &Params, layout: Layout, tiling: Option<Tilin
             side(h) * side(w)
         }
     };
-    let act_bytes = if layout.bf16 { 2.0 } else { 4.0 };
+    let act_bytes = layout.element_bytes() as f64;
     let activations = activation_elements_per_pixel(deepest(p)) * work_pixels * act_bytes * ACTIVATION_OVERHEAD;
     let taps = tap_elements_per_pixel(p) * work_pixels * 4.0 * 2.0;
-    let history = if p.optimizer == OptimizerKind::Lbfgs { 2 * history as u64 } else { 2 };
-    let vectors = (history + WORKING_VECTORS) as f64 * 3.0 * pixels * 4.0;
+    let vectors = (optimizer_vectors(p, history) + WORKING_VECTORS) as f64 * 3.0 * pixels * 4.0;
     // stitched content targets (tiled): the content layers' features at full size, in f32
     let content_targets = if tiling.is_some() {
         let c = Params { style_layers: Vec::new(), ..p.clone() };
@@ -139,38 +151,44 @@ pub fn plan(w: u32, h: u32, p: &Params, layout: Layout, limit: u64, tile: Option
         limit_bytes: limit,
         tiling: t,
         lbfgs_history: m,
+        history_bytes: optimizer_vectors(p, m) * 3 * u64::from(w) * u64::from(h) * 4,
     };
     match tile {
         Some(0) => return Ok(done(None, history)),
-        Some(t) => return Ok(done(Some(Tiling::new(t, HALO)), history)),
+        Some(t) => return Ok(done(Some(Tiling::new(t, halo(t))), history)),
         None => {}
     }
     if fits(None, history) {
         return Ok(done(None, history));
     }
-    // the history is the first thing to give: 10 pairs keep most of L-BFGS's benefit
-    while history > 10 && !fits(Some(Tiling::new(MIN_TILE, HALO)), history) {
-        history = (history / 2).max(10);
-    }
+    // the history is the first thing to give: it may take at most half the limit (a few
+    // pairs keep most of L-BFGS's benefit), the rest is for activations, in tiles if need be
+    let vector = 3 * u64::from(w) * u64::from(h) * 4;
+    history = history.min(((limit / 2) / (PAIR_VECTORS * vector)).max(MIN_HISTORY as u64) as usize);
     if fits(None, history) {
         return Ok(done(None, history));
     }
     let longest = i64::from(w.max(h));
     let mut t = (longest / 2 + 15) / 16 * 16;
     while t >= MIN_TILE {
-        let tiling = Tiling::new(t, HALO);
+        let tiling = Tiling::new(t, halo(t));
         if fits(Some(tiling), history) {
             return Ok(done(Some(tiling), history));
         }
         t = (t * 3 / 4) / 16 * 16;
     }
-    let need = estimate(w, h, p, layout, Some(Tiling::new(MIN_TILE, HALO)), history);
+    let need = estimate(w, h, p, layout, Some(Tiling::new(MIN_TILE, halo(MIN_TILE))), history);
     Err(EngineError::Memory(format!(
         "{w}×{h} needs about {:.1} GiB even in {MIN_TILE} px tiles with an L-BFGS history of {history}, more than \
          the {:.1} GiB allowed; use a smaller --size, --optimizer adam, or raise --max-memory",
         gib(need),
         gib(limit)
     )))
+}
+
+/// The halo for a tile core of side `tile`: [`HALO`], at most half the core.
+pub fn halo(tile: i64) -> i64 {
+    HALO.min(tile / 2)
 }
 
 pub fn gib(bytes: u64) -> f64 {
@@ -207,7 +225,7 @@ mod tests {
     #[test]
     fn estimate_grows_with_pixels_and_tiles_bound_it() {
         let p = Params::default();
-        let l = Layout { bf16: true, channels_last: true };
+        let l = Layout::BF16_NHWC;
         let small = estimate(512, 512, &p, l, None, 100);
         let big = estimate(1024, 1024, &p, l, None, 100);
         assert!(big > 3 * (small - BASE_BYTES) && big < 5 * small);

@@ -17,10 +17,20 @@ pub enum Pooling {
 /// loss sums always stay f32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
-    /// Network weights and activations in bfloat16 instead of f32.
-    pub bf16: bool,
+    /// Number type of the network's weights and activations.
+    pub dtype: NetDtype,
     /// NHWC-strided activations and weights (libtorch's channels-last convolutions).
     pub channels_last: bool,
+}
+
+/// The network's number type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetDtype {
+    F32,
+    /// bfloat16: f32's range, 8 bits of mantissa; native on recent CPUs and GPUs.
+    Bf16,
+    /// IEEE half: more mantissa, less range; fast on GPUs, slow on most CPUs.
+    F16,
 }
 
 /// What users ask for with `--precision`.
@@ -32,6 +42,8 @@ pub enum Precision {
     Auto,
     Fp32,
     Bf16,
+    /// IEEE half precision + channels-last (for GPUs; slow on most CPUs).
+    Fp16,
 }
 
 /// Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16).
@@ -46,22 +58,41 @@ pub fn cpu_has_fast_bf16() -> bool {
 impl Precision {
     /// The layout this precision means on `device`.
     pub fn layout(self, device: Device) -> Layout {
-        let fast = Layout { bf16: true, channels_last: true };
         match self {
             Precision::Fp32 => Layout::FP32,
-            Precision::Bf16 => fast,
-            Precision::Auto if device.is_cuda() || cpu_has_fast_bf16() => fast,
+            Precision::Bf16 => Layout::BF16_NHWC,
+            Precision::Fp16 => Layout { dtype: NetDtype::F16, channels_last: true },
+            Precision::Auto if device.is_cuda() || cpu_has_fast_bf16() => Layout::BF16_NHWC,
             Precision::Auto => Layout::FP32,
         }
     }
 }
 
 impl Layout {
-    pub const FP32: Layout = Layout { bf16: false, channels_last: false };
+    pub const FP32: Layout = Layout { dtype: NetDtype::F32, channels_last: false };
+    pub const BF16_NHWC: Layout = Layout { dtype: NetDtype::Bf16, channels_last: true };
+
+    /// Whether the network runs below f32.
+    pub fn reduced(&self) -> bool {
+        self.dtype != NetDtype::F32
+    }
+
+    /// Bytes per activation or weight element.
+    pub fn element_bytes(&self) -> u64 {
+        if self.reduced() {
+            2
+        } else {
+            4
+        }
+    }
 
     /// A short name for logs and summaries: `fp32`, `bf16+nhwc`, …
     pub fn name(&self) -> String {
-        let p = if self.bf16 { "bf16" } else { "fp32" };
+        let p = match self.dtype {
+            NetDtype::F32 => "fp32",
+            NetDtype::Bf16 => "bf16",
+            NetDtype::F16 => "fp16",
+        };
         if self.channels_last {
             format!("{p}+nhwc")
         } else {
@@ -70,10 +101,10 @@ impl Layout {
     }
 
     fn kind(&self) -> Kind {
-        if self.bf16 {
-            Kind::BFloat16
-        } else {
-            Kind::Float
+        match self.dtype {
+            NetDtype::F32 => Kind::Float,
+            NetDtype::Bf16 => Kind::BFloat16,
+            NetDtype::F16 => Kind::Half,
         }
     }
 }
@@ -93,7 +124,27 @@ impl Conv2d {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.conv2d(&self.weight, Some(&self.bias), [1, 1], [1, 1], [1, 1], 1)
+        if x.device().is_cuda() {
+            // cuDNN with benchmark mode (the fastest algorithm per shape, found once) and TF32
+            // tensor cores for f32 convolutions; Gram matrices and losses stay in full f32.
+            // libtorch's global switches for these are not exposed by tch, the per-call ones are.
+            x.internal_convolution(
+                &self.weight,
+                Some(&self.bias),
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                false,
+                [0, 0],
+                1,
+                true,
+                false,
+                true,
+                true,
+            )
+        } else {
+            x.conv2d(&self.weight, Some(&self.bias), [1, 1], [1, 1], [1, 1], 1)
+        }
     }
 }
 

@@ -110,7 +110,8 @@ fn tiled_optimisation_shows_no_seams() {
         "seam energy ratio (16 px lines / others): tiled {r_tiled:.3}, untiled {r_untiled:.3}; loss {:.3e} vs {:.3e}",
         tiled.summary.total_loss, untiled.summary.total_loss
     );
-    assert!(r_tiled < 1.15 && r_tiled < r_untiled * 1.1, "tiled {r_tiled} untiled {r_untiled}");
+    assert!(r_tiled < 1.02 && r_tiled < r_untiled + 0.02, "tiled {r_tiled} untiled {r_untiled}");
+    assert_eq!(tiled.summary.memory.tiling.map(|t| t.halo), Some(32));
     // the measure does see seams: 5% brightness steps between 16 px blocks
     let (_, _, h, w) = untiled.rgb.size4().unwrap();
     let blocks =
@@ -118,6 +119,6 @@ fn tiled_optimisation_shows_no_seams() {
             .view([1, 1, h, w]);
     let seamed = seam_ratio(&(&untiled.rgb + blocks), 16);
     eprintln!("with 5% steps between 16 px blocks: {seamed:.3}");
-    assert!(seamed > 1.15, "5% block seams measured only {seamed}");
+    assert!(seamed > 1.05, "5% block seams measured only {seamed}");
     assert!(tiled.summary.total_loss < 1.2 * untiled.summary.total_loss);
 }

@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 use super::DeviceArgs;
 use crate::engine::{device_name, Engine, Params};
 use crate::python;
-use crate::vgg::Layout;
+use crate::vgg::{Layout, NetDtype};
 use crate::weights::Weights;
 
 const REFERENCE: &str = include_str!("../../python/bench_reference.py");
@@ -115,8 +115,14 @@ fn time_reference(size: i64, device: Device, layout: Layout, args: &BenchArgs) -
         .args(["--size", &size.to_string(), "--repeats", &args.repeats.to_string()])
         .args(["--warmup", &args.warmup.to_string(), "--device", &device_name(device)])
         .args(["--threads", &tch::get_num_threads().to_string()]);
-    if layout.bf16 {
-        cmd.arg("--bf16");
+    match layout.dtype {
+        NetDtype::F32 => {}
+        NetDtype::Bf16 => {
+            cmd.arg("--bf16");
+        }
+        NetDtype::F16 => {
+            cmd.arg("--fp16");
+        }
     }
     if layout.channels_last {
         cmd.arg("--channels-last");
