@@ -27,7 +27,7 @@ ITERATIONS     ?= 150
 RUN_FLAGS      ?=
 RANDOM_WEIGHTS := .cache/vgg19-random-seed0.safetensors
 
-.PHONY: setup build run demo test weights samples bench install install-unit install-gimp fmt clippy clean
+.PHONY: setup build run demo test weights samples bench bench-gpu install install-unit install-gimp fmt clippy clean
 
 $(VENV)/.installed:
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -68,9 +68,19 @@ test: build
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	cargo fmt --all -- --check
 
+# Benchmarks against PyTorch in the same run (not tests: timings vary with the machine).
+# TTL_FLAGS e.g. "--weights ~/.local/share/neural-style/vgg19-features.safetensors".
+TTL_FLAGS ?= --content ../shared/images/tubingen.jpg --style ../shared/images/starry_night.jpg
 bench: build
+	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install --quiet matplotlib
+	@mkdir -p docs/bench
 	$(BIN) bench --sizes 256,512
 	$(BIN) bench --latency
+	$(BIN) bench --time-to-loss $(TTL_FLAGS) --plot docs/bench/time_to_loss.png --json > docs/bench/time_to_loss.json
+
+# The GPU measurements (on a machine with CUDA): scripts/gpu-check.sh writes docs/bench/gpu/.
+bench-gpu: build
+	scripts/gpu-check.sh $(BIN)
 
 PREFIX ?= $(HOME)/.local
 install: build

@@ -1,7 +1,15 @@
 #!/usr/bin/env python3
-"""PyTorch eager reference for `neural-style bench`: the same objective (VGG19 features to
-relu5_1, average pooling, content at relu4_2, five normalised Grams, eq. 7) forward + backward to
-the input, timed. Prints one JSON object."""
+"""PyTorch eager references for `neural-style bench`, written from the paper's equations, not
+from the Rust code: VGG19 features to relu5_1 with average pooling, content at relu4_2, style at
+relu1_1..relu5_1 with Gram matrices normalised by M and w_l = 1/5, eq. 7 with
+alpha = 1/(N*M) of the content layer, the image clamped to [0,1] inside the objective.
+
+  evaluation    one forward + backward to the input, timed (random image, seeded weights)
+  time-to-loss  torch.optim.LBFGS + strong Wolfe, fp32, NCHW, single scale, from a given start;
+                (seconds, loss) after every evaluation, the final image written out
+
+Prints one JSON object.
+"""
 import argparse
 import json
 import statistics
@@ -11,13 +19,19 @@ import time
 import torch
 import torchvision
 
-STYLE = [1, 6, 11, 20, 29]
-CONTENT = [22]
+STYLE = [1, 6, 11, 20, 29]  # relu1_1, relu2_1, relu3_1, relu4_1, relu5_1
+CONTENT = 22  # relu4_2
+MEAN = [0.485, 0.456, 0.406]
+STD = [0.229, 0.224, 0.225]
 
 
-def build(device, dtype, channels_last):
-    torch.manual_seed(0)
-    feats = torchvision.models.vgg19(weights=None).features[:30]
+def build(device, dtype, channels_last, weights=None):
+    feats = torchvision.models.vgg19(weights=None).features[: max(STYLE + [CONTENT]) + 1]
+    if weights:
+        from safetensors.torch import load_file
+
+        state = {k.removeprefix("features."): v for k, v in load_file(weights).items()}
+        feats.load_state_dict({k: v for k, v in state.items() if k in feats.state_dict()}, strict=True)
     layers = []
     for m in feats:
         if isinstance(m, torch.nn.MaxPool2d):
@@ -33,16 +47,39 @@ def build(device, dtype, channels_last):
     return net
 
 
-def taps(net, x, idx, dtype, channels_last):
-    out = {}
-    x = x.to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    for i, m in enumerate(net):
-        x = m(x)
-        if i in idx:
-            out[i] = x.float()
-    return out
+class Problem:
+    """The objective for one content and one style image on one network."""
+
+    def __init__(self, net, content, style, beta, dtype, channels_last):
+        self.net, self.dtype, self.channels_last, self.beta = net, dtype, channels_last, beta
+        dev = content.device
+        self.mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1)
+        self.std = torch.tensor(STD, device=dev).view(1, 3, 1, 1)
+        with torch.no_grad():
+            self.p = self.taps(content)[CONTENT]
+            s = self.taps(style)
+            self.targets = {i: gram(s[i]) for i in STYLE}
+        self.alpha = 1.0 / self.p.numel()
+
+    def taps(self, image):
+        out = {}
+        x = ((image - self.mean) / self.std).to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for i, m in enumerate(self.net):
+            x = m(x)
+            if i == CONTENT or i in STYLE:
+                out[i] = x.float()
+        return out
+
+    def loss(self, x):
+        f = self.taps(x.clamp(0, 1))
+        content = 0.5 * ((f[CONTENT] - self.p) ** 2).sum()
+        style = 0
+        for i in STYLE:
+            n = f[i].shape[1]
+            style = style + ((gram(f[i]) - self.targets[i]) ** 2).sum() / (4 * n * n) / len(STYLE)
+        return self.alpha * content + self.beta * style
 
 
 def gram(f):
@@ -51,42 +88,18 @@ def gram(f):
     return f @ f.t() / (h * w)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size", type=int, required=True)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--bf16", action="store_true")
-    ap.add_argument("--fp16", action="store_true")
-    ap.add_argument("--channels-last", action="store_true")
-    a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+def evaluation(a):
+    torch.manual_seed(0)
     dev = torch.device(a.device)
     dtype = torch.bfloat16 if a.bf16 else torch.float16 if a.fp16 else torch.float32
     net = build(dev, dtype, a.channels_last)
-    mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
     g = torch.Generator().manual_seed(1)
-    content = torch.rand(1, 3, a.size, a.size, generator=g).to(dev)
-    style = torch.rand(1, 3, a.size, a.size, generator=g).to(dev)
-    x = torch.rand(1, 3, a.size, a.size, generator=g).to(dev)
-    idx = set(STYLE + CONTENT)
-    with torch.no_grad():
-        p = taps(net, (content - mean) / std, idx, dtype, a.channels_last)[22]
-        s = taps(net, (style - mean) / std, idx, dtype, a.channels_last)
-        targets = [gram(s[i]) for i in STYLE]
-    alpha = 1.0 / p.numel()
+    content, style, x = (torch.rand(1, 3, a.size, a.size, generator=g).to(dev) for _ in range(3))
+    problem = Problem(net, content, style, 500.0, dtype, a.channels_last)
 
     def evaluate():
         xi = x.detach().requires_grad_(True)
-        f = taps(net, (xi.clamp(0, 1) - mean) / std, idx, dtype, a.channels_last)
-        lc = 0.5 * (f[22] - p).pow(2).sum()
-        ls = sum(((gram(f[i]) - t).pow(2).sum() / (4 * t.shape[0] ** 2)) / 5 for i, t in zip(STYLE, targets))
-        total = alpha * lc + 500.0 * ls
-        total.backward()
+        problem.loss(xi).backward()
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return xi.grad
@@ -98,9 +111,62 @@ def main():
         t0 = time.perf_counter()
         evaluate()
         times.append(time.perf_counter() - t0)
-    print(json.dumps({"size": a.size, "median": statistics.median(times), "times": times,
-                      "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "dtype": str(dtype), "channels_last": a.channels_last}))
+    return {"size": a.size, "median": statistics.median(times), "times": times, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "dtype": str(dtype), "channels_last": a.channels_last}
+
+
+def time_to_loss(a):
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(a.input)
+    net = build(torch.device("cpu"), torch.float32, False, a.weights)
+    start = time.perf_counter()
+    problem = Problem(net, t["content"], t["style"], a.beta, torch.float32, False)
+    x = t["x0"].clone().requires_grad_(True)
+    trace = []
+
+    def closure():
+        opt.zero_grad()
+        loss = problem.loss(x)
+        loss.backward()
+        trace.append((time.perf_counter() - start, loss.item()))
+        return loss
+
+    # max_eval bounds evaluations (line-search trials included), as neural-style's --iterations
+    opt = torch.optim.LBFGS([x], lr=1, max_iter=a.evals, max_eval=a.evals, history_size=a.history,
+                            tolerance_grad=0, tolerance_change=0, line_search_fn="strong_wolfe")
+    opt.step(closure)
+    seconds = time.perf_counter() - start
+    save_file({"x": x.detach().contiguous()}, a.out)
+    return {"seconds": seconds, "evaluations": len(trace), "trace": trace, "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("evaluation")
+    ev.add_argument("--size", type=int, required=True)
+    ev.add_argument("--repeats", type=int, default=3)
+    ev.add_argument("--warmup", type=int, default=1)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--bf16", action="store_true")
+    ev.add_argument("--fp16", action="store_true")
+    ev.add_argument("--channels-last", action="store_true")
+    tl = sub.add_parser("time-to-loss")
+    tl.add_argument("--weights", required=True)
+    tl.add_argument("--input", required=True, help="safetensors with content, style, x0")
+    tl.add_argument("--out", required=True, help="safetensors for the final image")
+    tl.add_argument("--beta", type=float, required=True)
+    tl.add_argument("--evals", type=int, default=300)
+    tl.add_argument("--history", type=int, default=100)
+    for p in (ev, tl):
+        p.add_argument("--threads", type=int)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    print(json.dumps(evaluation(a) if a.command == "evaluation" else time_to_loss(a)))
+    return 0
 
 
 if __name__ == "__main__":

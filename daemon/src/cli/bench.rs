@@ -15,7 +15,7 @@ use crate::python;
 use crate::vgg::{Layout, NetDtype};
 use crate::weights::Weights;
 
-const REFERENCE: &str = include_str!("../../python/bench_reference.py");
+pub(super) const REFERENCE: &str = include_str!("../../python/bench_reference.py");
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -112,6 +112,7 @@ fn time_reference(size: i64, device: Device, layout: Layout, args: &BenchArgs) -
     let py = python::interpreter();
     let mut cmd = Command::new(&py);
     cmd.arg(&script)
+        .arg("evaluation")
         .args(["--size", &size.to_string(), "--repeats", &args.repeats.to_string()])
         .args(["--warmup", &args.warmup.to_string(), "--device", &device_name(device)])
         .args(["--threads", &tch::get_num_threads().to_string()]);

@@ -1,5 +1,5 @@
 //! `neural-style bench --time-to-loss`: how long neural-style takes to reach the loss PyTorch
-//! reaches. The reference (daemon/python/time_to_loss.py, the venv's torch) runs the paper's
+//! reaches. The reference (`time-to-loss` in daemon/python/bench_reference.py, the venv's torch) runs the paper's
 //! objective with torch.optim.LBFGS + strong Wolfe, fp32, single scale, for a fixed number of
 //! evaluations from the same start image; then neural-style runs with its defaults and
 //! `--max-seconds` set to fractions of the reference's time. Both final images are scored by the
@@ -18,7 +18,6 @@ use crate::image_io::{DecodeLimits, Picture};
 use crate::python;
 use crate::weights::Weights;
 
-const REFERENCE: &str = include_str!("../../python/time_to_loss.py");
 const PLOT: &str = include_str!("../../python/plot_time_to_loss.py");
 
 fn picture(path: Option<&Path>, draw: impl Fn() -> image::RgbImage) -> anyhow::Result<Picture> {
@@ -43,10 +42,11 @@ fn reference(
     let input = dir.join("input.safetensors");
     let output = dir.join("reference.safetensors");
     Tensor::write_safetensors(&[("content", content), ("style", style), ("x0", x0)], &input)?;
-    let script = python::script_file("time_to_loss", REFERENCE)?;
+    let script = python::script_file("bench_reference", super::bench::REFERENCE)?;
     let py = python::interpreter();
     let out = Command::new(&py)
         .arg(&script)
+        .arg("time-to-loss")
         .arg("--weights")
         .arg(weights)
         .arg("--input")
