@@ -145,7 +145,9 @@ pub fn estimate(w: u32, h: u32, p: &Params, layout: Layout, tiling: Option<Tilin
 /// (`Some(0)`: never tile).
 pub fn plan(w: u32, h: u32, p: &Params, layout: Layout, limit: u64, tile: Option<i64>) -> Result<Plan, EngineError> {
     let mut history = p.lbfgs_history;
-    let fits = |t: Option<Tiling>, m: usize| estimate(w, h, p, layout, t, m) <= limit;
+    // plan to 95% of the limit: at 3840×2160 the estimate was 1.3% under the measured peak
+    let budget = limit / 20 * 19;
+    let fits = |t: Option<Tiling>, m: usize| estimate(w, h, p, layout, t, m) <= budget;
     let done = |t: Option<Tiling>, m: usize| Plan {
         estimated_bytes: estimate(w, h, p, layout, t, m),
         limit_bytes: limit,
@@ -164,7 +166,7 @@ pub fn plan(w: u32, h: u32, p: &Params, layout: Layout, limit: u64, tile: Option
     // the history is the first thing to give: it may take at most half the limit (a few
     // pairs keep most of L-BFGS's benefit), the rest is for activations, in tiles if need be
     let vector = 3 * u64::from(w) * u64::from(h) * 4;
-    history = history.min(((limit / 2) / (PAIR_VECTORS * vector)).max(MIN_HISTORY as u64) as usize);
+    history = history.min(((budget / 2) / (PAIR_VECTORS * vector)).max(MIN_HISTORY as u64) as usize);
     if fits(None, history) {
         return Ok(done(None, history));
     }

@@ -81,8 +81,8 @@ fn serve(shared: &Shared, weights: Weights) -> anyhow::Result<()> {
         "ready"
     );
     let mut cache = StyleCache::new(cfg.cache_mb * 1024 * 1024);
-    while let Some(job) = shared.queue.pop() {
-        let (event, payload) = run_job(shared, &engine, &mut cache, &job);
+    while let Some(mut job) = shared.queue.pop() {
+        let (event, payload) = run_job(shared, &engine, &mut cache, &mut job);
         // Settle the bookkeeping before the client hears the outcome, so that a status request
         // sent right after it sees this job finished.
         *shared.stats.cache.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -94,7 +94,7 @@ fn serve(shared: &Shared, weights: Weights) -> anyhow::Result<()> {
 }
 
 /// Runs one job and returns its final event (result, cancelled or error) with its payload.
-fn run_job(shared: &Shared, engine: &Engine, cache: &mut StyleCache, job: &QueuedJob) -> (Event, Vec<u8>) {
+fn run_job(shared: &Shared, engine: &Engine, cache: &mut StyleCache, job: &mut QueuedJob) -> (Event, Vec<u8>) {
     let id = job.id;
     let stats = &shared.stats;
     if job.cancel.load(Ordering::SeqCst) {
@@ -102,14 +102,15 @@ fn run_job(shared: &Shared, engine: &Engine, cache: &mut StyleCache, job: &Queue
         return (Event::Cancelled { job: id, image: None, summary: None }, Vec::new());
     }
     // The memory plan, under the daemon's limit (a client may ask for less, never for more).
-    let mut job_data = job.job.clone();
     let limit = shared
         .config
         .max_memory_gb
         .map(|g| (g.max(0.0) * (1u64 << 30) as f64) as u64)
         .unwrap_or_else(|| crate::memory::default_limit(engine.device()));
-    job_data.params.max_memory = Some(job_data.params.max_memory.map_or(limit, |m| m.min(limit)));
-    let plan = match engine.plan(&job_data) {
+    let params = &mut job.job.params;
+    params.max_memory = Some(params.max_memory.map_or(limit, |m| m.min(limit)));
+    let job = &*job;
+    let plan = match engine.plan(&job.job) {
         Ok(plan) => plan,
         Err(e) => {
             tracing::warn!(job = id, "refused: {e}");
@@ -166,7 +167,7 @@ fn run_job(shared: &Shared, engine: &Engine, cache: &mut StyleCache, job: &Queue
         }
     };
     let outcome =
-        std::panic::catch_unwind(AssertUnwindSafe(|| engine.stylize_cached(&job_data, Some(cache), &mut observe)));
+        std::panic::catch_unwind(AssertUnwindSafe(|| engine.stylize_cached(&job.job, Some(cache), &mut observe)));
     match outcome {
         Ok(Ok(out)) => {
             let bytes = encode_raw(&out.rgb, out.alpha.as_deref(), job.output);
