@@ -563,6 +563,8 @@ impl Engine {
         let mut out_of_time = false;
         let mut x: Option<Tensor> = None;
         let mut scales = Vec::new();
+        // the f32 objective at the output size, when refinement built it: reused for reporting
+        let mut exact_at_output: Option<Objective> = None;
         for (k, &(sw, sh, _)) in schedule.iter().enumerate() {
             let (scale_start, evaluations_before) = (start.elapsed().as_secs_f64(), evaluations);
             let last_scale = k + 1 == schedule.len();
@@ -688,6 +690,7 @@ impl Engine {
                 Err(()) => best.take().expect("an evaluation happened before the stop").1,
             };
             x = Some(flat.view(shape.as_slice()));
+            exact_at_output = refine.map(|(_, o)| o);
             scales.push(ScaleReport {
                 width: sw,
                 height: sh,
@@ -705,7 +708,10 @@ impl Engine {
             x = x.upsample_bicubic2d([i64::from(h), i64::from(w)], false, None, None);
         }
         // Report f32 figures at the output size, comparable across precisions and schedules.
-        let (reporter, exact) = self.exact_objective(&content, &styles, p, memory.tiling);
+        let (reporter, exact) = match exact_at_output {
+            Some(o) => (self.reference.as_ref().unwrap_or(&self.vgg), o),
+            None => self.exact_objective(&content, &styles, p, memory.tiling),
+        };
         let losses = exact.value_maybe_tiled(reporter, &x, memory.tiling);
         let initial = exact.value_maybe_tiled(reporter, &init_at(w, h), memory.tiling).total;
         let c = exact.coefficients;
