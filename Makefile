@@ -70,7 +70,8 @@ test: build
 
 # Benchmarks against PyTorch in the same run (not tests: timings vary with the machine).
 # TTL_FLAGS e.g. "--weights ~/.local/share/neural-style/vgg19-features.safetensors".
-TTL_FLAGS ?= --content ../shared/images/tubingen.jpg --style ../shared/images/starry_night.jpg
+TTL_IMAGES := ../shared/images
+TTL_FLAGS ?= $(if $(wildcard $(TTL_IMAGES)/tubingen.jpg),--content $(TTL_IMAGES)/tubingen.jpg --style $(TTL_IMAGES)/starry_night.jpg,)
 bench: build
 	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install --quiet matplotlib
 	@mkdir -p docs/bench
