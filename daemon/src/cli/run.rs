@@ -102,6 +102,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e),
         }
     };
+    let local = remote.is_none();
     let produced = match remote {
         Some(client) => run_remote(&args, client, &params, &interrupted)?,
         None => run_local(&args, content, styles, params, &interrupted)?,
@@ -120,6 +121,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let mut v = s.clone();
         v["total_seconds"] = total_start.elapsed().as_secs_f64().into();
+        if local {
+            // this process did the work: its memory high-water mark is the job's peak
+            v["peak_rss_bytes"] = crate::memory::peak_rss_bytes().into();
+        }
         v["output"] = args.output.display().to_string().into();
         println!("{}", serde_json::to_string_pretty(&v)?);
     }

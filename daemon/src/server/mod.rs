@@ -187,7 +187,7 @@ impl Shared {
             pretrained: engine.pretrained,
             ready: engine.ready,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
-            rss_bytes: rss_bytes(),
+            rss_bytes: crate::memory::rss_bytes(),
             device_memory_bytes: None,
             running,
             queue,
@@ -219,19 +219,6 @@ impl Shared {
 pub fn working_size(content: &Picture, size: Option<u32>) -> (u32, u32) {
     let (w, h) = (content.width(), content.height());
     size.map_or((w, h), |s| crate::image_io::longest_side_dims(w, h, s))
-}
-
-/// Resident memory of this process (Linux), 0 where unknown.
-pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
 }
 
 /// Runs the daemon until it is told to stop.
