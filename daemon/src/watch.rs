@@ -114,9 +114,13 @@ struct Candidate {
     size: u64,
     mtime: Option<SystemTime>,
     changed_at: Instant,
-    /// A close-after-write or move-in event was seen since the last change (or it was there at
-    /// start-up).
+    /// A close-after-write or move-in event was seen since the last change (or it was there,
+    /// unchanged for the debounce time, at start-up).
     complete: bool,
+    /// Taken once its size and mtime stay the same for the debounce time: a file found at
+    /// start-up that may still have been being written (its close may have come before the
+    /// watch began). A write event clears it: from then on its close event decides.
+    by_quiet: bool,
     retry_at: Option<Instant>,
 }
 
@@ -458,11 +462,19 @@ fn watch(shared: &Shared, mut folder: Folder, index: usize) -> anyhow::Result<()
                         c.complete = true;
                     } else if writing && !folder.rule.poll {
                         c.complete = false;
+                        c.by_quiet = false;
                     }
                 } else if complete {
                     cands.insert(
                         name,
-                        Candidate { size: 0, mtime: None, changed_at: Instant::now(), complete: true, retry_at: None },
+                        Candidate {
+                            size: 0,
+                            mtime: None,
+                            changed_at: Instant::now(),
+                            complete: true,
+                            by_quiet: false,
+                            retry_at: None,
+                        },
                     );
                 }
             }
@@ -480,11 +492,16 @@ fn watch(shared: &Shared, mut folder: Folder, index: usize) -> anyhow::Result<()
             present.insert(name.clone());
             let (size, mtime) = (meta.len(), meta.modified().ok());
             let now = Instant::now();
+            // at start-up, a file last modified within the debounce time may still be being
+            // written: it waits for its close event, or for the debounce time without change
+            let settled =
+                mtime.and_then(|m| SystemTime::now().duration_since(m).ok()).is_some_and(|age| age >= debounce);
             let c = cands.entry(name).or_insert(Candidate {
                 size,
                 mtime,
                 changed_at: now,
-                complete: first_scan || folder.rule.poll,
+                complete: folder.rule.poll || (first_scan && settled),
+                by_quiet: first_scan && !settled,
                 retry_at: None,
             });
             if c.size != size || c.mtime != mtime {
@@ -503,7 +520,9 @@ fn watch(shared: &Shared, mut folder: Folder, index: usize) -> anyhow::Result<()
         let mut ready: Vec<&String> = cands
             .iter()
             .filter(|(_, c)| {
-                c.complete && now.duration_since(c.changed_at) >= settle && c.retry_at.is_none_or(|t| t <= now)
+                let quiet = now.duration_since(c.changed_at);
+                ((c.complete && quiet >= settle) || (c.by_quiet && quiet >= debounce))
+                    && c.retry_at.is_none_or(|t| t <= now)
             })
             .map(|(n, _)| n)
             .collect();

@@ -91,16 +91,21 @@ fn burst(extra: &[&str]) {
     assert_eq!(rule["pending"], 0);
 }
 
-fn slow_write(extra: &[&str]) {
+/// Writes a PNG in six chunks half a second apart; with `started_mid_write` the daemon starts
+/// after the first chunk (the file is already there, half written, at its first scan).
+fn slow_write(extra: &[&str], started_mid_write: bool) {
     let root = tempfile::tempdir().unwrap();
     let s = setup(&root);
     let input = s.input.clone();
-    let d = start(root, &s, extra);
     let bytes = png(7, 40, 30);
     let path = input.join("slow.png");
     let mut f = std::fs::File::create(&path).unwrap();
     let chunks: Vec<&[u8]> = bytes.chunks(bytes.len() / 6 + 1).collect();
-    for c in &chunks {
+    let mut daemon = None;
+    for (i, c) in chunks.iter().enumerate() {
+        if i == usize::from(started_mid_write) {
+            daemon = Some(start(tempfile::tempdir().unwrap(), &s, extra));
+        }
         f.write_all(c).unwrap();
         f.flush().unwrap();
         std::thread::sleep(Duration::from_millis(500));
@@ -112,6 +117,7 @@ fn slow_write(extra: &[&str]) {
         );
     }
     drop(f);
+    let d = daemon.expect("started");
     wait_for("the slow file's output", &d, 60, || input.join("out/slow.brush.png").exists());
     assert!(files(&input.join("failed")).is_empty());
     assert_eq!(files(&input.join("done")), vec!["slow.png"]);
@@ -124,7 +130,12 @@ fn a_burst_of_200_images_gives_200_outputs() {
 
 #[test]
 fn a_slowly_written_file_is_taken_only_when_complete() {
-    slow_write(&[]);
+    slow_write(&[], false);
+}
+
+#[test]
+fn a_file_half_written_when_the_daemon_starts_is_taken_only_when_complete() {
+    slow_write(&[], true);
 }
 
 #[test]
@@ -134,7 +145,7 @@ fn poll_mode_passes_the_burst() {
 
 #[test]
 fn poll_mode_waits_for_slow_writers() {
-    slow_write(&["--poll"]);
+    slow_write(&["--poll"], false);
 }
 
 #[test]
