@@ -212,7 +212,9 @@ impl Objective {
             consts.push((g - &term.target) * (c.beta * term.weight / (n * n * m)));
         }
         // pass 2: surrogate per tile, gradients summed into the image's
-        let taps: Vec<usize> = self.content.iter().map(|t| t.index).chain(style_layers.iter().copied()).collect();
+        // without a gradient, pass 2 only has the content loss left to compute: no style taps
+        let pass2_style: &[usize] = if want_grad { &style_layers } else { &[] };
+        let taps: Vec<usize> = self.content.iter().map(|t| t.index).chain(pass2_style.iter().copied()).collect();
         let grad = x.zeros_like();
         let mut content = 0.0;
         for tile in Tiling::tiles(&tiling, h, w, shift) {
