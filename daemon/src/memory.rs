@@ -194,6 +194,24 @@ pub fn halo(tile: i64) -> i64 {
     HALO.min(tile / 2)
 }
 
+/// A CUDA device's total memory in MiB from nvidia-smi, asked once per device (the daemon plans
+/// every job; a process per job would be waste, and the total does not change).
+fn cuda_total_mib(index: usize) -> Option<u64> {
+    static TOTALS: std::sync::Mutex<Vec<(usize, Option<u64>)>> = std::sync::Mutex::new(Vec::new());
+    let mut totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(_, t)) = totals.iter().find(|(i, _)| *i == index) {
+        return t;
+    }
+    let total = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits", &format!("--id={index}")])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    totals.push((index, total));
+    total
+}
+
 /// A `Vm…:` figure of this process from /proc/self/status (Linux), 0 where unknown.
 fn proc_status_bytes(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -226,13 +244,7 @@ pub fn gib(bytes: u64) -> f64 {
 /// 8 GiB.
 pub fn default_limit(device: tch::Device) -> u64 {
     if let tch::Device::Cuda(i) = device {
-        let total = std::process::Command::new("nvidia-smi")
-            .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits", &format!("--id={i}")])
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse::<u64>().ok());
-        if let Some(mib) = total {
+        if let Some(mib) = cuda_total_mib(i) {
             return (mib << 20) / 10 * 9;
         }
     }
