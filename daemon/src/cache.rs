@@ -1,5 +1,5 @@
 //! Style-target cache: the Gram matrices of a style image at the style layers, keyed by the
-//! style's pixels, size, layers, pooling and network layout. Least recently used entries go
+//! style's pixels, size, layers, pooling, network layout and tile grid. Least recently used entries go
 //! first when the memory cap is reached. Repeating a style skips its forward pass.
 
 use std::collections::hash_map::DefaultHasher;
@@ -13,8 +13,10 @@ use tch::{Device, Kind, Tensor};
 pub struct StyleKey(u64);
 
 impl StyleKey {
-    /// Hashes the style image (its f32 pixels and shape) with everything that changes its Grams.
-    pub fn new(style: &Tensor, layers: &[usize], pooling: &str, layout: &str) -> Self {
+    /// Hashes the style image (its f32 pixels and shape) with everything that changes its Grams:
+    /// layers, pooling, network layout, and the tile grid when the style is computed in tiles
+    /// (tiled Grams differ from whole-image ones by the halo's missing context).
+    pub fn new(style: &Tensor, layers: &[usize], pooling: &str, layout: &str, tiles: Option<(i64, i64)>) -> Self {
         let mut h = DefaultHasher::new();
         let cpu = style.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
         let n = cpu.numel();
@@ -27,6 +29,7 @@ impl StyleKey {
         layers.hash(&mut h);
         pooling.hash(&mut h);
         layout.hash(&mut h);
+        tiles.hash(&mut h);
         Self(h.finish())
     }
 }
@@ -93,7 +96,7 @@ mod tests {
     #[test]
     fn lru_with_memory_cap() {
         let t = |v: f64| Tensor::full([2, 2], v, (Kind::Float, Device::Cpu));
-        let key = |v: f64| StyleKey::new(&t(v), &[1], "avg", "fp32");
+        let key = |v: f64| StyleKey::new(&t(v), &[1], "avg", "fp32", None);
         let mut c = StyleCache::new(32); // two entries of 16 bytes
         let mut computed = 0;
         for v in [1.0, 2.0, 1.0, 3.0, 2.0, 1.0] {
@@ -106,6 +109,7 @@ mod tests {
         assert_eq!((c.hits, c.misses, computed), (1, 5, 5));
         assert_eq!(c.len(), 2);
         assert_eq!(c.bytes(), 32);
-        assert_ne!(key(1.0), StyleKey::new(&t(1.0), &[1], "max", "fp32"));
+        assert_ne!(key(1.0), StyleKey::new(&t(1.0), &[1], "max", "fp32", None));
+        assert_ne!(key(1.0), StyleKey::new(&t(1.0), &[1], "avg", "fp32", Some((256, 96))));
     }
 }

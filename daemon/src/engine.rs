@@ -473,12 +473,16 @@ impl Engine {
         let grams: Vec<Vec<Tensor>> = styles
             .iter()
             .map(|s| {
+                // a style that fits in one tile core is computed whole, as without tiles
+                let (sh, sw) = (s.size()[2], s.size()[3]);
+                let tiling = tiling.filter(|t| sh.max(sw) > t.tile);
                 let compute = || match tiling {
                     None => Objective::style_grams(vgg, s, &s_idx, p.pooling),
                     Some(t) => crate::tiling::grams(vgg, s, &s_idx, p.pooling, t, (0, 0)),
                 };
+                let grid = tiling.map(|t| (t.tile, t.halo));
                 match cache.as_deref_mut() {
-                    Some(c) => c.get_or_compute(StyleKey::new(s, &s_idx, &pooling, &vgg.layout().name()), compute),
+                    Some(c) => c.get_or_compute(StyleKey::new(s, &s_idx, &pooling, &vgg.layout().name(), grid), compute),
                     None => compute(),
                 }
             })

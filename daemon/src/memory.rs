@@ -5,8 +5,11 @@
 //! * the network: every convolution of VGG19 `features` in the working precision, plus the f32
 //!   copy that reports losses when the working precision is reduced;
 //! * activations kept for the backward pass: per pixel, Σ over the layers up to the deepest tap
-//!   of channels / stride², in the working precision, times [`ACTIVATION_OVERHEAD`] (gradients
-//!   in flight, convolution workspaces, allocator slack: measured, see docs/benchmarks.md);
+//!   of channels / stride², in f32, times [`ACTIVATION_OVERHEAD`] (gradients in flight,
+//!   convolution workspaces, allocator slack: measured, see docs/benchmarks.md). f32 even when
+//!   the working precision is reduced: the last part of every such job runs on the f32 network
+//!   (precision refinement, see `engine::REFINE_FRACTION`), and those evaluations set the peak
+//!   (measured: 1024×768, bf16 with refinement 2.38 GiB, fp32 throughout 2.30 GiB);
 //! * f32 copies of the tapped activations and their gradients;
 //! * image-sized f32 vectors: the optimiser's (L-BFGS: [`PAIR_VECTORS`] per history pair) and
 //!   about sixteen working copies (image, gradient, direction, best point, targets, pictures);
@@ -22,8 +25,8 @@ use crate::tiling::Tiling;
 use crate::vgg::{Layout, Vgg19};
 use crate::weights::{layer_index, vgg19_layers, LayerSpec};
 
-/// Measured factor over the activation sizes that the backward pass holds at its peak.
-pub const ACTIVATION_OVERHEAD: f64 = 2.2;
+/// Measured factor over the f32 activation sizes that the backward pass holds at its peak.
+pub const ACTIVATION_OVERHEAD: f64 = 1.1;
 /// The process before any job: libtorch, its thread pools and kernel caches, the binary, and
 /// the allocator's slack (the same 512 px job peaks 1.02–1.17 GiB from run to run).
 pub const BASE_BYTES: u64 = 512 << 20;
@@ -38,6 +41,9 @@ pub const HALO: i64 = 96;
 const MIN_HISTORY: usize = 5;
 /// The smallest tile core tried before refusing.
 const MIN_TILE: i64 = 256;
+/// Below this core side the halo makes a tile slow ((256 + 2·96)² / 256² ≈ 3× the work), so
+/// the L-BFGS history is shortened first.
+const EFFICIENT_TILE: i64 = 512;
 
 /// What the estimate found for a job.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -128,8 +134,8 @@ pub fn estimate(w: u32, h: u32, p: &Params, layout: Layout, tiling: Option<Tilin
             side(h) * side(w)
         }
     };
-    let act_bytes = layout.element_bytes() as f64;
-    let activations = activation_elements_per_pixel(deepest(p)) * work_pixels * act_bytes * ACTIVATION_OVERHEAD;
+    // f32: the refinement's evaluations (or an fp32 job's) hold the largest activations
+    let activations = activation_elements_per_pixel(deepest(p)) * work_pixels * 4.0 * ACTIVATION_OVERHEAD;
     let taps = tap_elements_per_pixel(p) * work_pixels * 4.0 * 2.0;
     let vectors = (optimizer_vectors(p, history) + WORKING_VECTORS) as f64 * 3.0 * pixels * 4.0;
     // stitched content targets (tiled): the content layers' features at full size, in f32
@@ -158,7 +164,7 @@ pub fn plan(w: u32, h: u32, p: &Params, layout: Layout, limit: u64, tile: Option
     };
     match tile {
         Some(0) => return Ok(done(None, history)),
-        Some(t) => return Ok(done(Some(Tiling::new(t, halo(t))), history)),
+        Some(t) => return Ok(done(Some(tiling_for(t)), history)),
         None => {}
     }
     if fits(None, history) {
@@ -171,22 +177,46 @@ pub fn plan(w: u32, h: u32, p: &Params, layout: Layout, limit: u64, tile: Option
     if fits(None, history) {
         return Ok(done(None, history));
     }
-    let longest = i64::from(w.max(h));
-    let mut t = (longest / 2 + 15) / 16 * 16;
-    while t >= MIN_TILE {
-        let tiling = Tiling::new(t, halo(t));
-        if fits(Some(tiling), history) {
-            return Ok(done(Some(tiling), history));
-        }
-        t = (t * 3 / 4) / 16 * 16;
+    // then tiles, the largest that fits; then, before going below EFFICIENT_TILE (whose halo
+    // costs more time than a few history pairs are worth), a shorter history down to MIN_HISTORY
+    let tiles = tile_sizes(w, h);
+    let efficient = tiles.iter().filter(|&&t| t >= EFFICIENT_TILE);
+    if let Some(&t) = efficient.clone().find(|&&t| fits(Some(tiling_for(t)), history)) {
+        return Ok(done(Some(tiling_for(t)), history));
     }
-    let need = estimate(w, h, p, layout, Some(Tiling::new(MIN_TILE, halo(MIN_TILE))), history);
+    let small = tiles.iter().filter(|&&t| t < EFFICIENT_TILE);
+    for &t in efficient.chain(small) {
+        if let Some(m) = (MIN_HISTORY.min(history)..=history).rev().find(|&m| fits(Some(tiling_for(t)), m)) {
+            return Ok(done(Some(tiling_for(t)), m));
+        }
+    }
+    let m = MIN_HISTORY.min(history);
+    let need = estimate(w, h, p, layout, Some(tiling_for(MIN_TILE)), m);
     Err(EngineError::Memory(format!(
-        "{w}×{h} needs about {:.1} GiB even in {MIN_TILE} px tiles with an L-BFGS history of {history}, more than \
-         the {:.1} GiB allowed; use a smaller --size, --optimizer adam, or raise --max-memory",
+        "{w}×{h} needs about {:.1} GiB even in {MIN_TILE} px tiles with an L-BFGS history of {m}, more than the \
+         {:.1} GiB that the {:.1} GiB limit leaves after a 5% margin; use a smaller --size, --optimizer adam, or \
+         raise --max-memory",
         gib(need),
+        gib(budget),
         gib(limit)
     )))
+}
+
+/// Tile core sides tried, largest first: half the longest side, then ×¾ down to [`MIN_TILE`].
+fn tile_sizes(w: u32, h: u32) -> Vec<i64> {
+    let longest = i64::from(w.max(h));
+    let mut t = (longest / 2 + 15) / 16 * 16;
+    let mut out = Vec::new();
+    while t > MIN_TILE {
+        out.push(t);
+        t = (t * 3 / 4) / 16 * 16;
+    }
+    out.push(MIN_TILE);
+    out
+}
+
+fn tiling_for(tile: i64) -> Tiling {
+    Tiling::new(tile, halo(tile))
 }
 
 /// The halo for a tile core of side `tile`: [`HALO`], at most half the core.
@@ -278,5 +308,26 @@ mod tests {
         // impossible: refused with the numbers
         let e = super::plan(3840, 2160, &p, l, 1 << 30, None).unwrap_err().to_string();
         assert!(e.contains("GiB") && e.contains("--size"), "{e}");
+    }
+
+    #[test]
+    fn a_tight_limit_shortens_the_history_before_refusing() {
+        let p = Params::default();
+        let l = Layout::BF16_NHWC;
+        let limit = 6u64 << 30;
+        // with half the budget in history, only tiles too small to be efficient fit under 6 GiB...
+        let half = ((limit / 20 * 19 / 2) / (PAIR_VECTORS * 3 * 3840 * 2160 * 4)) as usize;
+        assert!(estimate(3840, 2160, &p, l, Some(tiling_for(EFFICIENT_TILE)), half) > limit / 20 * 19);
+        assert!(estimate(3840, 2160, &p, l, Some(tiling_for(MIN_TILE)), half) <= limit / 20 * 19);
+        // ...so the history gives way first, and the largest tile that fits is kept
+        let plan = plan(3840, 2160, &p, l, limit, None).unwrap();
+        let t = plan.tiling.expect("tiled");
+        assert!((MIN_HISTORY..half).contains(&plan.lbfgs_history), "{plan:?}");
+        assert!(plan.estimated_bytes <= limit / 20 * 19, "{plan:?}");
+        assert!(t.tile >= EFFICIENT_TILE, "{plan:?}");
+        assert!(estimate(3840, 2160, &p, l, Some(t), plan.lbfgs_history + 1) > limit / 20 * 19);
+        // the refusal names the margin it planned with
+        let e = super::plan(3840, 2160, &p, l, 3 << 30, None).unwrap_err().to_string();
+        assert!(e.contains("5% margin") && e.contains("3.0 GiB limit"), "{e}");
     }
 }

@@ -10,12 +10,15 @@
 //! Crash safety comes from atomic renames within the input folder's file system:
 //!
 //! 1. claim: `IN/a.jpg` → `IN/.neural-style/processing/a.jpg`
-//! 2. output: `OUT/.a.style.png.<pid>.tmp` → `OUT/a.style.png` (rename)
+//! 2. output: the name is chosen (`OUT/a.style.png`, or `a.style-1.png`… when that exists: an
+//!    `a.png` after an `a.jpg`, or the same name dropped again, never overwrites an earlier
+//!    output) and recorded in `IN/.neural-style/outputs/a.jpg`; then
+//!    `OUT/.a.style.png.<pid>.tmp` → `OUT/a.style.png` (rename)
 //! 3. settle: `processing/a.jpg` → `IN/done/a.jpg` (or back to `IN`, recorded in
 //!    `.neural-style/done.list`, with `keep_source`); on failure `IN/failed/a.jpg` plus
 //!    `IN/failed/a.jpg.error.txt` (written first).
 //!
-//! At start-up, a file left in `processing/` is settled as done when its output exists, as
+//! At start-up, a file left in `processing/` is settled as done when its recorded output exists, as
 //! failed when its error report exists, and otherwise put back to be processed again; stray
 //! temporary outputs are removed. So after `kill -9` every input ends with exactly one output or
 //! one error report, and no half-written output ever has a final name.
@@ -139,6 +142,8 @@ struct Folder {
     input: PathBuf,
     output: PathBuf,
     processing: PathBuf,
+    /// Per claimed file, the output name chosen for it (what crash recovery checks).
+    outputs: PathBuf,
     done: PathBuf,
     failed: PathBuf,
     format: OutputFormat,
@@ -164,6 +169,7 @@ impl Folder {
         let state = input.join(STATE);
         let f = Folder {
             processing: state.join("processing"),
+            outputs: state.join("outputs"),
             done: input.join("done"),
             failed: input.join("failed"),
             input,
@@ -173,7 +179,7 @@ impl Folder {
             counts: Counts::default(),
             style_warned: false,
         };
-        for d in [&f.processing, &f.done, &f.failed, &f.output] {
+        for d in [&f.processing, &f.outputs, &f.done, &f.failed, &f.output] {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
         }
         Ok(f)
@@ -213,11 +219,23 @@ impl Folder {
         serde_json::from_value(Value::Object(map)).map_err(|e| format!("invalid watch parameters: {e}"))
     }
 
+    /// A free output name for `name`: `stem.style.ext`, or `stem.style-1.ext`… when taken.
     fn output_for(&self, name: &str, style: &Path) -> PathBuf {
         let stem = Path::new(name).file_stem().unwrap_or_default().to_string_lossy().into_owned();
         let style_stem = style.file_stem().unwrap_or_default().to_string_lossy().into_owned();
         let ext = if self.format == OutputFormat::Png { "png" } else { "jpg" };
-        self.output.join(format!("{stem}.{style_stem}.{ext}"))
+        unique(&self.output, &format!("{stem}.{style_stem}.{ext}"))
+    }
+
+    /// Where the output chosen for claimed file `name` is recorded.
+    fn output_record(&self, name: &str) -> PathBuf {
+        self.outputs.join(name)
+    }
+
+    /// The output recorded for claimed file `name`, if it was written.
+    fn recorded_output(&self, name: &str) -> Option<PathBuf> {
+        let p = PathBuf::from(std::fs::read_to_string(self.output_record(name)).ok()?);
+        p.exists().then_some(p)
     }
 
     fn done_list(&self) -> PathBuf {
@@ -236,20 +254,23 @@ impl Folder {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        let style = self.style();
         for e in std::fs::read_dir(&self.processing)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let report = self.failed.join(format!("{name}.error.txt"));
             if report.exists() {
                 std::fs::rename(e.path(), unique(&self.failed, &name))?;
                 tracing::info!(file = %name, "watch: recovered a failed file after a crash");
-            } else if style.as_ref().map(|s| self.output_for(&name, s).exists()).unwrap_or(false) {
+            } else if self.recorded_output(&name).is_some() {
                 self.settle_done(&e.path(), &name)?;
                 tracing::info!(file = %name, "watch: recovered a finished file after a crash");
             } else {
                 std::fs::rename(e.path(), self.input.join(&name))?;
                 tracing::info!(file = %name, "watch: a file interrupted by a crash will be processed again");
             }
+        }
+        // records of files no longer claimed are spent
+        for e in std::fs::read_dir(&self.outputs)?.flatten() {
+            let _ = std::fs::remove_file(e.path());
         }
         Ok(())
     }
@@ -299,7 +320,6 @@ impl Folder {
             Ok(p) => p,
             Err(e) => return Outcome::Retry(format!("the style image cannot be used: {e}")),
         };
-        let output = self.output_for(name, &style_path);
         let (tx, rx) = mpsc::channel();
         let info = JobInfo {
             job: 0,
@@ -330,6 +350,11 @@ impl Folder {
                     let sixteen =
                         summary["high_precision"].as_bool().unwrap_or(false) && self.format == OutputFormat::Png;
                     let out = Output { rgb: &pic.rgb_tensor(), alpha: alpha.as_deref(), sixteen_bit: sixteen };
+                    // the name is chosen now and recorded before the output gets it (recovery)
+                    let output = self.output_for(name, &style_path);
+                    if let Err(e) = write_atomic(&self.output_record(name), &output.to_string_lossy()) {
+                        return Outcome::Retry(format!("cannot record the output name: {e}; the input is kept and retried"));
+                    }
                     return match out.save(&output) {
                         Ok(()) => Outcome::Done(output),
                         Err(e) => Outcome::Retry(format!("{e}; the input is kept and retried")),
@@ -360,6 +385,7 @@ impl Folder {
         let t0 = Instant::now();
         let outcome = self.stylise(shared, &claimed, name);
         self.counts.current = None;
+        let record = self.output_record(name);
         let result = match outcome {
             Outcome::Done(output) => {
                 tracing::info!(file = %source.display(), output = %output.display(), seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "watch: done");
@@ -380,6 +406,11 @@ impl Folder {
                 std::fs::rename(&claimed, &source).map(|_| Some(Duration::from_secs(3)))
             }
         };
+        // settled (or put back): the record has served its purpose (kept if settling failed:
+        // the file is still claimed, and recovery needs to know its output)
+        if result.is_ok() {
+            let _ = std::fs::remove_file(record);
+        }
         result.unwrap_or_else(|e| {
             tracing::error!(file = %source.display(), error = %e, "watch: could not move the file");
             Some(Duration::from_secs(5))

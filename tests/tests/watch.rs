@@ -234,6 +234,7 @@ fn kill_9_mid_batch_loses_and_duplicates_nothing() {
         .flatten()
         .all(|e| !e.file_name().to_string_lossy().ends_with(".tmp")));
     assert!(files(&input.join(".neural-style/processing")).is_empty());
+    assert!(files(&input.join(".neural-style/outputs")).is_empty());
     assert!(files(&input).is_empty());
 }
 
@@ -308,4 +309,38 @@ fn keep_source_leaves_inputs_in_place_and_processes_them_once() {
     assert!(files(&input.join("done")).is_empty());
     assert_eq!(files(&input.join("out")), vec!["stay.brush.png"], "processed once");
     assert_eq!(rule_status(&d)["done"], 1);
+}
+
+/// `img` encoded as JPEG.
+fn jpeg(seed: u32, w: u32, h: u32) -> Vec<u8> {
+    let img = image::load_from_memory(&png(seed, w, h)).unwrap();
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn same_stem_and_dropped_again_never_overwrite_an_output() {
+    let root = tempfile::tempdir().unwrap();
+    let s = setup(&root);
+    let input = s.input.clone();
+    // three evaluations: a result that depends on the input (one would return the noise start)
+    let d = start(root, &s, &["--iterations", "3"]);
+    // a.png and a.jpg would both be "a.brush.png"
+    std::fs::write(input.join("shot.png"), png(4, 30, 20)).unwrap();
+    std::fs::write(input.join("shot.jpg"), jpeg(5, 30, 20)).unwrap();
+    wait_for("two outputs", &d, 60, || files(&input.join("done")).len() == 2);
+    assert_eq!(files(&input.join("out")), vec!["shot.brush-1.png", "shot.brush.png"]);
+    let first: Vec<Vec<u8>> =
+        files(&input.join("out")).iter().map(|n| std::fs::read(input.join("out").join(n)).unwrap()).collect();
+    assert_ne!(first[0], first[1], "two different results");
+    // the same name dropped again: a third output, the earlier ones untouched
+    std::fs::write(input.join("shot.png"), png(6, 30, 20)).unwrap();
+    wait_for("the third output", &d, 60, || files(&input.join("done")).len() == 3);
+    assert_eq!(files(&input.join("out")), vec!["shot.brush-1.png", "shot.brush-2.png", "shot.brush.png"]);
+    for (n, bytes) in ["shot.brush-1.png", "shot.brush.png"].iter().zip(&first) {
+        assert_eq!(&std::fs::read(input.join("out").join(n)).unwrap(), bytes, "{n} unchanged");
+    }
+    assert_eq!(files(&input.join("done")), vec!["shot-1.png", "shot.jpg", "shot.png"]);
+    assert!(files(&input.join(".neural-style/outputs")).is_empty(), "records are removed once settled");
 }
