@@ -482,7 +482,9 @@ impl Engine {
                 };
                 let grid = tiling.map(|t| (t.tile, t.halo));
                 match cache.as_deref_mut() {
-                    Some(c) => c.get_or_compute(StyleKey::new(s, &s_idx, &pooling, &vgg.layout().name(), grid), compute),
+                    Some(c) => {
+                        c.get_or_compute(StyleKey::new(s, &s_idx, &pooling, &vgg.layout().name(), grid), compute)
+                    }
                     None => compute(),
                 }
             })

@@ -353,7 +353,9 @@ impl Folder {
                     // the name is chosen now and recorded before the output gets it (recovery)
                     let output = self.output_for(name, &style_path);
                     if let Err(e) = write_atomic(&self.output_record(name), &output.to_string_lossy()) {
-                        return Outcome::Retry(format!("cannot record the output name: {e}; the input is kept and retried"));
+                        return Outcome::Retry(format!(
+                            "cannot record the output name: {e}; the input is kept and retried"
+                        ));
                     }
                     return match out.save(&output) {
                         Ok(()) => Outcome::Done(output),

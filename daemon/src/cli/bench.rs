@@ -12,8 +12,8 @@ use tch::{Device, Kind, Tensor};
 use super::DeviceArgs;
 use crate::engine::{device_name, Engine, Params};
 use crate::python;
-use crate::vgg::{Layout, NetDtype};
-use crate::weights::Weights;
+use crate::vgg::{to_layout, Layout, NetDtype, Vgg19};
+use crate::weights::{layer_index, vgg19_layers, LayerSpec, Weights};
 
 pub(super) const REFERENCE: &str = include_str!("../../python/bench_reference.py");
 
@@ -105,6 +105,46 @@ fn time_engine(engine: &Engine, size: i64, args: &BenchArgs) -> f64 {
         }
     }
     median(times)
+}
+
+/// Multiply-add FLOPs of the convolutions in one evaluation at `size`×`size`: the forward pass
+/// to the deepest tap of the default layers, and the backward pass to the input (the same
+/// count: input gradients only). Grams, pooling and losses are left out (a few percent).
+fn evaluation_conv_flops(size: i64) -> f64 {
+    let p = Params::default();
+    let deepest = p.content_layers.iter().chain(&p.style_layers).filter_map(|n| layer_index(n)).max().unwrap_or(0);
+    let forward: f64 = vgg19_layers()
+        .iter()
+        .enumerate()
+        .take(deepest + 1)
+        .map(|(i, l)| match l {
+            LayerSpec::Conv { in_channels, out_channels, .. } => {
+                let side = (size / Vgg19::stride(i)) as f64;
+                2.0 * (in_channels * out_channels * 9) as f64 * side * side
+            }
+            _ => 0.0,
+        })
+        .sum();
+    2.0 * forward
+}
+
+/// Throughput in GFLOP/s of one large 3×3 convolution (256 → 256 channels at 128², the bulk of
+/// VGG19's work) in `layout` on `device`, best of 5: the rate the network's kernels reach in
+/// that precision here. Its ratio between precisions bounds what precision alone can gain.
+fn conv_gflops(layout: Layout, device: Device) -> f64 {
+    let (c, side) = (256, 128);
+    let x = to_layout(&Tensor::randn([1, c, side, side], (Kind::Float, device)), layout);
+    let w = to_layout(&(Tensor::randn([c, c, 3, 3], (Kind::Float, device)) * 0.02), layout);
+    let mut best = f64::INFINITY;
+    for i in 0..6 {
+        let t0 = Instant::now();
+        drop(tch::no_grad(|| x.conv2d(&w, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1)));
+        sync(device);
+        if i > 0 {
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+    }
+    2.0 * (c * c * 9 * side * side) as f64 / best / 1e9
 }
 
 fn time_reference(size: i64, device: Device, layout: Layout, args: &BenchArgs) -> anyhow::Result<f64> {
@@ -205,10 +245,41 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }));
     }
     eprintln!("ratio = ours (default precision) / PyTorch eager fp32 NCHW; fp32 ratio = ours fp32 / the same; same ratio = ours / PyTorch with our layout");
+    // The ceiling: an evaluation is convolutions, so at equal FLOPs the reduced precision's
+    // advantage is its convolution throughput over f32's here.
+    let conv_f32 = conv_gflops(Layout::FP32, device);
+    let conv_working = if layout == Layout::FP32 { conv_f32 } else { conv_gflops(layout, device) };
+    eprintln!(
+        "one 256→256 3×3 convolution at 128² here: fp32 {conv_f32:.0} GFLOP/s, {} {conv_working:.0} GFLOP/s \
+         ({:.2}x): the same FLOPs in {} take about {:.2} of the fp32 time at best",
+        layout.name(),
+        conv_working / conv_f32,
+        layout.name(),
+        conv_f32 / conv_working
+    );
+    for row in rows.iter_mut() {
+        let size = row["size"].as_i64().unwrap_or(0);
+        let flops = evaluation_conv_flops(size);
+        let ours = flops / row["neural_style_s"].as_f64().unwrap_or(f64::NAN) / 1e9;
+        let ours_fp32 = flops / row["neural_style_fp32_s"].as_f64().unwrap_or(f64::NAN) / 1e9;
+        eprintln!(
+            "{size:>5}: {:.1} GFLOP of convolutions; ours {ours:.0} GFLOP/s ({:.0}% of that {} convolution's rate), \
+             ours fp32 {ours_fp32:.0} GFLOP/s ({:.0}% of fp32's)",
+            flops / 1e9,
+            100.0 * ours / conv_working,
+            layout.name(),
+            100.0 * ours_fp32 / conv_f32
+        );
+        row["conv_gflop"] = serde_json::json!(flops / 1e9);
+        row["neural_style_gflops"] = serde_json::json!(ours);
+        row["neural_style_fp32_gflops"] = serde_json::json!(ours_fp32);
+    }
     if args.json {
         let v = serde_json::json!({
             "device": device_name(device), "threads": tch::get_num_threads(),
             "precision": layout.name(), "results": rows,
+            "conv_256x256_128px_gflops": { "fp32": conv_f32, "working": conv_working },
+            "lowest_ratio_at_equal_flops": conv_f32 / conv_working,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     }

@@ -1,25 +1,13 @@
-//! Helpers shared by the library-level tests: the venv's Python, the shared test images.
+//! Helpers shared by the library-level tests: the venv's Python, the shared test images (paths
+//! from the end-to-end tests' helpers).
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use neural_style::image_io::{DecodeLimits, Picture};
+pub use neural_style_e2e::{image, repo_root};
 use tch::Tensor;
-
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
-
-/// The test images (../shared/images next to the repository, or $NEURAL_STYLE_TEST_IMAGES).
-pub fn image(name: &str) -> PathBuf {
-    let dir = std::env::var_os("NEURAL_STYLE_TEST_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/images"));
-    let p = dir.join(name);
-    assert!(p.exists(), "test image {} missing (set NEURAL_STYLE_TEST_IMAGES)", p.display());
-    p
-}
 
 pub fn picture(name: &str, size: u32) -> Picture {
     Picture::load(&image(name), DecodeLimits::default()).unwrap().resized_longest(size)
