@@ -20,6 +20,12 @@
 //!
 //! The image is kept in [0,1] inside the objective: the network sees `clamp(x, 0, 1)`, so the
 //! optimiser never gains anything from values that would be clipped away on output.
+//!
+//! Gradient of eq. 4, written out rather than left to autograd: with G and A normalised by M,
+//! `∂E_l/∂F^l = (G^l − A^l) F^l / (N_l² M_l)`. The Gram matrices (values) are computed in f32;
+//! the gradient is one matrix product `F^l C_l` in the network's precision (bf16 by default),
+//! where autograd through `F Fᵀ` would take two f32 products and two precision conversions
+//! ([`gradient_surrogate`]).
 
 use tch::{Kind, Tensor};
 
@@ -37,6 +43,42 @@ pub fn normalised_gram(features: &Tensor) -> Tensor {
     } else {
         let f = features.reshape([n, h * w]);
         f.matmul(&f.transpose(0, 1)) / m
+    }
+}
+
+/// A scalar whose gradient with respect to `features` ([1, N, h, w], any precision and memory
+/// format) is `F C` for a symmetric N × N constant `C`: `⟨F, stop(F C)⟩`. With
+/// `C = s·(G − A)/(N² M)` that gradient is `s·∂E_l/∂F` (see the module docs).
+pub fn gradient_surrogate(features: &Tensor, c: &Tensor) -> Tensor {
+    let (_, n, h, w) = features.size4().expect("activations are 4-D");
+    let kind = features.kind();
+    // In a reduced precision, C as a sum of two terms in that precision (C_hi + C_lo): one
+    // rounded C would bias every position's gradient the same way (near a minimum, where
+    // G − A is small, enough to mislead the line search); with the residual term the product
+    // is as exact as the features themselves.
+    let parts: Vec<Tensor> = if kind == Kind::Float {
+        vec![c.shallow_clone()]
+    } else {
+        let hi = c.to_kind(kind);
+        let lo = (c - hi.to_kind(Kind::Float)).to_kind(kind);
+        vec![hi, lo]
+    };
+    let product = |a: &Tensor, right: bool| {
+        tch::no_grad(|| {
+            let mut g = parts.iter().map(|p| if right { a.matmul(p) } else { p.matmul(a) });
+            let first = g.next().expect("one part at least");
+            g.fold(first, |acc, x| acc + x)
+        })
+    };
+    if features.stride()[1] == 1 && n > 1 {
+        // channels-last: the storage is Fᵀ (M × N), and Fᵀ C is the gradient's layout too
+        let ft = features.permute([0, 2, 3, 1]).reshape([h * w, n]);
+        let g = product(&ft, true);
+        (ft * g).sum(Kind::Float)
+    } else {
+        let f = features.reshape([n, h * w]);
+        let g = product(&f, false);
+        (f * g).sum(Kind::Float)
     }
 }
 
@@ -144,42 +186,51 @@ impl Objective {
         self.content.iter().map(|c| c.index).chain(self.style.iter().map(|s| s.index)).collect()
     }
 
-    /// Builds the loss graph at x (shape [1,3,H,W], values meant to be in [0,1]).
-    pub fn losses(&self, vgg: &Vgg19, x: &Tensor) -> (Tensor, Losses) {
+    /// Eq. 7 at x (shape [1,3,H,W], values meant to be in [0,1]): the loss values, and with
+    /// `gradient` a scalar graph whose gradient with respect to x is eq. 7's.
+    fn graph(&self, vgg: &Vgg19, x: &Tensor, gradient: bool) -> (Option<Tensor>, Losses) {
         let image = x.clamp(0.0, 1.0);
-        let feats = vgg.forward_taps(&vgg.normalise(&image), &self.taps(), self.pooling);
+        let feats = vgg.forward_taps_working(&vgg.normalise(&image), &self.taps(), self.pooling);
         let (content_feats, style_feats) = feats.split_at(self.content.len());
-        let dev = x.device();
-        let mut content = Tensor::zeros([], (Kind::Float, dev));
-        for (term, f) in self.content.iter().zip(content_feats) {
-            content += content_loss(f, &term.target);
-        }
-        let mut style = Tensor::zeros([], (Kind::Float, dev));
-        for (term, f) in self.style.iter().zip(style_feats) {
-            style += style_layer_loss(&normalised_gram(f), &term.target) * term.weight;
-        }
         let c = self.coefficients;
-        let tv = if c.tv != 0.0 { tv_loss(&image) } else { Tensor::zeros([], (Kind::Float, dev)) };
-        let total = &content * c.alpha + &style * c.beta + &tv * c.tv;
-        let values = Tensor::stack(&[&content, &style, &tv, &total], 0)
-            .detach()
+        let zero = || Tensor::zeros([], (Kind::Float, x.device()));
+        let mut content = zero();
+        for (term, f) in self.content.iter().zip(content_feats) {
+            content += content_loss(&f.to_kind(Kind::Float), &term.target);
+        }
+        // eq. 5's value from f32 Gram matrices; its gradient through the surrogate
+        let mut style = zero();
+        let mut style_gradient = zero();
+        for (term, f) in self.style.iter().zip(style_feats) {
+            let g = tch::no_grad(|| normalised_gram(&f.to_kind(Kind::Float)));
+            style += style_layer_loss(&g, &term.target) * term.weight;
+            if gradient {
+                let (n, m) = (g.size()[0] as f64, (f.size()[2] * f.size()[3]) as f64);
+                let k = tch::no_grad(|| (&g - &term.target) * (c.beta * term.weight / (n * n * m)));
+                style_gradient += gradient_surrogate(f, &k);
+            }
+        }
+        let tv = if c.tv != 0.0 { tv_loss(&image) } else { zero() };
+        let total = tch::no_grad(|| &content * c.alpha + &style * c.beta + &tv * c.tv);
+        let values = Tensor::stack(&[&content.detach(), &style, &tv.detach(), &total], 0)
             .to_kind(Kind::Double)
             .to_device(tch::Device::Cpu);
         let v: Vec<f64> = Vec::<f64>::try_from(values).expect("four loss values");
-        (total, Losses { content: v[0], style: v[1], tv: v[2], total: v[3] })
+        let objective = gradient.then(|| &content * c.alpha + style_gradient + &tv * c.tv);
+        (objective, Losses { content: v[0], style: v[1], tv: v[2], total: v[3] })
     }
 
     /// Value and gradient of eq. 7 at x.
     pub fn evaluate(&self, vgg: &Vgg19, x: &Tensor) -> (Losses, Tensor) {
         let x = x.detach().set_requires_grad(true);
-        let (total, losses) = self.losses(vgg, &x);
-        total.backward();
+        let (objective, losses) = self.graph(vgg, &x, true);
+        objective.expect("asked for the gradient").backward();
         (losses, x.grad().detach())
     }
 
     /// Value of eq. 7 at x, without gradient.
     pub fn value(&self, vgg: &Vgg19, x: &Tensor) -> Losses {
-        tch::no_grad(|| self.losses(vgg, x).1)
+        tch::no_grad(|| self.graph(vgg, x, false).1)
     }
 }
 

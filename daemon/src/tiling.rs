@@ -7,9 +7,10 @@
 //!    whole image's normalised Gram `G_l` (and the exact style loss E_l);
 //! 2. with gradients, each tile gets a surrogate loss whose gradient is the true one at its core
 //!    positions: `α·½ Σ (F − P)²` over the core (the content loss is local) plus, per style layer,
-//!    `β w_l · ½ ⟨C_l, F_core F_coreᵀ⟩` with the constant `C_l = (G_l − A_l) / (N_l² M_l)`,
-//!    because `∂E_l/∂F = (G_l − A_l) F / (N_l² M_l)` (eq. 4 with G normalised by M). Its
-//!    input gradient, halo included, is added into the image's gradient.
+//!    `⟨F_core, stop(F_core C_l)⟩` with the constant `C_l = β w_l (G_l − A_l) / (N_l² M_l)`,
+//!    because `∂E_l/∂F = (G_l − A_l) F / (N_l² M_l)` (eq. 4 with G normalised by M; the same
+//!    written-out gradient as the untiled objective). Its input gradient, halo included, is added
+//!    into the image's gradient.
 //!
 //! Every feature position belongs to exactly one core, so the sum is the exact gradient except
 //! that a feature near a core edge sees only `halo` pixels of context beyond it (the network's
@@ -20,7 +21,9 @@
 
 use tch::{Kind, Tensor};
 
-use crate::objective::{content_loss, normalised_gram, style_layer_loss, tv_loss, Losses, Objective};
+use crate::objective::{
+    content_loss, gradient_surrogate, normalised_gram, style_layer_loss, tv_loss, Losses, Objective,
+};
 use crate::vgg::{Pooling, Vgg19};
 
 /// Tile corners and sizes are multiples of this (2⁴: four poolings before relu5_1).
@@ -219,7 +222,7 @@ impl Objective {
         let mut content = 0.0;
         for tile in Tiling::tiles(&tiling, h, w, shift) {
             let window = crop(&x, tile.window).copy().set_requires_grad(want_grad);
-            let feats = vgg.forward_taps(&vgg.normalise(&window.clamp(0.0, 1.0)), &taps, self.pooling);
+            let feats = vgg.forward_taps_working(&vgg.normalise(&window.clamp(0.0, 1.0)), &taps, self.pooling);
             let (cf, sf) = feats.split_at(self.content.len());
             let mut surrogate = Tensor::zeros([], (Kind::Float, x.device()));
             for (term, f) in self.content.iter().zip(cf) {
@@ -231,13 +234,13 @@ impl Objective {
                     tile.core[2] / s,
                     tile.core[2] / s + core.size()[3],
                 ];
-                let l = content_loss(&core, &crop(&term.target, r));
+                let l = content_loss(&core.to_kind(Kind::Float), &crop(&term.target, r));
                 content += l.double_value(&[]);
                 surrogate += l * c.alpha;
             }
             for ((term, f), k) in self.style.iter().zip(sf).zip(&consts) {
-                let core = core_in_features(&tile, Vgg19::stride(term.index), f);
-                surrogate += (gram_sum(&core) * k).sum(Kind::Float) * 0.5;
+                // gradient C_l F at the core's positions (see objective::gradient_surrogate)
+                surrogate += gradient_surrogate(&core_in_features(&tile, Vgg19::stride(term.index), f), k);
             }
             if want_grad {
                 surrogate.backward();

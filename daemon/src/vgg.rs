@@ -231,6 +231,13 @@ impl Vgg19 {
     /// Runs the network on an already normalised input and returns the activations (f32) at the
     /// given `features` indices, in the order asked. Stops after the deepest tap.
     pub fn forward_taps(&self, input: &Tensor, taps: &[usize], pooling: Pooling) -> Vec<Tensor> {
+        // (to_kind makes a new tensor for bf16, and shares storage for f32)
+        self.forward_taps_working(input, taps, pooling).iter().map(|t| t.to_kind(Kind::Float)).collect()
+    }
+
+    /// As [`forward_taps`](Self::forward_taps), in the network's own precision and memory format
+    /// (bf16 + channels-last by default on the CPU): what the style term's matrix products take.
+    pub fn forward_taps_working(&self, input: &Tensor, taps: &[usize], pooling: Pooling) -> Vec<Tensor> {
         let deepest = taps.iter().copied().max().unwrap_or(0);
         let mut out: Vec<Option<Tensor>> = taps.iter().map(|_| None).collect();
         let mut x = to_layout(input, self.layout);
@@ -249,9 +256,7 @@ impl Vgg19 {
                 if t == i {
                     // A pre-ReLU tap (convN_M) must not see the in-place ReLU that follows.
                     let pre_relu = matches!(layer, Layer::Conv(_));
-                    // (to_kind makes a new tensor for bf16, and shares storage for f32)
-                    let tap = x.to_kind(Kind::Float);
-                    *slot = Some(if pre_relu && x.kind() == Kind::Float { tap.copy() } else { tap });
+                    *slot = Some(if pre_relu { x.copy() } else { x.shallow_clone() });
                 }
             }
         }

@@ -118,9 +118,11 @@ def main():
         net = network(a.weights, a.pooling, torch.float64)
         c, s, x = (inp[k].double() for k in ("content", "style", "x"))
         p, t = targets(net, c, s, cl, sl)
-        with torch.no_grad():
-            total, lc, ls = objective(net, x, cl, sl, p, t, a.alpha, a.beta)
-        save_file({"content": lc.reshape(1), "style": ls.reshape(1), "total": total.reshape(1)}, a.out)
+        x.requires_grad_(True)
+        total, lc, ls = objective(net, x, cl, sl, p, t, a.alpha, a.beta)
+        total.backward()  # autograd through the equations, in float64
+        save_file({"content": lc.detach().reshape(1), "style": ls.detach().reshape(1),
+                   "total": total.detach().reshape(1), "grad": x.grad.contiguous()}, a.out)
     else:
         net = network(a.weights, a.pooling, torch.float32)
         p, t = targets(net, inp["content"], inp["style"], cl, sl)
