@@ -600,6 +600,7 @@ impl Engine {
                 crate::memory::plan(sw, sh, p, self.layout(), limit, p.tile.map(i64::from))?
             };
             let tiling = plan.tiling;
+            let tight = plan.tight();
             let objective = Self::objective_on(&self.vgg, &content_k, &styles_k, p, cache.as_deref_mut(), tiling);
             // Precision refinement: with a reduced-precision network, the last REFINE_FRACTION of
             // the output size's evaluations (or of the time budget) run on the f32 copy. Close
@@ -637,6 +638,9 @@ impl Engine {
                     Some(t) => obj.evaluate_tiled(net, &xv, t, crate::tiling::shift(t, evaluations)),
                 };
                 evaluations += 1;
+                if tight {
+                    crate::memory::release_freed();
+                }
                 if best.as_ref().is_none_or(|(v, _)| losses.total < *v) {
                     best = Some((losses.total, flat.copy()));
                 }
