@@ -346,7 +346,8 @@ mod tests {
     fn a_tight_limit_shortens_the_history_before_refusing() {
         let p = Params::default();
         let l = Layout::BF16_NHWC;
-        let limit = 17u64 << 29; // 8.5 GiB
+        // 8.5 GiB
+        let limit = 17u64 << 29;
         // with half the budget in history, only tiles too small to be efficient fit...
         let half = ((limit / 20 * 19 / 2) / (PAIR_VECTORS * 3 * 3840 * 2160 * 4)) as usize;
         assert!(estimate(3840, 2160, &p, l, Some(tiling_for(EFFICIENT_TILE)), half) > limit / 20 * 19);
