@@ -52,22 +52,22 @@ pub fn normalised_gram(features: &Tensor) -> Tensor {
 pub fn gradient_surrogate(features: &Tensor, c: &Tensor) -> Tensor {
     let (_, n, h, w) = features.size4().expect("activations are 4-D");
     let kind = features.kind();
-    // In a reduced precision, C as a sum of two terms in that precision (C_hi + C_lo): one
-    // rounded C would bias every position's gradient the same way (near a minimum, where
-    // G − A is small, enough to mislead the line search); with the residual term the product
-    // is as exact as the features themselves.
-    let parts: Vec<Tensor> = if kind == Kind::Float {
-        vec![c.shallow_clone()]
-    } else {
-        let hi = c.to_kind(kind);
-        let lo = (c - hi.to_kind(Kind::Float)).to_kind(kind);
-        vec![hi, lo]
-    };
+    // F C in f32 terms: in bf16 (f32's exponent range) as C_hi + C_lo, two products in bf16,
+    // because one rounded C would bias every position's gradient the same way (near a
+    // minimum, where G − A is small, enough to mislead the line search); in f16, whose range
+    // cannot hold C's small entries, in f32 and rounded once at the end, as autograd would
     let product = |a: &Tensor, right: bool| {
         tch::no_grad(|| {
-            let mut g = parts.iter().map(|p| if right { a.matmul(p) } else { p.matmul(a) });
-            let first = g.next().expect("one part at least");
-            g.fold(first, |acc, x| acc + x)
+            let mul = |a: &Tensor, b: &Tensor| if right { a.matmul(b) } else { b.matmul(a) };
+            match kind {
+                Kind::BFloat16 => {
+                    let hi = c.to_kind(kind);
+                    let lo = (c - hi.to_kind(Kind::Float)).to_kind(kind);
+                    mul(a, &hi) + mul(a, &lo)
+                }
+                Kind::Float => mul(a, c),
+                _ => mul(&a.to_kind(Kind::Float), c).to_kind(kind),
+            }
         })
     };
     if features.stride()[1] == 1 && n > 1 {
