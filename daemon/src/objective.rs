@@ -82,6 +82,13 @@ pub fn gradient_surrogate(features: &Tensor, c: &Tensor) -> Tensor {
     }
 }
 
+/// The constant of [`gradient_surrogate`] for one style layer: `C = scale·(G − A)/(N² M)`, with
+/// G, A normalised Grams and M the layer's positions (the whole image's, when tiled).
+pub fn style_gradient_constant(gram: &Tensor, target: &Tensor, scale: f64, positions: f64) -> Tensor {
+    let n = gram.size()[0] as f64;
+    tch::no_grad(|| (gram - target) * (scale / (n * n * positions)))
+}
+
 /// Eq. 1 for one layer: ½ Σ (F − P)².
 pub fn content_loss(features: &Tensor, target: &Tensor) -> Tensor {
     (features - target).square().sum(Kind::Float) * 0.5
@@ -205,8 +212,8 @@ impl Objective {
             let g = tch::no_grad(|| normalised_gram(&f.to_kind(Kind::Float)));
             style += style_layer_loss(&g, &term.target) * term.weight;
             if gradient {
-                let (n, m) = (g.size()[0] as f64, (f.size()[2] * f.size()[3]) as f64);
-                let k = tch::no_grad(|| (&g - &term.target) * (c.beta * term.weight / (n * n * m)));
+                let m = (f.size()[2] * f.size()[3]) as f64;
+                let k = style_gradient_constant(&g, &term.target, c.beta * term.weight, m);
                 style_gradient += gradient_surrogate(f, &k);
             }
         }

@@ -22,7 +22,8 @@
 use tch::{Kind, Tensor};
 
 use crate::objective::{
-    content_loss, gradient_surrogate, normalised_gram, style_layer_loss, tv_loss, Losses, Objective,
+    content_loss, gradient_surrogate, normalised_gram, style_gradient_constant, style_layer_loss, tv_loss, Losses,
+    Objective,
 };
 use crate::vgg::{Pooling, Vgg19};
 
@@ -210,9 +211,8 @@ impl Objective {
         let mut consts = Vec::new();
         for (term, g) in self.style.iter().zip(&g) {
             style += style_layer_loss(g, &term.target).double_value(&[]) * term.weight;
-            let n = g.size()[0] as f64;
             let m = positions(h, w, Vgg19::stride(term.index)) as f64;
-            consts.push((g - &term.target) * (c.beta * term.weight / (n * n * m)));
+            consts.push(style_gradient_constant(g, &term.target, c.beta * term.weight, m));
         }
         // pass 2: surrogate per tile, gradients summed into the image's
         // without a gradient, pass 2 only has the content loss left to compute: no style taps
