@@ -73,7 +73,8 @@ impl Plan {
     }
 }
 
-fn deepest(p: &Params) -> usize {
+/// The deepest `features` index any content or style layer of `p` taps.
+pub(crate) fn deepest(p: &Params) -> usize {
     p.content_layers.iter().chain(&p.style_layers).filter_map(|n| layer_index(n)).max().unwrap_or(0)
 }
 

@@ -13,7 +13,7 @@ use super::DeviceArgs;
 use crate::engine::{device_name, Engine, Params};
 use crate::python;
 use crate::vgg::{to_layout, Layout, NetDtype, Vgg19};
-use crate::weights::{layer_index, vgg19_layers, LayerSpec, Weights};
+use crate::weights::{vgg19_layers, LayerSpec, Weights};
 
 pub(super) const REFERENCE: &str = include_str!("../../python/bench_reference.py");
 
@@ -111,8 +111,7 @@ fn time_engine(engine: &Engine, size: i64, args: &BenchArgs) -> f64 {
 /// to the deepest tap of the default layers, and the backward pass to the input (the same
 /// count: input gradients only). Grams, pooling and losses are left out (a few percent).
 fn evaluation_conv_flops(size: i64) -> f64 {
-    let p = Params::default();
-    let deepest = p.content_layers.iter().chain(&p.style_layers).filter_map(|n| layer_index(n)).max().unwrap_or(0);
+    let deepest = crate::memory::deepest(&Params::default());
     let forward: f64 = vgg19_layers()
         .iter()
         .enumerate()
@@ -215,6 +214,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "size", "ours s", "ours fp32 s", "torch fp32 s", "torch same s", "ratio", "fp32 ratio", "same ratio"
     );
     let mut rows = Vec::new();
+    // per size: convolution GFLOP, and the GFLOP/s of our default and fp32 paths
+    let mut rates = Vec::new();
     let fmt = |v: Option<f64>, digits: usize| v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into());
     for &size in &args.sizes {
         anyhow::ensure!(size >= 32, "sizes must be at least 32");
@@ -238,10 +239,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             fmt(ratio_fp32, 3),
             fmt(ratio_same, 3)
         );
+        let gflop = evaluation_conv_flops(size) / 1e9;
+        let (ours_rate, fp32_rate) = (gflop / t_ours, gflop / t_fp32);
+        rates.push((size, gflop, ours_rate, fp32_rate));
         rows.push(serde_json::json!({
             "size": size, "neural_style_s": t_ours, "neural_style_fp32_s": t_fp32,
             "pytorch_fp32_s": t_torch, "pytorch_same_layout_s": t_torch_same,
             "ratio": ratio, "ratio_fp32": ratio_fp32, "ratio_same_layout": ratio_same,
+            "conv_gflop": gflop, "neural_style_gflops": ours_rate, "neural_style_fp32_gflops": fp32_rate,
         }));
     }
     eprintln!("ratio = ours (default precision) / PyTorch eager fp32 NCHW; fp32 ratio = ours fp32 / the same; same ratio = ours / PyTorch with our layout");
@@ -257,22 +262,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         layout.name(),
         conv_f32 / conv_working
     );
-    for row in rows.iter_mut() {
-        let size = row["size"].as_i64().unwrap_or(0);
-        let flops = evaluation_conv_flops(size);
-        let ours = flops / row["neural_style_s"].as_f64().unwrap_or(f64::NAN) / 1e9;
-        let ours_fp32 = flops / row["neural_style_fp32_s"].as_f64().unwrap_or(f64::NAN) / 1e9;
+    for (size, gflop, ours, ours_fp32) in rates {
         eprintln!(
-            "{size:>5}: {:.1} GFLOP of convolutions; ours {ours:.0} GFLOP/s ({:.0}% of that {} convolution's rate), \
-             ours fp32 {ours_fp32:.0} GFLOP/s ({:.0}% of fp32's)",
-            flops / 1e9,
+            "{size:>5}: {gflop:.1} GFLOP of convolutions; ours {ours:.0} GFLOP/s ({:.0}% of that {} convolution's \
+             rate), ours fp32 {ours_fp32:.0} GFLOP/s ({:.0}% of fp32's)",
             100.0 * ours / conv_working,
             layout.name(),
             100.0 * ours_fp32 / conv_f32
         );
-        row["conv_gflop"] = serde_json::json!(flops / 1e9);
-        row["neural_style_gflops"] = serde_json::json!(ours);
-        row["neural_style_fp32_gflops"] = serde_json::json!(ours_fp32);
     }
     if args.json {
         let v = serde_json::json!({
