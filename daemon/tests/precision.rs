@@ -7,8 +7,8 @@ mod common;
 
 use common::picture;
 use neural_style::engine::{Control, Engine, Init, Job, Params};
-use neural_style::vgg::{Layout, Precision};
-use neural_style::weights::Weights;
+use neural_style::engine::vgg::{Layout, Precision};
+use neural_style::engine::weights::Weights;
 use tch::Device;
 
 #[test]
@@ -28,8 +28,8 @@ fn bf16_channels_last_reaches_the_fp32_objective_within_2_percent() {
     let mut gaps = Vec::new();
     for (content, style, seed) in problems {
         let weights = Weights::random(seed);
-        let params = Params { size: Some(64), iterations: 150, init: Init::Content, ..Params::default() };
-        let job = Job { content: picture(content, 64), styles: vec![picture(style, 64)], params };
+        let params = Params { size: Some(64), evaluations: 150, init: Init::Content, ..Params::default() };
+        let job = Job::new(picture(content, 64), vec![picture(style, 64)], params).unwrap();
         let run = |layout: Layout| {
             let engine = Engine::with_layout(&weights, Device::Cpu, layout);
             engine.stylize(&job, &mut |_| Control::Continue).unwrap().summary
@@ -67,7 +67,7 @@ fn bf16_activations_stay_close_to_fp32() {
     let taps = [1, 6, 11, 20, 22, 29];
     let run = |e: &Engine| {
         let vgg = e.vgg();
-        tch::no_grad(|| vgg.forward_taps(&vgg.normalise(&x), &taps, neural_style::vgg::Pooling::Avg))
+        tch::no_grad(|| vgg.forward_taps(&vgg.normalise(&x), &taps, neural_style::engine::vgg::Pooling::Avg))
     };
     for ((a, b), tap) in run(&f32_net).iter().zip(run(&bf16_net)).zip(taps) {
         let rel = (a - &b).norm().double_value(&[]) / a.norm().double_value(&[]);

@@ -5,9 +5,9 @@ mod common;
 
 use common::{picture, read, reference, scalar};
 use neural_style::engine::{Engine, Params};
-use neural_style::lbfgs::{self, LbfgsConfig};
-use neural_style::vgg::Pooling;
-use neural_style::weights::{vgg19_layers, LayerSpec, Weights};
+use neural_style::engine::optim::lbfgs::{self, LbfgsConfig};
+use neural_style::engine::vgg::Pooling;
+use neural_style::engine::weights::{vgg19_layers, LayerSpec, Weights};
 use tch::{Device, Tensor};
 
 struct Setup {
@@ -28,7 +28,7 @@ fn setup(seed: u64, size: u32) -> Setup {
     let engine = Engine::new(&Weights::load(&path).unwrap(), Device::Cpu);
     let content = picture("tubingen.jpg", size).rgb_tensor();
     let style = picture("starry_night.jpg", size).rgb_tensor();
-    let x = neural_style::rng::uniform(&content.size(), seed);
+    let x = neural_style::engine::rng::uniform(&content.size(), seed);
     Setup { weights_path: path.display().to_string(), dir, engine, content, style, x }
 }
 
@@ -105,7 +105,7 @@ fn losses_match_the_equations_computed_independently() {
     let fast = Engine::with_layout(
         &Weights::load(std::path::Path::new(&s.weights_path)).unwrap(),
         Device::Cpu,
-        neural_style::vgg::Layout::BF16_NHWC,
+        neural_style::engine::vgg::Layout::BF16_NHWC,
     );
     let objective = fast.objective(&s.content, &[s.style.shallow_clone()], &params);
     let (_, grad) = objective.evaluate(fast.vgg(), &s.x);

@@ -5,7 +5,7 @@ mod common;
 
 use common::picture;
 use neural_style::engine::{Engine, Params};
-use neural_style::weights::Weights;
+use neural_style::engine::weights::Weights;
 use tch::Device;
 
 /// α·L_content / (β·L_style) at a noise image of the given size.
@@ -13,7 +13,7 @@ fn balance(engine: &Engine, size: u32, params: &Params) -> f64 {
     let content = picture("tubingen.jpg", size).rgb_tensor();
     let style = picture("starry_night.jpg", size).rgb_tensor();
     let objective = engine.objective(&content, &[style], params);
-    let x = neural_style::rng::uniform(&content.size(), 9);
+    let x = neural_style::engine::rng::uniform(&content.size(), 9);
     let l = objective.value(engine.vgg(), &x);
     let c = objective.coefficients;
     (c.alpha * l.content) / (c.beta * l.style)

@@ -4,8 +4,8 @@ mod common;
 
 use common::picture;
 use neural_style::engine::{Control, Engine, Init, Job, Params};
-use neural_style::tiling::{shift, Tiling};
-use neural_style::weights::Weights;
+use neural_style::engine::tiling::{shift, Tiling};
+use neural_style::engine::weights::Weights;
 use tch::{Device, Kind, Tensor};
 
 fn rel(a: &Tensor, b: &Tensor) -> f64 {
@@ -21,7 +21,7 @@ fn tiled_gradient_is_the_whole_images() {
     let style = picture("starry_night.jpg", 176).rgb_tensor();
     let params = Params::default();
     let objective = engine.objective(&content, std::slice::from_ref(&style), &params);
-    let x = neural_style::rng::uniform(&content.size(), 5);
+    let x = neural_style::engine::rng::uniform(&content.size(), 5);
     let (whole, g_whole) = objective.evaluate(engine.vgg(), &x);
 
     // a halo that covers the image: every tile sees all the context, so tiles change nothing
@@ -92,16 +92,16 @@ fn tiled_optimisation_shows_no_seams() {
     let engine = Engine::new(&Weights::random(3), Device::Cpu);
     let params = Params {
         size: Some(160),
-        iterations: 30,
+        evaluations: 30,
         init: Init::Noise,
         multiscale: false,
         tile: Some(64),
         ..Params::default()
     };
-    let job = Job { content: picture("tubingen.jpg", 160), styles: vec![picture("starry_night.jpg", 160)], params };
+    let job = Job::new(picture("tubingen.jpg", 160), vec![picture("starry_night.jpg", 160)], params).unwrap();
     let tiled = engine.stylize(&job, &mut |_| Control::Continue).unwrap();
     assert!(tiled.summary.memory.tiling.is_some());
-    let untiled_job = Job { params: Params { tile: Some(0), ..job.params.clone() }, ..job.clone() };
+    let untiled_job = job.with_params(Params { tile: Some(0), ..job.params().clone() }).unwrap();
     let untiled = engine.stylize(&untiled_job, &mut |_| Control::Continue).unwrap();
     assert!(untiled.summary.memory.tiling.is_none());
     let r_tiled = seam_ratio(&tiled.rgb, 16);

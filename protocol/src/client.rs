@@ -29,21 +29,21 @@ pub struct JobResult {
     pub job: u64,
     pub image: crate::message::ImageRef,
     pub payload: Vec<u8>,
-    pub summary: serde_json::Value,
+    pub summary: Box<crate::message::Summary>,
 }
 
 /// One end of a local-socket stream shared between a reading and a writing side (`&Stream`
 /// implements `Read` and `Write`).
 #[derive(Clone)]
-pub struct Shared(pub Arc<Stream>);
+pub struct SharedStream(pub Arc<Stream>);
 
-impl Read for Shared {
+impl Read for SharedStream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         (&*self.0).read(buf)
     }
 }
 
-impl Write for Shared {
+impl Write for SharedStream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         (&*self.0).write(buf)
     }
@@ -54,8 +54,8 @@ impl Write for Shared {
 
 /// A connection to the daemon.
 pub struct Client {
-    recv: BufReader<Shared>,
-    send: BufWriter<Shared>,
+    recv: BufReader<SharedStream>,
+    send: BufWriter<SharedStream>,
     limits: Limits,
     /// What the daemon said in its hello.
     pub server: Event,
@@ -76,7 +76,7 @@ impl Client {
     /// Connects and performs the handshake.
     pub fn connect(path: &Path, client_name: &str) -> Result<Self, ClientError> {
         let stream = connect_stream(path).map_err(|source| ClientError::Connect { path: path.to_owned(), source })?;
-        let shared = Shared(Arc::new(stream));
+        let shared = SharedStream(Arc::new(stream));
         let mut c = Client {
             recv: BufReader::new(shared.clone()),
             send: BufWriter::new(shared),

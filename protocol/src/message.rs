@@ -94,6 +94,16 @@ pub enum Priority {
     Batch,
 }
 
+impl Priority {
+    /// The name on the wire (`interactive`, `batch`), for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Batch => "batch",
+        }
+    }
+}
+
 /// A style-transfer request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stylize {
@@ -179,6 +189,94 @@ pub struct Losses {
     pub total: f64,
 }
 
+/// Tile geometry of a tiled job, in pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TileGrid {
+    /// Side of a tile's core.
+    pub tile: i64,
+    /// Context added on each side of a core.
+    pub halo: i64,
+}
+
+/// The daemon's memory plan for a job at its output size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryPlan {
+    /// Predicted peak bytes.
+    pub estimated_bytes: u64,
+    /// The limit it was checked against.
+    pub limit_bytes: u64,
+    /// Tiles, when the whole image does not fit.
+    pub tiling: Option<TileGrid>,
+    /// The L-BFGS history actually used (reduced when the history alone would not fit).
+    pub lbfgs_history: usize,
+    /// The part of the estimate that is the L-BFGS history.
+    pub history_bytes: u64,
+}
+
+/// One scale of a finished job's coarse-to-fine schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScaleReport {
+    pub width: u32,
+    pub height: u32,
+    pub evaluations: usize,
+    pub seconds: f64,
+}
+
+/// The VGG19 weights a job ran with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WeightsSummary {
+    pub path: String,
+    /// False for seeded random weights: results will not look like the style.
+    pub pretrained: bool,
+    /// `torchvision` or `caffe`.
+    pub preprocessing: String,
+    pub source: String,
+}
+
+/// Final figures of a job (the `summary` of `result` and of a running job's `cancelled`, and
+/// what `neural-style run --json` prints). Losses are f32 values at the output size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub content_loss: f64,
+    pub style_loss: f64,
+    pub tv_loss: f64,
+    /// eq. 7 at the result.
+    pub total_loss: f64,
+    /// eq. 7 at the initial image.
+    pub initial_loss: f64,
+    /// Optimiser iterations (an L-BFGS iteration may take several evaluations).
+    pub iterations: usize,
+    /// Objective evaluations (forward + backward), the unit of the budget.
+    pub evaluations: usize,
+    /// The optimisation loop alone.
+    pub seconds: f64,
+    pub device: String,
+    pub pretrained: bool,
+    pub weights: WeightsSummary,
+    pub width: u32,
+    pub height: u32,
+    pub alpha: f64,
+    pub beta: f64,
+    pub tv_weight: f64,
+    /// `lbfgs` or `adam`.
+    pub optimizer: String,
+    /// Network precision and layout the optimisation ran with (losses are f32 regardless).
+    pub precision: String,
+    pub converged: bool,
+    /// Stopped early by request (Ctrl-C, cancel).
+    pub cancelled: bool,
+    /// Stopped by `max_seconds`.
+    pub time_budget_reached: bool,
+    /// The content had an alpha channel (carried to the output).
+    pub has_alpha: bool,
+    /// What each scale of the schedule got, coarsest first (scales never reached are absent).
+    pub scales: Vec<ScaleReport>,
+    /// The memory estimate at the output size and what it decided (tiles, L-BFGS history).
+    pub memory: MemoryPlan,
+    /// The content had more than 8 bits per channel.
+    pub high_precision: bool,
+}
+
 /// Stable error codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -217,7 +315,9 @@ pub struct JobInfo {
     pub label: Option<String>,
     pub width: u32,
     pub height: u32,
-    pub iterations: usize,
+    /// The evaluation budget (`iterations` on the wire, for compatibility).
+    #[serde(rename = "iterations")]
+    pub evaluations: usize,
     /// Evaluations done (running job).
     #[serde(default)]
     pub progress: usize,
@@ -280,15 +380,16 @@ pub enum Event {
         job: u64,
         width: u32,
         height: u32,
-        /// The daemon's memory plan for the job: `estimated_bytes`, `limit_bytes`, `tiling`
-        /// (`null` or `{tile, halo}`), `lbfgs_history`.
+        /// The daemon's memory plan for the job.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        memory: Option<Value>,
+        memory: Option<MemoryPlan>,
     },
     /// After each objective evaluation. `preview`, when present, is RGBA8 in the payload.
     Progress {
         job: u64,
-        iteration: usize,
+        /// Evaluations done so far (`iteration` on the wire, for compatibility).
+        #[serde(rename = "iteration")]
+        evaluation: usize,
         total: usize,
         losses: Losses,
         elapsed: f64,
@@ -300,7 +401,7 @@ pub enum Event {
     Result {
         job: u64,
         image: ImageRef,
-        summary: Value,
+        summary: Box<Summary>,
     },
     /// The job stopped early. A job cancelled while running carries its current image (in the
     /// requested format, in the payload) and summary; one cancelled while waiting has neither.
@@ -309,7 +410,7 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         image: Option<ImageRef>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        summary: Option<Value>,
+        summary: Option<Box<Summary>>,
     },
     Error {
         #[serde(default, skip_serializing_if = "Option::is_none")]

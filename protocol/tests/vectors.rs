@@ -21,6 +21,48 @@ fn unhex(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
+/// A complete summary, as a daemon sends it.
+fn sample_summary() -> Summary {
+    Summary {
+        content_loss: 0.05,
+        style_loss: 0.04,
+        tv_loss: 0.0,
+        total_loss: 0.1,
+        initial_loss: 2.5,
+        iterations: 60,
+        evaluations: 100,
+        seconds: 1.5,
+        device: "cuda:0".into(),
+        pretrained: false,
+        weights: WeightsSummary {
+            path: "/home/u/.local/share/neural-style/vgg19-features.safetensors".into(),
+            pretrained: false,
+            preprocessing: "torchvision".into(),
+            source: "random".into(),
+        },
+        width: 1,
+        height: 1,
+        alpha: 1.0,
+        beta: 500.0,
+        tv_weight: 0.0,
+        optimizer: "lbfgs".into(),
+        precision: "bf16+nhwc".into(),
+        converged: false,
+        cancelled: false,
+        time_budget_reached: false,
+        has_alpha: true,
+        scales: vec![ScaleReport { width: 1, height: 1, evaluations: 100, seconds: 1.5 }],
+        memory: MemoryPlan {
+            estimated_bytes: 1 << 30,
+            limit_bytes: 8 << 30,
+            tiling: None,
+            lbfgs_history: 100,
+            history_bytes: 1200,
+        },
+        high_precision: true,
+    }
+}
+
 enum Msg {
     Req(Request),
     Ev(Event),
@@ -82,7 +124,7 @@ fn valid_vectors() -> Vec<(&'static str, &'static str, Msg, Vec<u8>)> {
             "progress with a 2×1 RGBA8 preview in the payload",
             Msg::Ev(Event::Progress {
                 job: 3,
-                iteration: 10,
+                evaluation: 10,
                 total: 100,
                 losses: Losses { content: 1.5, style: 0.25, tv: 0.0, total: 0.125 },
                 elapsed: 2.5,
@@ -97,7 +139,7 @@ fn valid_vectors() -> Vec<(&'static str, &'static str, Msg, Vec<u8>)> {
             Msg::Ev(Event::Result {
                 job: 3,
                 image: ImageRef { offset: 0, length: 8, format: PixelFormat::Rgba16, width: Some(1), height: Some(1) },
-                summary: json!({"total_loss": 0.1, "evaluations": 100, "pretrained": false}),
+                summary: Box::new(sample_summary()),
             }),
             vec![0xff, 0xff, 0x00, 0x80, 0x01, 0x00, 0xff, 0xff],
         ),

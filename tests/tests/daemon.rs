@@ -108,8 +108,8 @@ fn cancel_stops_a_job_within_one_iteration() {
     loop {
         match client.recv().unwrap().0 {
             Event::Accepted { job: j, .. } => job = j,
-            Event::Progress { iteration, .. } if iteration >= 3 => {
-                seen = iteration;
+            Event::Progress { evaluation, .. } if evaluation >= 3 => {
+                seen = evaluation;
                 break;
             }
             e @ Event::Error { .. } => panic!("{e:?}"),
@@ -121,11 +121,11 @@ fn cancel_stops_a_job_within_one_iteration() {
     let mut last = seen;
     loop {
         match client.recv().unwrap() {
-            (Event::Progress { iteration, .. }, _) => last = iteration,
+            (Event::Progress { evaluation, .. }, _) => last = evaluation,
             (Event::Cancelled { summary: None, .. }, _) => {} // the acknowledgement
             (Event::Cancelled { job: j, summary: Some(summary), image }, bytes) => {
                 assert_eq!(j, job);
-                let evaluations = summary["evaluations"].as_u64().unwrap() as usize;
+                let evaluations = summary.evaluations;
                 assert_eq!(evaluations, last);
                 // evaluation seen + 1 was running when the cancel arrived; nothing after it
                 assert!(last <= seen + 1, "ran {last} evaluations; the cancel came after {seen}");
@@ -350,9 +350,9 @@ fn jobs_that_cannot_fit_in_memory_are_refused_and_large_ones_tiled() {
         })
         .unwrap();
     let m = memory.expect("started carries the memory plan");
-    assert_eq!(m["tiling"]["tile"], 48, "{m}");
-    assert!(m["estimated_bytes"].as_u64().unwrap() > 0 && m["limit_bytes"].as_u64().unwrap() > 0);
-    assert_eq!(r.summary["memory"]["tiling"]["tile"], 48);
+    assert_eq!(m.tiling.map(|t| t.tile), Some(48), "{m:?}");
+    assert!(m.estimated_bytes > 0 && m.limit_bytes > 0);
+    assert_eq!(r.summary.memory.tiling.map(|t| t.tile), Some(48));
 }
 
 #[test]
@@ -384,10 +384,10 @@ fn previews_arrive_every_k_iterations() {
     let mut previews = Vec::new();
     client
         .stylize(req, &payload, |e, bytes| {
-            if let Event::Progress { iteration, preview: Some(p), .. } = e {
+            if let Event::Progress { evaluation, preview: Some(p), .. } = e {
                 assert_eq!(p.slice(bytes).unwrap().len(), (p.width.unwrap() * p.height.unwrap() * 4) as usize);
                 assert_eq!(p.width.unwrap().max(p.height.unwrap()), 32);
-                previews.push(*iteration);
+                previews.push(*evaluation);
             }
         })
         .unwrap();

@@ -1,4 +1,4 @@
-//! `neural-style run`: one stylisation, through a running daemon when there is one (its model is
+//! `neural-style run`: one stylization, through a running daemon when there is one (its model is
 //! already loaded), in this process otherwise (`--local` forces it).
 
 use std::path::PathBuf;
@@ -11,14 +11,13 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use neural_style_protocol::client::ClientError;
-use neural_style_protocol::message::{Event, ImageRef, PixelFormat, Request, Stylize};
+use neural_style_protocol::message::{Event, ImageRef, PixelFormat, Request, Stylize, Summary};
 use neural_style_protocol::Client;
 use tch::Tensor;
 
-use super::daemon::SocketArg;
-use super::{DeviceArgs, EngineArgs, WeightsArg};
-use crate::engine::{Control, Engine, Job, Params};
-use crate::image_io::{DecodeLimits, Output, OutputFormat, Picture};
+use super::args::{request_params, DeviceArgs, EngineArgs, SocketArg, WeightsArg};
+use crate::engine::image_io::{DecodeLimits, Output, OutputFormat, Picture};
+use crate::engine::{device_name, Control, Engine, Job, Progress};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -73,14 +72,13 @@ fn ctrl_c_flag() -> anyhow::Result<Arc<AtomicBool>> {
 struct Produced {
     rgb: Tensor,
     alpha: Option<Vec<f32>>,
-    summary: serde_json::Value,
+    summary: Summary,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let total_start = Instant::now();
-    let params = args.engine.params();
-    params.validate(args.style.len())?;
-    // Check the output and the inputs before spending minutes on the optimisation.
+    // Check the parameters, the output and the inputs before spending minutes on the
+    // optimisation.
     let format = OutputFormat::from_path(&args.output)?;
     if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
         anyhow::ensure!(dir.is_dir(), "output folder {} does not exist; create it first", dir.display());
@@ -88,6 +86,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let limits = DecodeLimits { max_pixels: args.max_pixels, ..Default::default() };
     let content = Picture::load(&args.content, limits)?;
     let styles = args.style.iter().map(|s| Picture::load(s, limits)).collect::<Result<Vec<_>, _>>()?;
+    let job = Job::new(content, styles, args.engine.params())?;
     let interrupted = ctrl_c_flag()?;
 
     let remote = if args.local {
@@ -96,7 +95,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         match args.socket.connect() {
             Ok(c) => Some(c),
             Err(e) if matches!(e.downcast_ref::<ClientError>(), Some(ClientError::Connect { .. })) => {
-                tracing::info!(socket = %args.socket.path().display(), "no daemon running: stylising in this process");
+                tracing::info!(socket = %args.socket.path().display(), "no daemon running: stylizing in this process");
                 None
             }
             Err(e) => return Err(e),
@@ -104,31 +103,30 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let local = remote.is_none();
     let produced = match remote {
-        Some(client) => run_remote(&args, client, &params, &interrupted)?,
-        None => run_local(&args, content, styles, params, &interrupted)?,
+        Some(client) => run_remote(&args, client, &job, &interrupted)?,
+        None => run_local(&args, &job, &interrupted)?,
     };
 
     let s = &produced.summary;
-    let high_precision = s["high_precision"].as_bool().unwrap_or(false);
     let sixteen_bit = match args.output_depth.as_deref() {
         Some("16") => true,
         Some(_) => false,
-        None => high_precision && format == OutputFormat::Png,
+        None => s.high_precision && format == OutputFormat::Png,
     };
     anyhow::ensure!(!sixteen_bit || format == OutputFormat::Png, "16-bit output needs a .png file name");
     Output { rgb: &produced.rgb, alpha: produced.alpha.as_deref(), sixteen_bit }.save(&args.output)?;
-    let cancelled = s["cancelled"].as_bool().unwrap_or(false);
+    let cancelled = s.cancelled;
     if args.json {
-        let mut v = s.clone();
+        let mut v = serde_json::to_value(s)?;
         v["total_seconds"] = total_start.elapsed().as_secs_f64().into();
         if local {
             // this process did the work: its memory high-water mark is the job's peak
-            v["peak_rss_bytes"] = crate::memory::peak_rss_bytes().into();
+            v["peak_rss_bytes"] = crate::engine::memory::peak_rss_bytes().into();
         }
         v["output"] = args.output.display().to_string().into();
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
-    let weights_note = if s["pretrained"].as_bool() == Some(true) {
+    let weights_note = if s.pretrained {
         "pretrained weights"
     } else {
         "NOT PRETRAINED weights (random init)"
@@ -137,36 +135,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         "{} {} ({}×{}) — {} evaluations, {} iterations, loss {:.4e} → {:.4e}, {:.1} s on {} ({}), {}",
         if cancelled { "interrupted: wrote the current image to" } else { "wrote" },
         args.output.display(),
-        s["width"],
-        s["height"],
-        s["evaluations"],
-        s["iterations"],
-        s["initial_loss"].as_f64().unwrap_or(f64::NAN),
-        s["total_loss"].as_f64().unwrap_or(f64::NAN),
-        s["seconds"].as_f64().unwrap_or(f64::NAN),
-        s["device"].as_str().unwrap_or("?"),
-        s["precision"].as_str().unwrap_or("?"),
+        s.width,
+        s.height,
+        s.evaluations,
+        s.iterations,
+        s.initial_loss,
+        s.total_loss,
+        s.seconds,
+        s.device,
+        s.precision,
         weights_note
     );
     Ok(if cancelled { ExitCode::from(130) } else { ExitCode::SUCCESS })
 }
 
-fn run_local(
-    args: &RunArgs,
-    content: Picture,
-    styles: Vec<Picture>,
-    params: Params,
-    interrupted: &AtomicBool,
-) -> anyhow::Result<Produced> {
+fn run_local(args: &RunArgs, job: &Job, interrupted: &AtomicBool) -> anyhow::Result<Produced> {
     let device = args.device.apply()?;
     let weights = args.weights.load()?;
     let layout = args.device.precision.layout(device);
     let engine = Engine::with_layout(&weights, device, layout);
     drop(weights);
-    tracing::info!(device = %crate::engine::device_name(device), precision = %layout.name(), "model loaded");
-    let bar = progress_bar(params.iterations);
-    let job = Job { content, styles, params };
-    let result = engine.stylize(&job, &mut |p| {
+    tracing::info!(device = %device_name(device), precision = %layout.name(), "model loaded");
+    let bar = progress_bar(job.params().evaluations);
+    let result = engine.stylize(job, &mut |p: &Progress| {
         bar.set_position(p.evaluation as u64);
         bar.set_message(format!("{:.4e}", p.losses.total));
         if interrupted.load(Ordering::SeqCst) {
@@ -177,31 +168,21 @@ fn run_local(
     });
     bar.finish_and_clear();
     let out = result?;
-    Ok(Produced { rgb: out.rgb, alpha: out.alpha, summary: serde_json::to_value(&out.summary)? })
+    Ok(Produced { rgb: out.rgb, alpha: out.alpha, summary: out.summary })
 }
 
-fn run_remote(
-    args: &RunArgs,
-    mut client: Client,
-    params: &Params,
-    interrupted: &AtomicBool,
-) -> anyhow::Result<Produced> {
+fn run_remote(args: &RunArgs, mut client: Client, job: &Job, interrupted: &AtomicBool) -> anyhow::Result<Produced> {
     tracing::info!(socket = %args.socket.path().display(), "using the running daemon");
     let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
     let content = read(&args.content)?;
     let styles = args.style.iter().map(read).collect::<anyhow::Result<Vec<_>>>()?;
-    let blend = args.engine.style_weights.clone().unwrap_or_else(|| vec![1.0; args.style.len()]);
-    let styles: Vec<(&[u8], f64)> = styles.iter().map(Vec::as_slice).zip(blend).collect();
-    let mut map = match serde_json::to_value(params)? {
-        serde_json::Value::Object(m) => m,
-        _ => unreachable!("params serialise to an object"),
-    };
-    map.remove("style_blend");
-    let (mut request, payload) = Stylize::encoded(&content, &styles, map);
+    let params = job.params();
+    let styles: Vec<(&[u8], f64)> = styles.iter().map(Vec::as_slice).zip(params.blend(args.style.len())).collect();
+    let (mut request, payload) = Stylize::encoded(&content, &styles, request_params(params));
     request.output = PixelFormat::Rgba32f;
     request.label = Some(args.content.display().to_string());
     client.send(&Request::Stylize(request), &payload)?;
-    let bar = progress_bar(params.iterations);
+    let bar = progress_bar(params.evaluations);
     let mut job_id = None;
     let mut cancel_sent = false;
     loop {
@@ -214,17 +195,17 @@ fn run_remote(
                 }
             }
             Event::Started { .. } => bar.set_message("started"),
-            Event::Progress { iteration, losses, .. } => {
-                bar.set_position(iteration as u64);
+            Event::Progress { evaluation, losses, .. } => {
+                bar.set_position(evaluation as u64);
                 bar.set_message(format!("{:.4e}", losses.total));
             }
             Event::Result { image, summary, .. } => {
                 bar.finish_and_clear();
-                return produced(&image, &bytes, summary);
+                return produced(&image, &bytes, *summary);
             }
             Event::Cancelled { image: Some(image), summary: Some(summary), .. } => {
                 bar.finish_and_clear();
-                return produced(&image, &bytes, summary);
+                return produced(&image, &bytes, *summary);
             }
             Event::Cancelled { job, .. } => anyhow::bail!("job {job} was cancelled before it started"),
             Event::Error { code, message, .. } => {
@@ -242,10 +223,10 @@ fn run_remote(
     }
 }
 
-fn produced(image: &ImageRef, bytes: &[u8], summary: serde_json::Value) -> anyhow::Result<Produced> {
+fn produced(image: &ImageRef, bytes: &[u8], summary: Summary) -> anyhow::Result<Produced> {
     let (w, h) = (image.width.unwrap_or(0), image.height.unwrap_or(0));
     let pic = Picture::from_raw(image.format, w, h, image.slice(bytes).map_err(anyhow::Error::msg)?)
         .map_err(anyhow::Error::msg)?;
-    let alpha = summary["has_alpha"].as_bool().unwrap_or(false).then(|| pic.alpha());
+    let alpha = summary.has_alpha.then(|| pic.alpha());
     Ok(Produced { rgb: pic.rgb_tensor(), alpha, summary })
 }

@@ -7,8 +7,8 @@ use std::process::{Command, ExitCode};
 use anyhow::Context;
 use clap::Subcommand;
 
-use crate::python;
-use crate::weights::{self, Weights};
+use super::python;
+use crate::engine::weights::{self, Weights};
 
 /// The fetch/convert script (runs in the venv's Python with torch and safetensors).
 const FETCH_SCRIPT: &str = include_str!("../../../weights/fetch_vgg19.py");

@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use interprocess::local_socket::traits::StreamCommon;
 use interprocess::local_socket::Stream;
-use neural_style_protocol::client::Shared as SharedStream;
+use neural_style_protocol::client::SharedStream;
 use neural_style_protocol::frame::{self, Limits};
 use neural_style_protocol::message::{ErrorCode, Event, Request, PROTOCOL_VERSION};
 
-use super::Shared;
-use crate::queue::{Cancel, Outgoing};
+use super::job::Outgoing;
+use super::queue::Cancel;
+use super::state::State;
+use super::submit::submit;
 
 fn error(job: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Outgoing {
     (Event::Error { job, code, message: message.into() }, Vec::new())
@@ -40,8 +42,8 @@ fn same_user(stream: &Stream) -> Result<(), String> {
 }
 
 /// Serves one connection until it closes.
-pub fn serve(shared: Arc<Shared>, stream: Stream, id: u64) {
-    let clients = shared.clients.fetch_add(1, Ordering::SeqCst) + 1;
+pub fn serve(state: Arc<State>, stream: Stream, id: u64) {
+    let clients = state.clients.fetch_add(1, Ordering::SeqCst) + 1;
     let stream = SharedStream(Arc::new(stream));
     let (tx, rx) = mpsc::channel::<Outgoing>();
     let writer = {
@@ -55,16 +57,16 @@ pub fn serve(shared: Arc<Shared>, stream: Stream, id: u64) {
         })
     };
     let Ok(writer) = writer else {
-        shared.clients.fetch_sub(1, Ordering::SeqCst);
+        state.clients.fetch_sub(1, Ordering::SeqCst);
         return;
     };
-    let refusal = if shared.shutdown.load(Ordering::SeqCst) {
+    let refusal = if state.shutdown.load(Ordering::SeqCst) {
         Some((ErrorCode::ShuttingDown, "the daemon is shutting down".to_string()))
     } else if let Err(e) = same_user(&stream.0) {
         tracing::warn!(connection = id, "{e}");
         Some((ErrorCode::Forbidden, e))
-    } else if clients > shared.config.max_clients {
-        Some((ErrorCode::Busy, format!("too many clients ({} max); try again later", shared.config.max_clients)))
+    } else if clients > state.config.max_clients {
+        Some((ErrorCode::Busy, format!("too many clients ({} max); try again later", state.config.max_clients)))
     } else {
         None
     };
@@ -72,18 +74,18 @@ pub fn serve(shared: Arc<Shared>, stream: Stream, id: u64) {
         Some((code, message)) => {
             let _ = tx.send(error(None, code, message));
         }
-        None => read_requests(&shared, &stream, id, &tx),
+        None => read_requests(&state, &stream, id, &tx),
     }
-    let cancelled = shared.queue.cancel_owner(id);
+    let cancelled = state.queue.cancel_owner(id);
     if cancelled > 0 {
         tracing::info!(connection = id, jobs = cancelled, "client went away: its jobs are cancelled");
     }
     drop(tx);
     let _ = writer.join();
-    shared.clients.fetch_sub(1, Ordering::SeqCst);
+    state.clients.fetch_sub(1, Ordering::SeqCst);
 }
 
-fn read_requests(shared: &Shared, stream: &SharedStream, id: u64, tx: &mpsc::Sender<Outgoing>) {
+fn read_requests(state: &State, stream: &SharedStream, id: u64, tx: &mpsc::Sender<Outgoing>) {
     let mut reader = BufReader::new(stream.clone());
     let limits = Limits::default();
     let mut greeted = false;
@@ -109,7 +111,7 @@ fn read_requests(shared: &Shared, stream: &SharedStream, id: u64, tx: &mpsc::Sen
                 Request::Hello { protocol, client } if protocol == PROTOCOL_VERSION => {
                     greeted = true;
                     tracing::debug!(connection = id, client, "hello");
-                    let e = shared.engine.lock().map(|e| e.clone()).unwrap_or_default();
+                    let e = state.engine_info();
                     let hello = Event::Hello {
                         protocol: PROTOCOL_VERSION,
                         server: format!("neural-style {}", env!("CARGO_PKG_VERSION")),
@@ -139,7 +141,7 @@ fn read_requests(shared: &Shared, stream: &SharedStream, id: u64, tx: &mpsc::Sen
             }
             Request::Stylize(req) => {
                 let label = req.label.clone();
-                match shared.submit(req, &frame.payload, id, tx.clone()) {
+                match submit(state, req, &frame.payload, id, tx.clone()) {
                     Ok((job, position)) => {
                         tracing::info!(
                             connection = id,
@@ -156,7 +158,7 @@ fn read_requests(shared: &Shared, stream: &SharedStream, id: u64, tx: &mpsc::Sen
                 }
             }
             Request::Cancel { job } => {
-                let outcome = shared.queue.cancel(job);
+                let outcome = state.queue.cancel(job);
                 tracing::info!(connection = id, job, ?outcome, "cancel");
                 let reply = match outcome {
                     Cancel::NotFound => {
@@ -167,11 +169,11 @@ fn read_requests(shared: &Shared, stream: &SharedStream, id: u64, tx: &mpsc::Sen
                 let _ = tx.send(reply);
             }
             Request::Status => {
-                let _ = tx.send((Event::Status(Box::new(shared.status())), Vec::new()));
+                let _ = tx.send((Event::Status(Box::new(state.status())), Vec::new()));
             }
             Request::Shutdown => {
                 let _ = tx.send((Event::ShuttingDown, Vec::new()));
-                shared.trigger_shutdown();
+                state.trigger_shutdown();
             }
         }
     }

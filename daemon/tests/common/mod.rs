@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use neural_style::image_io::{DecodeLimits, Picture};
+use neural_style::engine::image_io::{DecodeLimits, Picture};
 pub use neural_style_e2e::{image, repo_root};
 use tch::Tensor;
 
@@ -15,7 +15,7 @@ pub fn picture(name: &str, size: u32) -> Picture {
 
 /// Runs tests/python/reference.py with the venv's Python; panics with its stderr on failure.
 pub fn reference(args: &[&str]) {
-    let py = neural_style::python::interpreter();
+    let py = neural_style::cli::python::interpreter();
     let script = repo_root().join("tests/python/reference.py");
     let out = Command::new(&py).arg(&script).args(args).output().expect("start python");
     assert!(

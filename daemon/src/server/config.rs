@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::vgg::Precision;
+use super::watch::rule::WatchRule;
+use crate::engine::vgg::Precision;
 
 /// What happens to the running job on SIGINT/SIGTERM or a shutdown request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnSignal {
     /// Stop the running job at once (its client gets `cancelled`).
@@ -45,7 +46,7 @@ pub struct Config {
     /// Run one small job at start-up so the first request is warm.
     pub warmup: bool,
     /// Watch folders (`[[watch]]` tables).
-    pub watch: Vec<crate::watch::WatchRule>,
+    pub watch: Vec<WatchRule>,
 }
 
 impl Default for Config {

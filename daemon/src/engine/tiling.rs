@@ -21,11 +21,11 @@
 
 use tch::{Kind, Tensor};
 
-use crate::objective::{
+use super::objective::{
     content_loss, gradient_surrogate, normalised_gram, style_gradient_constant, style_layer_loss, tv_loss, Losses,
     Objective,
 };
-use crate::vgg::{Pooling, Vgg19};
+use super::vgg::{Pooling, Vgg19};
 
 /// Tile corners and sizes are multiples of this (2⁴: four poolings before relu5_1).
 pub const ALIGN: i64 = 16;

@@ -29,7 +29,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::vgg::{Pooling, Vgg19};
+use super::vgg::{Pooling, Vgg19};
 
 /// G^l / M_l for activations of shape [1, N, H, W]: eq. 3 divided by the number of positions.
 pub fn normalised_gram(features: &Tensor) -> Tensor {

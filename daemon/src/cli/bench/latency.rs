@@ -11,8 +11,16 @@ use neural_style_protocol::message::{Event, Request, Stylize};
 use neural_style_protocol::Client;
 use serde_json::json;
 
-use super::bench::BenchArgs;
-use super::samples;
+use crate::cli::samples;
+use crate::engine::weights::Weights;
+
+/// The jobs to time.
+pub struct Options {
+    /// Longest side of the jobs.
+    pub size: u32,
+    /// Evaluations of the jobs.
+    pub evaluations: usize,
+}
 
 fn png(img: &image::RgbImage) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
@@ -59,18 +67,18 @@ fn wait_ready(socket: &Path) -> anyhow::Result<Client> {
     }
 }
 
-pub fn run(args: &BenchArgs, weights: Option<PathBuf>) -> anyhow::Result<serde_json::Value> {
+pub fn run(args: &Options, weights: Option<PathBuf>) -> anyhow::Result<serde_json::Value> {
     let exe = std::env::current_exe()?;
     let dir = tempfile::tempdir()?;
     let weights = match weights {
         Some(w) => w,
         None => {
             let w = dir.path().join("w.safetensors");
-            crate::weights::Weights::random(0).save(&w)?;
+            Weights::random(0).save(&w)?;
             w
         }
     };
-    let (size, iterations) = (args.latency_size, args.latency_iterations);
+    let (size, iterations) = (args.size, args.evaluations);
     let content = samples::content(384, 256);
     let style = samples::style(256, 256);
     let style_b = image::imageops::flip_horizontal(&style);

@@ -1,77 +1,32 @@
-//! `neural-style bench`: one objective evaluation (forward + backward to the input) timed here
+//! The evaluation bench: one objective evaluation (forward + backward to the input) timed here
 //! and in PyTorch eager (the venv's torch, same objective, same sizes, same thread count) in
-//! the same run; prints the ratios.
+//! the same run; prints the ratios, the convolutions' FLOPs and rates, and the precision
+//! ceiling (one large convolution per precision).
 
-use std::process::{Command, ExitCode};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::Args;
 use tch::{Device, Kind, Tensor};
 
-use super::DeviceArgs;
+use crate::cli::python;
+use crate::engine::cost::evaluation_conv_flops;
+use crate::engine::vgg::{to_layout, Layout, NetDtype};
+use crate::engine::weights::Weights;
 use crate::engine::{device_name, Engine, Params};
-use crate::python;
-use crate::vgg::{to_layout, Layout, NetDtype, Vgg19};
-use crate::weights::{vgg19_layers, LayerSpec, Weights};
 
-pub(super) const REFERENCE: &str = include_str!("../../python/bench_reference.py");
-
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// Square image sizes to time.
-    #[arg(long, value_delimiter = ',', default_value = "256,512")]
+/// What to time.
+pub struct Options {
+    /// Square image sizes.
     pub sizes: Vec<i64>,
     /// Timed evaluations per size (the median is reported).
-    #[arg(long, default_value_t = 5)]
     pub repeats: usize,
     /// Untimed evaluations first.
-    #[arg(long, default_value_t = 2)]
     pub warmup: usize,
     /// Skip the PyTorch reference.
-    #[arg(long)]
     pub no_reference: bool,
     /// Print the results as JSON on stdout.
-    #[arg(long)]
     pub json: bool,
-    /// Instead: daemon latency (warm request → first progress / result, style cache) against
-    /// the one-shot CLI, with a real daemon process.
-    #[arg(long)]
-    pub latency: bool,
-    /// Image size of the latency jobs.
-    #[arg(long, default_value_t = 128)]
-    pub latency_size: u32,
-    /// Evaluations of the latency jobs.
-    #[arg(long, default_value_t = 20)]
-    pub latency_iterations: usize,
-    /// Weights for the latency and time-to-loss benches (default: seeded random weights in a
-    /// temporary file).
-    #[arg(long)]
-    pub weights: Option<std::path::PathBuf>,
-    /// Instead: time to reach the loss of a PyTorch L-BFGS run (fp32, single scale), with
-    /// neural-style's defaults under --max-seconds budgets that are fractions of PyTorch's time.
-    #[arg(long)]
-    pub time_to_loss: bool,
-    /// Image size (longest side) of the time-to-loss comparison.
-    #[arg(long, default_value_t = 256)]
-    pub ttl_size: u32,
-    /// Evaluations of the PyTorch reference run.
-    #[arg(long, default_value_t = 300)]
-    pub reference_evals: usize,
-    /// neural-style's time budgets as fractions of the reference's time.
-    #[arg(long, value_delimiter = ',', default_value = "0.1,0.2,0.35")]
-    pub budgets: Vec<f64>,
-    /// Content image of the time-to-loss comparison (default: the drawn sample).
-    #[arg(long)]
-    pub content: Option<std::path::PathBuf>,
-    /// Style image of the time-to-loss comparison (default: the drawn sample).
-    #[arg(long)]
-    pub style: Option<std::path::PathBuf>,
-    /// Write a PNG plot of loss against time (needs matplotlib in the venv).
-    #[arg(long)]
-    pub plot: Option<std::path::PathBuf>,
-    #[command(flatten)]
-    pub device: DeviceArgs,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -86,7 +41,7 @@ fn sync(device: Device) {
 }
 
 /// Median seconds of one evaluation at `size`×`size` in this process.
-fn time_engine(engine: &Engine, size: i64, args: &BenchArgs) -> f64 {
+fn time_engine(engine: &Engine, size: i64, args: &Options) -> f64 {
     let device = engine.device();
     tch::manual_seed(1);
     let opts = (Kind::Float, Device::Cpu);
@@ -105,26 +60,6 @@ fn time_engine(engine: &Engine, size: i64, args: &BenchArgs) -> f64 {
         }
     }
     median(times)
-}
-
-/// Multiply-add FLOPs of the convolutions in one evaluation at `size`×`size`: the forward pass
-/// to the deepest tap of the default layers, and the backward pass to the input (the same
-/// count: input gradients only). Grams, pooling and losses are left out (a few percent).
-fn evaluation_conv_flops(size: i64) -> f64 {
-    let deepest = crate::memory::deepest(&Params::default());
-    let forward: f64 = vgg19_layers()
-        .iter()
-        .enumerate()
-        .take(deepest + 1)
-        .map(|(i, l)| match l {
-            LayerSpec::Conv { in_channels, out_channels, .. } => {
-                let side = (size / Vgg19::stride(i)) as f64;
-                2.0 * (in_channels * out_channels * 9) as f64 * side * side
-            }
-            _ => 0.0,
-        })
-        .sum();
-    2.0 * forward
 }
 
 /// Throughput in GFLOP/s of one large 3×3 convolution (256 → 256 channels at 128², the bulk of
@@ -146,8 +81,8 @@ fn conv_gflops(layout: Layout, device: Device) -> f64 {
     2.0 * (c * c * 9 * side * side) as f64 / best / 1e9
 }
 
-fn time_reference(size: i64, device: Device, layout: Layout, args: &BenchArgs) -> anyhow::Result<f64> {
-    let script = python::script_file("bench_reference", REFERENCE)?;
+fn time_reference(size: i64, device: Device, layout: Layout, args: &Options) -> anyhow::Result<f64> {
+    let script = python::script_file("bench_reference", python::BENCH_REFERENCE)?;
     let py = python::interpreter();
     let mut cmd = Command::new(&py);
     cmd.arg(&script)
@@ -177,27 +112,8 @@ fn time_reference(size: i64, device: Device, layout: Layout, args: &BenchArgs) -
     v["median"].as_f64().context("reference JSON without median")
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    if args.latency {
-        args.device.apply()?;
-        let v = super::latency::run(&args, args.weights.clone())?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let device = args.device.apply()?;
-    let layout = args.device.precision.layout(device);
-    if args.time_to_loss {
-        let dir = tempfile::tempdir()?;
-        let (weights, path) = super::time_to_loss::weights(args.weights.as_deref(), dir.path())?;
-        let engine = Engine::with_layout(&weights, device, layout);
-        let v = super::time_to_loss::run(&args, device, &engine, &path)?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
+/// Runs the evaluation bench on `device` with the network in `layout`.
+pub fn run(args: &Options, device: Device, layout: Layout) -> anyhow::Result<()> {
     let weights = Weights::random(0);
     let ours = Engine::with_layout(&weights, device, layout);
     let fp32 = (layout != Layout::FP32).then(|| Engine::new(&weights, device));
@@ -239,7 +155,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             fmt(ratio_fp32, 3),
             fmt(ratio_same, 3)
         );
-        let gflop = evaluation_conv_flops(size) / 1e9;
+        let gflop = evaluation_conv_flops(&Params::default(), size) / 1e9;
         let (ours_rate, fp32_rate) = (gflop / t_ours, gflop / t_fp32);
         rates.push((size, gflop, ours_rate, fp32_rate));
         rows.push(serde_json::json!({
@@ -280,5 +196,5 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

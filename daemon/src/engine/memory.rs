@@ -20,10 +20,13 @@
 //! is tiled, with the largest tile whose estimate fits; when even 256 px tiles and the smallest
 //! useful L-BFGS history do not fit, the job is refused with the numbers.
 
-use crate::engine::{EngineError, OptimizerKind, Params};
-use crate::tiling::Tiling;
-use crate::vgg::{Layout, Vgg19};
-use crate::weights::{layer_index, vgg19_layers, LayerSpec};
+use neural_style_protocol::message::{MemoryPlan, TileGrid};
+
+use super::cost::{activation_elements_per_pixel, network_parameters, tap_elements_per_pixel};
+use super::params::{OptimizerKind, Params};
+use super::tiling::Tiling;
+use super::vgg::Layout;
+use super::EngineError;
 
 /// Measured factor over the f32 activation sizes that the backward pass holds at its peak.
 pub const ACTIVATION_OVERHEAD: f64 = 1.1;
@@ -51,7 +54,7 @@ const MIN_TILE: i64 = 256;
 const EFFICIENT_TILE: i64 = 512;
 
 /// What the estimate found for a job.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct Plan {
     /// Predicted peak bytes.
     pub estimated_bytes: u64,
@@ -66,6 +69,17 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The plan as the protocol reports it (`started` event, summaries).
+    pub fn report(&self) -> MemoryPlan {
+        MemoryPlan {
+            estimated_bytes: self.estimated_bytes,
+            limit_bytes: self.limit_bytes,
+            tiling: self.tiling.map(|t| TileGrid { tile: t.tile, halo: t.halo }),
+            lbfgs_history: self.lbfgs_history,
+            history_bytes: self.history_bytes,
+        }
+    }
+
     /// Tiled, or expected to use more than half the limit: worth handing freed memory back
     /// after every evaluation ([`release_freed`]).
     pub fn tight(&self) -> bool {
@@ -73,58 +87,8 @@ impl Plan {
     }
 }
 
-/// The deepest `features` index any content or style layer of `p` taps.
-pub(crate) fn deepest(p: &Params) -> usize {
-    p.content_layers.iter().chain(&p.style_layers).filter_map(|n| layer_index(n)).max().unwrap_or(0)
-}
-
-/// Elements per input pixel of the activations up to layer `deepest` (channels / stride²).
-fn activation_elements_per_pixel(deepest: usize) -> f64 {
-    let mut channels = 3.0;
-    let mut total = 0.0;
-    for (i, l) in vgg19_layers().iter().enumerate().take(deepest + 1) {
-        let s = Vgg19::stride(i) as f64;
-        match l {
-            LayerSpec::Conv { out_channels, .. } => {
-                channels = *out_channels as f64;
-                total += channels / (s * s);
-            }
-            LayerSpec::Pool { .. } => total += channels / (s * s),
-            LayerSpec::Relu { .. } => {}
-        }
-    }
-    total
-}
-
-fn tap_elements_per_pixel(p: &Params) -> f64 {
-    let layers = vgg19_layers();
-    p.content_layers
-        .iter()
-        .chain(&p.style_layers)
-        .filter_map(|n| layer_index(n))
-        .map(|i| {
-            let c = layers[..=i]
-                .iter()
-                .rev()
-                .find_map(|l| match l {
-                    LayerSpec::Conv { out_channels, .. } => Some(*out_channels as f64),
-                    _ => None,
-                })
-                .unwrap_or(3.0);
-            let s = Vgg19::stride(i) as f64;
-            c / (s * s)
-        })
-        .sum()
-}
-
 fn network_bytes(layout: Layout) -> u64 {
-    let params: u64 = vgg19_layers()
-        .iter()
-        .map(|l| match l {
-            LayerSpec::Conv { in_channels, out_channels, .. } => (in_channels * out_channels * 9 + out_channels) as u64,
-            _ => 0,
-        })
-        .sum();
+    let params = network_parameters();
     // a reduced-precision network has an f32 copy for reporting
     params * if layout.reduced() { layout.element_bytes() + 4 } else { 4 }
 }
@@ -149,7 +113,7 @@ pub fn estimate(w: u32, h: u32, p: &Params, layout: Layout, tiling: Option<Tilin
         }
     };
     // f32: the refinement's evaluations (or an fp32 job's) hold the largest activations
-    let activations = activation_elements_per_pixel(deepest(p)) * work_pixels * 4.0 * ACTIVATION_OVERHEAD;
+    let activations = activation_elements_per_pixel(p.deepest_layer()) * work_pixels * 4.0 * ACTIVATION_OVERHEAD;
     let taps = tap_elements_per_pixel(p) * work_pixels * 4.0 * 2.0;
     let extra = if tiling.is_some() { TILED_EXTRA_VECTORS } else { 0 };
     let vectors = (optimizer_vectors(p, history) + WORKING_VECTORS + extra) as f64 * 3.0 * pixels * 4.0;

@@ -5,29 +5,12 @@ use std::process::ExitCode;
 
 use clap::Args;
 use neural_style_protocol::socket::socket_path;
-use neural_style_protocol::Client;
 
-use super::WeightsArg;
-use crate::config::{Config, OnSignal};
-use crate::vgg::Precision;
-
-/// `--socket` for every command that talks to the daemon.
-#[derive(Args, Debug, Clone)]
-pub struct SocketArg {
-    /// The daemon's socket (default: $NEURAL_STYLE_SOCKET, then the runtime directory).
-    #[arg(long)]
-    pub socket: Option<PathBuf>,
-}
-
-impl SocketArg {
-    pub fn path(&self) -> PathBuf {
-        socket_path(self.socket.as_deref())
-    }
-
-    pub fn connect(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(&self.path(), concat!("neural-style-cli/", env!("CARGO_PKG_VERSION")))?)
-    }
-}
+use super::args::{request_params, EngineArgs, SocketArg, WeightsArg};
+use crate::engine::vgg::Precision;
+use crate::engine::weights;
+use crate::server::config::{self, Config, OnSignal};
+use crate::server::watch::rule::{WatchRule, DEFAULT_DEBOUNCE_MS};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -86,7 +69,7 @@ pub struct ServeArgs {
     pub watch_format: String,
     /// Engine parameters of the --watch rules.
     #[command(flatten)]
-    pub engine: super::EngineArgs,
+    pub engine: EngineArgs,
 }
 
 impl ServeArgs {
@@ -127,13 +110,9 @@ impl ServeArgs {
             self.style.len() <= self.watch.len() && self.out.len() <= self.watch.len(),
             "--style and --out belong to a --watch folder: give --watch first"
         );
-        let mut params = match serde_json::to_value(self.engine.params())? {
-            serde_json::Value::Object(m) => m,
-            _ => unreachable!("params are an object"),
-        };
-        params.remove("style_blend");
+        let params = request_params(&self.engine.params());
         for (i, input) in self.watch.iter().enumerate() {
-            c.watch.push(crate::watch::WatchRule {
+            c.watch.push(WatchRule {
                 input: input.clone(),
                 style: self.style.get(i).cloned(),
                 output: self.out.get(i).cloned(),
@@ -141,7 +120,7 @@ impl ServeArgs {
                 keep_source: self.keep_source,
                 format: self.watch_format.clone(),
                 poll: self.poll,
-                debounce_ms: 1500,
+                debounce_ms: DEFAULT_DEBOUNCE_MS,
             });
         }
         if self.poll {
@@ -182,13 +161,13 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("memory:  {:.0} MiB resident", s.rss_bytes as f64 / 1048576.0);
     match &s.running {
         Some(j) => {
-            println!("running: job {} {}×{} {}/{} evaluations", j.job, j.width, j.height, j.progress, j.iterations)
+            println!("running: job {} {}×{} {}/{} evaluations", j.job, j.width, j.height, j.progress, j.evaluations)
         }
         None => println!("running: nothing"),
     }
     println!("queue:   {} waiting", s.queue.len());
     for (i, j) in s.queue.iter().enumerate() {
-        println!("  {i}. job {} {:?} {}×{} {} evaluations", j.job, j.priority, j.width, j.height, j.iterations);
+        println!("  {i}. job {} {:?} {}×{} {} evaluations", j.job, j.priority, j.width, j.height, j.evaluations);
     }
     println!(
         "jobs:    {} done, {} failed, {} cancelled; {} client(s)",
@@ -239,16 +218,16 @@ pub struct ConfigArgs {
     pub serve: ServeArgs,
 }
 
-pub fn config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
+pub fn show_config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     let c = args.serve.effective()?;
-    let file = args.serve.config.clone().or_else(crate::config::default_path);
+    let file = args.serve.config.clone().or_else(config::default_path);
     println!("# config file: {}", file.map(|p| p.display().to_string()).unwrap_or("(none)".into()));
     println!("# socket:      {}", socket_path(c.socket.as_deref()).display());
-    let weights = crate::weights::resolve(c.weights.as_deref()).map(|p| p.display().to_string()).unwrap_or_else(|_| {
-        format!("(missing; expected {})", crate::weights::default_path().unwrap_or_default().display())
+    let weights = weights::resolve(c.weights.as_deref()).map(|p| p.display().to_string()).unwrap_or_else(|_| {
+        format!("(missing; expected {})", weights::default_path().unwrap_or_default().display())
     });
     println!("# weights:     {weights}");
-    println!("# data dir:    {}", crate::weights::data_dir().unwrap_or_default().display());
+    println!("# data dir:    {}", weights::data_dir().unwrap_or_default().display());
     print!("{}", c.to_toml());
     Ok(ExitCode::SUCCESS)
 }

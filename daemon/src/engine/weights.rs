@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, TensorView};
+use neural_style_protocol::message::WeightsSummary;
 use safetensors::SafeTensors;
 use tch::{Device, Kind, Tensor};
 
@@ -145,6 +146,18 @@ pub struct WeightsInfo {
     pub source: String,
 }
 
+impl WeightsInfo {
+    /// As job summaries report it.
+    pub fn summary(&self) -> WeightsSummary {
+        WeightsSummary {
+            path: self.path.display().to_string(),
+            pretrained: self.pretrained,
+            preprocessing: self.preprocessing.as_str().into(),
+            source: self.source.clone(),
+        }
+    }
+}
+
 impl Weights {
     /// Reads and checks a weights file against the manifest.
     pub fn load(path: &Path) -> Result<Self, WeightsError> {
@@ -199,7 +212,7 @@ impl Weights {
             let t = if name.ends_with(".weight") {
                 let fan_out = (shape[0] * shape[2] * shape[3]) as f64;
                 let stream = seed.wrapping_mul(1000).wrapping_add(i as u64);
-                crate::rng::normal(&shape, (2.0 / fan_out).sqrt(), stream)
+                super::rng::normal(&shape, (2.0 / fan_out).sqrt(), stream)
             } else {
                 Tensor::zeros(&shape, (Kind::Float, Device::Cpu))
             };

@@ -6,6 +6,8 @@
 
 use tch::{Kind, Tensor};
 
+use super::{Outcome, Stop};
+
 /// Settings; the defaults are torch.optim.LBFGS's.
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct LbfgsConfig {
@@ -31,25 +33,6 @@ impl Default for LbfgsConfig {
             first_step: None,
         }
     }
-}
-
-/// Why the minimisation stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stop {
-    /// The evaluation budget is spent.
-    Budget,
-    /// The gradient (or the change in x or in the value) fell below tolerance.
-    Converged,
-}
-
-/// Result of a minimisation.
-pub struct Outcome {
-    pub x: Tensor,
-    pub value: f64,
-    pub evaluations: usize,
-    pub iterations: usize,
-    pub stop: Stop,
 }
 
 fn dot(a: &Tensor, b: &Tensor) -> f64 {

@@ -2,7 +2,7 @@
 
 use tch::Tensor;
 
-use crate::lbfgs::{Outcome, Stop};
+use super::{Outcome, Stop};
 
 /// Adam's settings. The learning rate is in pixel units (the image lives in [0,1]).
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]

@@ -3,10 +3,10 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::weights::{vgg19_layers, LayerSpec, Preprocessing, Weights};
+use super::weights::{vgg19_layers, LayerSpec, Preprocessing, Weights};
 
 /// The pooling between blocks. The paper found average pooling gives slightly nicer images.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
     Avg,
@@ -34,7 +34,7 @@ pub enum NetDtype {
 }
 
 /// What users ask for with `--precision`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// bf16 + channels-last where the hardware has fast bf16 (CUDA; CPUs with AVX512-BF16 or

@@ -12,13 +12,29 @@ use anyhow::Context;
 use image::DynamicImage;
 use tch::{Device, Tensor};
 
-use super::bench::BenchArgs;
-use crate::engine::{device_name, Control, Engine, Job, Params, STYLE_WEIGHT_PER_STRENGTH};
-use crate::image_io::{DecodeLimits, Picture};
-use crate::python;
-use crate::weights::Weights;
+use crate::cli::{python, samples};
+use crate::engine::image_io::{DecodeLimits, Picture};
+use crate::engine::targets::Inputs;
+use crate::engine::weights::Weights;
+use crate::engine::{device_name, Control, Engine, Job, Params, Progress, STYLE_WEIGHT_PER_STRENGTH};
 
-const PLOT: &str = include_str!("../../python/plot_time_to_loss.py");
+const PLOT: &str = include_str!("../../../python/plot_time_to_loss.py");
+
+/// The comparison to run.
+pub struct Options {
+    /// Image size (longest side).
+    pub size: u32,
+    /// Evaluations of the PyTorch reference run.
+    pub reference_evals: usize,
+    /// neural-style's time budgets as fractions of the reference's time.
+    pub budgets: Vec<f64>,
+    /// Content image (default: the drawn sample).
+    pub content: Option<PathBuf>,
+    /// Style image (default: the drawn sample).
+    pub style: Option<PathBuf>,
+    /// Write a PNG plot of loss against time.
+    pub plot: Option<PathBuf>,
+}
 
 fn picture(path: Option<&Path>, draw: impl Fn() -> image::RgbImage) -> anyhow::Result<Picture> {
     match path {
@@ -42,7 +58,7 @@ fn reference(
     let input = dir.join("input.safetensors");
     let output = dir.join("reference.safetensors");
     Tensor::write_safetensors(&[("content", content), ("style", style), ("x0", x0)], &input)?;
-    let script = python::script_file("bench_reference", super::bench::REFERENCE)?;
+    let script = python::script_file("bench_reference", python::BENCH_REFERENCE)?;
     let py = python::interpreter();
     let out = Command::new(&py)
         .arg(&script)
@@ -72,18 +88,19 @@ fn reference(
 }
 
 pub fn run(
-    args: &BenchArgs,
+    args: &Options,
     device: Device,
     engine: &Engine,
     weights_path: &Path,
 ) -> anyhow::Result<serde_json::Value> {
-    let content = picture(args.content.as_deref(), || super::samples::content(384, 256))?;
-    let style = picture(args.style.as_deref(), || super::samples::style(256, 256))?;
-    let base = Params { size: Some(args.ttl_size), iterations: 1_000_000, ..Params::default() };
-    let job = Job { content, styles: vec![style], params: base.clone() };
-    let (c, s) = engine.prepare(&job)?;
-    let (w, h) = (c.width(), c.height());
-    let x0 = crate::rng::uniform(&[1, 3, i64::from(h), i64::from(w)], base.seed);
+    let content = picture(args.content.as_deref(), || samples::content(384, 256))?;
+    let style = picture(args.style.as_deref(), || samples::style(256, 256))?;
+    let base = Params { size: Some(args.size), evaluations: 1_000_000, ..Params::default() };
+    let job = Job::new(content, vec![style], base.clone())?;
+    // the pictures at the output size and the engine's own start image, on the CPU
+    let inputs = Inputs::prepare(&job, Device::Cpu)?;
+    let (w, h) = inputs.size();
+    let x0 = inputs.start(&base, w, h);
     let dir = tempfile::tempdir()?;
     eprintln!(
         "time to loss at {w}×{h}: PyTorch eager fp32 NCHW, L-BFGS + strong Wolfe, single scale, {} evaluations, \
@@ -93,7 +110,7 @@ pub fn run(
         device_name(device)
     );
     let (rep, x_ref) =
-        reference(weights_path, &c.rgb_tensor(), &s[0].rgb_tensor(), &x0, args.reference_evals, dir.path())?;
+        reference(weights_path, &inputs.content, &inputs.styles[0], &x0, args.reference_evals, dir.path())?;
     let ref_seconds = rep["seconds"].as_f64().context("reference without seconds")?;
     let ref_loss = engine.exact_losses(&job, &x_ref)?.total;
     // PyTorch's own value of its last evaluation (at its final image) checks that both sides
@@ -109,10 +126,9 @@ pub fn run(
     );
     let mut runs = Vec::new();
     for &fraction in &args.budgets {
-        let params = Params { max_seconds: Some(fraction * ref_seconds), ..base.clone() };
-        let job = Job { params, ..job.clone() };
+        let job = job.with_params(Params { max_seconds: Some(fraction * ref_seconds), ..base.clone() })?;
         let mut trace = Vec::new();
-        let r = engine.stylize(&job, &mut |p| {
+        let r = engine.stylize(&job, &mut |p: &Progress| {
             let dims = p.image.size();
             trace.push(serde_json::json!([p.elapsed.as_secs_f64(), p.losses.total, dims[2].max(dims[3])]));
             Control::Continue

@@ -26,3 +26,6 @@ pub fn script_file(name: &str, source: &str) -> std::io::Result<tempfile::TempPa
     f.write_all(source.as_bytes())?;
     Ok(f.into_temp_path())
 }
+
+/// The PyTorch reference of the benches (`evaluation` and `time-to-loss` modes).
+pub const BENCH_REFERENCE: &str = include_str!("../../python/bench_reference.py");

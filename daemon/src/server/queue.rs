@@ -3,66 +3,11 @@
 //! clients whenever they change.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 
-use neural_style_protocol::message::{Event, JobInfo, PixelFormat};
+use neural_style_protocol::message::JobInfo;
 
-use crate::engine::Job;
-
-/// An event for a client, with its payload bytes.
-pub type Outgoing = (Event, Vec<u8>);
-
-/// A job waiting for or held by the engine thread.
-pub struct QueuedJob {
-    pub id: u64,
-    pub job: Job,
-    pub info: JobInfo,
-    /// Where this job's events go (the requesting connection, or a watch folder).
-    pub events: Sender<Outgoing>,
-    /// The connection that submitted it (0 for internal submitters).
-    pub owner: u64,
-    pub output: PixelFormat,
-    pub preview_every: u32,
-    pub preview_size: u32,
-    pub cancel: Arc<AtomicBool>,
-    pub progress: Arc<AtomicUsize>,
-    seq: u64,
-    last_position: usize,
-}
-
-impl QueuedJob {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        job: Job,
-        info: JobInfo,
-        events: Sender<Outgoing>,
-        owner: u64,
-        output: PixelFormat,
-        preview_every: u32,
-        preview_size: u32,
-    ) -> Self {
-        Self {
-            id: 0,
-            job,
-            info,
-            events,
-            owner,
-            output,
-            preview_every,
-            preview_size,
-            cancel: Arc::new(AtomicBool::new(false)),
-            progress: Arc::new(AtomicUsize::new(0)),
-            seq: 0,
-            last_position: usize::MAX,
-        }
-    }
-
-    pub fn send(&self, event: Event, payload: Vec<u8>) {
-        // A client that went away cannot be told; its job is cancelled by the connection.
-        let _ = self.events.send((event, payload));
-    }
-}
+use super::job::{JobEvent, QueuedJob};
 
 struct Running {
     id: u64,
@@ -133,7 +78,7 @@ impl Queue {
         let key = (job.info.priority, job.seq);
         let at = inner.waiting.iter().position(|j| (j.info.priority, j.seq) > key).unwrap_or(inner.waiting.len());
         job.last_position = at;
-        job.send(Event::Accepted { job: id, position: at }, Vec::new());
+        job.send(JobEvent::Accepted { position: at });
         inner.waiting.insert(at, job);
         Self::announce_positions(&mut inner);
         self.ready.notify_one();
@@ -144,7 +89,7 @@ impl Queue {
         for (pos, j) in inner.waiting.iter_mut().enumerate() {
             if j.last_position != pos {
                 j.last_position = pos;
-                j.send(Event::Queued { job: j.id, position: pos }, Vec::new());
+                j.send(JobEvent::Queued { position: pos });
             }
         }
     }
@@ -186,7 +131,7 @@ impl Queue {
         }
         if let Some(i) = inner.waiting.iter().position(|j| j.id == id) {
             let job = inner.waiting.remove(i);
-            job.send(Event::Cancelled { job: id, image: None, summary: None }, Vec::new());
+            job.send(JobEvent::Cancelled(None));
             Self::announce_positions(&mut inner);
             return Cancel::Waiting;
         }
@@ -214,7 +159,7 @@ impl Queue {
         let mut inner = self.lock();
         inner.closed = true;
         for j in inner.waiting.drain(..) {
-            j.send(Event::Cancelled { job: j.id, image: None, summary: None }, Vec::new());
+            j.send(JobEvent::Cancelled(None));
         }
         if cancel_running {
             if let Some(r) = &inner.running {
@@ -242,17 +187,19 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::image_io::Picture;
     use crate::engine::{Job, Params};
-    use crate::image_io::Picture;
-    use neural_style_protocol::message::Priority;
+    use crate::server::job::{Outgoing, Reply};
+    use neural_style_protocol::message::{Event, PixelFormat, Priority};
     use std::sync::mpsc;
 
     fn job(priority: Priority) -> (QueuedJob, mpsc::Receiver<Outgoing>) {
         let pic = Picture { rgba: image::Rgba32FImage::new(16, 16), has_alpha: false, high_precision: false };
-        let job = Job { content: pic.clone(), styles: vec![pic], params: Params::default() };
-        let info = JobInfo { job: 0, priority, label: None, width: 16, height: 16, iterations: 1, progress: 0 };
+        let job = Job::new(pic.clone(), vec![pic], Params::default()).unwrap();
+        let info = JobInfo { job: 0, priority, label: None, width: 16, height: 16, evaluations: 1, progress: 0 };
         let (tx, rx) = mpsc::channel();
-        (QueuedJob::new(job, info, tx, 1, PixelFormat::Rgba8, 0, 128), rx)
+        let reply = Reply::Client { events: tx, output: PixelFormat::Rgba8, preview_every: 0, preview_size: 128 };
+        (QueuedJob::new(job, info, reply, 1), rx)
     }
 
     #[test]

@@ -1,0 +1,108 @@
+//! `neural-style bench`: performance against a PyTorch reference in the same run (benchmarks,
+//! not tests). One evaluation ([`evaluation`]), the daemon's latency ([`latency`]), and time to
+//! reach PyTorch's loss ([`time_to_loss`]).
+
+mod evaluation;
+mod latency;
+mod time_to_loss;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::args::DeviceArgs;
+use crate::engine::Engine;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Square image sizes to time.
+    #[arg(long, value_delimiter = ',', default_value = "256,512")]
+    pub sizes: Vec<i64>,
+    /// Timed evaluations per size (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Untimed evaluations first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Skip the PyTorch reference.
+    #[arg(long)]
+    pub no_reference: bool,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Instead: daemon latency (warm request → first progress / result, style cache) against
+    /// the one-shot CLI, with a real daemon process.
+    #[arg(long)]
+    pub latency: bool,
+    /// Image size of the latency jobs.
+    #[arg(long, default_value_t = 128)]
+    pub latency_size: u32,
+    /// Evaluations of the latency jobs.
+    #[arg(long, default_value_t = 20)]
+    pub latency_iterations: usize,
+    /// Weights for the latency and time-to-loss benches (default: seeded random weights in a
+    /// temporary file).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Instead: time to reach the loss of a PyTorch L-BFGS run (fp32, single scale), with
+    /// neural-style's defaults under --max-seconds budgets that are fractions of PyTorch's time.
+    #[arg(long)]
+    pub time_to_loss: bool,
+    /// Image size (longest side) of the time-to-loss comparison.
+    #[arg(long, default_value_t = 256)]
+    pub ttl_size: u32,
+    /// Evaluations of the PyTorch reference run.
+    #[arg(long, default_value_t = 300)]
+    pub reference_evals: usize,
+    /// neural-style's time budgets as fractions of the reference's time.
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.2,0.35")]
+    pub budgets: Vec<f64>,
+    /// Content image of the time-to-loss comparison (default: the drawn sample).
+    #[arg(long)]
+    pub content: Option<PathBuf>,
+    /// Style image of the time-to-loss comparison (default: the drawn sample).
+    #[arg(long)]
+    pub style: Option<PathBuf>,
+    /// Write a PNG plot of loss against time (needs matplotlib in the venv).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let device = args.device.apply()?;
+    let v = if args.latency {
+        let options = latency::Options { size: args.latency_size, evaluations: args.latency_iterations };
+        Some(latency::run(&options, args.weights.clone())?)
+    } else if args.time_to_loss {
+        let layout = args.device.precision.layout(device);
+        let dir = tempfile::tempdir()?;
+        let (weights, path) = time_to_loss::weights(args.weights.as_deref(), dir.path())?;
+        let engine = Engine::with_layout(&weights, device, layout);
+        let options = time_to_loss::Options {
+            size: args.ttl_size,
+            reference_evals: args.reference_evals,
+            budgets: args.budgets.clone(),
+            content: args.content.clone(),
+            style: args.style.clone(),
+            plot: args.plot.clone(),
+        };
+        Some(time_to_loss::run(&options, device, &engine, &path)?)
+    } else {
+        let options = evaluation::Options {
+            sizes: args.sizes.clone(),
+            repeats: args.repeats,
+            warmup: args.warmup,
+            no_reference: args.no_reference,
+            json: args.json,
+        };
+        evaluation::run(&options, device, args.device.precision.layout(device))?;
+        None
+    };
+    if let (Some(v), true) = (v, args.json) {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}

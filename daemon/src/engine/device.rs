@@ -1,0 +1,35 @@
+//! Devices as users write them (`auto`, `cpu`, `cuda`, `cuda:N`) and as logs show them.
+
+use tch::Device;
+
+/// A device name as users write it.
+pub fn device_name(d: Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Parses `auto`, `cpu`, `cuda`, `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device, String> {
+    let cuda = |i: usize| {
+        let n = tch::Cuda::device_count() as usize;
+        if i < n {
+            Ok(Device::Cuda(i))
+        } else if n == 0 {
+            Err(format!("device {s:?}: no CUDA device is visible (libtorch sees none); use --device cpu"))
+        } else {
+            Err(format!("device {s:?}: only {n} CUDA device(s) (0..{})", n - 1))
+        }
+    };
+    match s {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        _ => match s.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+            Some(i) => cuda(i),
+            None => Err(format!("unknown device {s:?}; use auto, cpu, cuda or cuda:N")),
+        },
+    }
+}

@@ -1,0 +1,187 @@
+//! One scale of a job: the optimiser run at one size, each evaluation reported to the observer,
+//! and the reasons a scale (or the whole job) stops early as a [`StopReason`].
+
+use std::time::Instant;
+
+use tch::Tensor;
+
+use super::events::{Control, Observer, Progress};
+use super::memory::release_freed;
+use super::objective::{Losses, Objective};
+use super::optim::{Optimizer, Stop};
+use super::params::Params;
+use super::schedule::stalled;
+use super::tiling::{self, Tiling};
+use super::vgg::Vgg19;
+
+/// Why a scale stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// Its evaluation budget is spent.
+    Budget,
+    /// The optimiser found nothing left to do.
+    Converged,
+    /// The observer asked to stop (Ctrl-C, cancel): the job ends.
+    Cancelled,
+    /// The job's time budget is spent: the job ends.
+    OutOfTime,
+    /// This scale's share of the time budget is spent: the next scale starts.
+    Deadline,
+    /// A coarse scale no longer improves: the next scale starts with its budget.
+    Stalled,
+}
+
+impl StopReason {
+    /// Whether the whole job ends here (no later scale runs).
+    pub fn ends_job(self) -> bool {
+        matches!(self, StopReason::Cancelled | StopReason::OutOfTime)
+    }
+}
+
+/// What the scales of one job share: the clock, the evaluation count and the observer.
+pub struct JobRun<'o> {
+    start: Instant,
+    max_seconds: Option<f64>,
+    pub max_evaluations: usize,
+    /// Evaluations so far, all scales.
+    pub evaluations: usize,
+    /// Optimiser iterations so far, all scales.
+    pub iterations: usize,
+    observer: &'o mut dyn Observer,
+}
+
+impl<'o> JobRun<'o> {
+    pub fn new(p: &Params, observer: &'o mut dyn Observer) -> Self {
+        Self {
+            start: Instant::now(),
+            max_seconds: p.max_seconds,
+            max_evaluations: p.evaluations,
+            evaluations: 0,
+            iterations: 0,
+            observer,
+        }
+    }
+
+    /// Seconds since the job started.
+    pub fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Whether the job's evaluation budget is spent.
+    pub fn budget_spent(&self) -> bool {
+        self.evaluations >= self.max_evaluations
+    }
+}
+
+/// The precision refinement: from an evaluation count or a time on, the scale evaluates on the
+/// f32 network (close to a minimum, reduced-precision values and gradients are too coarse for
+/// the line search: it needs more evaluations per step and ends a few percent higher).
+pub struct Refinement<'a> {
+    pub net: &'a Vgg19,
+    pub objective: &'a Objective,
+    pub from_evaluation: usize,
+    pub from_second: Option<f64>,
+}
+
+/// One scale's run.
+pub struct ScaleRun<'a> {
+    pub net: &'a Vgg19,
+    pub objective: &'a Objective,
+    pub refinement: Option<Refinement<'a>>,
+    pub tiling: Option<Tiling>,
+    /// Hand freed memory back after every evaluation (see `memory::Plan::tight`).
+    pub tight: bool,
+    /// A coarse scale (it may stop when it stalls).
+    pub coarse: bool,
+    /// Evaluations this scale may use.
+    pub budget: usize,
+    /// Seconds into the job when this scale must hand on.
+    pub deadline: Option<f64>,
+    pub optimizer: Optimizer,
+}
+
+/// The best point evaluated: what an interrupted scale hands on (a line search's last trial
+/// point can be worse than where it started), and the best value after each evaluation.
+#[derive(Default)]
+struct Best {
+    value: f64,
+    x: Option<Tensor>,
+    trace: Vec<f64>,
+}
+
+impl Best {
+    fn offer(&mut self, value: f64, x: &Tensor) {
+        if self.x.is_none() || value < self.value {
+            self.value = value;
+            self.x = Some(x.copy());
+        }
+        self.trace.push(self.value);
+    }
+}
+
+impl ScaleRun<'_> {
+    /// Optimises from `x0` ([1,3,h,w]); returns the scale's image and why it stopped.
+    pub fn run(&self, x0: &Tensor, job: &mut JobRun) -> (Tensor, StopReason) {
+        let shape = x0.size();
+        let mut best = Best::default();
+        let outcome = self.optimizer.minimize(&x0.view([-1]), self.budget, |flat: &Tensor| {
+            self.step(&flat.view(shape.as_slice()), flat, job, &mut best)
+        });
+        match outcome {
+            Ok(o) => {
+                job.iterations += o.iterations;
+                let stop = if o.stop == Stop::Converged { StopReason::Converged } else { StopReason::Budget };
+                (o.x.view(shape.as_slice()), stop)
+            }
+            Err(stop) => (best.x.expect("an evaluation happened before the stop").view(shape.as_slice()), stop),
+        }
+    }
+
+    /// One evaluation: value and gradient, bookkeeping, the observer, then whether to go on.
+    fn step(&self, x: &Tensor, flat: &Tensor, job: &mut JobRun, best: &mut Best) -> Result<(f64, Tensor), StopReason> {
+        let (losses, grad) = self.evaluate(x, job);
+        job.evaluations += 1;
+        if self.tight {
+            release_freed();
+        }
+        best.offer(losses.total, flat);
+        let progress = Progress {
+            evaluation: job.evaluations,
+            max_evaluations: job.max_evaluations,
+            losses,
+            elapsed: job.start.elapsed(),
+            image: x.shallow_clone(),
+        };
+        let control = job.observer.progress(&progress);
+        self.go_on(control, job.elapsed(), job.max_seconds, &best.trace)?;
+        Ok((losses.total, grad.view([-1])))
+    }
+
+    fn evaluate(&self, x: &Tensor, job: &JobRun) -> (Losses, Tensor) {
+        let (net, objective) = match &self.refinement {
+            Some(r) if job.evaluations >= r.from_evaluation || r.from_second.is_some_and(|t| job.elapsed() >= t) => {
+                (r.net, r.objective)
+            }
+            _ => (self.net, self.objective),
+        };
+        match self.tiling {
+            None => objective.evaluate(net, x),
+            Some(t) => objective.evaluate_tiled(net, x, t, tiling::shift(t, job.evaluations)),
+        }
+    }
+
+    /// `Err(reason)` when the scale must stop after this evaluation.
+    fn go_on(&self, control: Control, now: f64, max_seconds: Option<f64>, trace: &[f64]) -> Result<(), StopReason> {
+        if control == Control::Stop {
+            Err(StopReason::Cancelled)
+        } else if max_seconds.is_some_and(|t| now >= t) {
+            Err(StopReason::OutOfTime)
+        } else if self.deadline.is_some_and(|d| now >= d) {
+            Err(StopReason::Deadline)
+        } else if self.coarse && stalled(trace) {
+            Err(StopReason::Stalled)
+        } else {
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The coarse-to-fine schedule and how a job's budgets (evaluations, time) are shared between
+//! its scales: pure functions of the parameters and the clock, unit-tested here.
+
+use super::image_io::MIN_SIDE;
+use super::params::Params;
+
+/// The share of the output size's evaluations (or of the time budget) that run on the f32
+/// network when the working precision is reduced.
+pub const REFINE_FRACTION: f64 = 0.3;
+
+/// Evaluations over which a coarse scale must improve by [`STALL_IMPROVEMENT`] to go on.
+const STALL_WINDOW: usize = 20;
+/// Relative improvement of the best value over [`STALL_WINDOW`] evaluations below which a
+/// coarse scale has stalled.
+const STALL_IMPROVEMENT: f64 = 1e-3;
+
+/// One scale of the schedule: its size and its share of the evaluation budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scale {
+    pub width: u32,
+    pub height: u32,
+    pub evaluations: usize,
+}
+
+/// The coarse-to-fine schedule for an output of w × h, coarsest first. Sizes halve from the
+/// output down to `min_scale` (longest side; both sides stay ≥ 16 px), at most 4 scales, and
+/// only while every scale gets at least 10 evaluations. The coarser scales share half of the
+/// evaluation budget equally and the output size gets the other half; a coarse evaluation costs
+/// ¼, 1/16, … of a full one. Each scale starts from the previous result upsampled (bicubic);
+/// style targets are recomputed per scale from the style resized by the same factor.
+/// `multiscale = false` (`--single-scale`) gives one scale.
+pub fn scales(p: &Params, w: u32, h: u32) -> Vec<Scale> {
+    let mut sizes = vec![(w, h)];
+    if p.multiscale {
+        let (mut sw, mut sh) = (w, h);
+        while sizes.len() < 4 && sw.max(sh) / 2 >= p.min_scale.max(MIN_SIDE) && sw.min(sh) / 2 >= 16 {
+            sw = (sw / 2).max(1);
+            sh = (sh / 2).max(1);
+            sizes.push((sw, sh));
+        }
+        while sizes.len() > 1 && p.evaluations / (2 * (sizes.len() - 1)).max(1) < 10 {
+            sizes.pop();
+        }
+    }
+    sizes.reverse();
+    let n = sizes.len();
+    let coarse = if n == 1 { 0 } else { p.evaluations / (2 * (n - 1)) };
+    let last = p.evaluations - coarse * (n - 1);
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &(width, height))| Scale { width, height, evaluations: if i + 1 == n { last } else { coarse } })
+        .collect()
+}
+
+/// Evaluations for scale `k` of `schedule` when `left` of the job's budget remain: its own
+/// share plus whatever earlier scales left unused, keeping the later scales' shares.
+pub fn evaluation_budget(schedule: &[Scale], k: usize, left: usize) -> usize {
+    let later: usize = schedule[k + 1..].iter().map(|s| s.evaluations).sum();
+    left.saturating_sub(later).max(1)
+}
+
+/// The fraction of the remaining time budget that scale `k` of `n` gets: the coarser scales
+/// share half of the budget equally and the output size gets the other half, as with
+/// evaluations; time a scale leaves unused (it converged or ran out of evaluations) rolls over
+/// to the later ones, because each share is taken of what remains.
+pub fn time_share(n: usize, k: usize) -> f64 {
+    if k + 1 >= n {
+        return 1.0;
+    }
+    let coarse = 0.5 / (n - 1) as f64;
+    let remaining_weight = coarse * (n - 1 - k) as f64 + 0.5;
+    coarse / remaining_weight
+}
+
+/// When scale `k` of `n` must hand on (seconds since the job started), `now` seconds into a job
+/// with a time budget of `max_seconds`.
+pub fn deadline(max_seconds: Option<f64>, now: f64, n: usize, k: usize) -> Option<f64> {
+    max_seconds.map(|t| now + time_share(n, k) * (t - now).max(0.0))
+}
+
+/// With a reduced-precision network, the job-wide evaluation count from which the output scale
+/// runs on the f32 network: the last [`REFINE_FRACTION`] of the scale's `budget`, which starts
+/// after `done` evaluations.
+pub fn refine_from(done: usize, budget: usize) -> usize {
+    done + budget - ((budget as f64 * REFINE_FRACTION).ceil() as usize).min(budget)
+}
+
+/// The same in time: seconds into the job after which the f32 network takes over.
+pub fn refine_at(max_seconds: Option<f64>) -> Option<f64> {
+    max_seconds.map(|t| t * (1.0 - REFINE_FRACTION))
+}
+
+/// Whether the best value (after each evaluation) stopped improving.
+pub fn stalled(best: &[f64]) -> bool {
+    let n = best.len();
+    n > STALL_WINDOW && best[n - 1] > best[n - 1 - STALL_WINDOW] * (1.0 - STALL_IMPROVEMENT)
+}
+
+/// The longest side of a style image of longest side `longest` at a scale `factor` of the
+/// output (styles shrink with the content; never below the minimum side).
+pub fn style_side(longest: u32, factor: f64) -> u32 {
+    ((f64::from(longest) * factor).round() as u32).max(MIN_SIDE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuples(s: Vec<Scale>) -> Vec<(u32, u32, usize)> {
+        s.into_iter().map(|s| (s.width, s.height, s.evaluations)).collect()
+    }
+
+    #[test]
+    fn coarse_to_fine_schedule() {
+        let p = Params { evaluations: 500, ..Params::default() };
+        // 512×384: 128×96, 256×192, 512×384; half the budget to the output size
+        assert_eq!(tuples(scales(&p, 512, 384)), vec![(128, 96, 125), (256, 192, 125), (512, 384, 250)]);
+        // small images and small budgets: one scale
+        assert_eq!(tuples(scales(&p, 200, 150)), vec![(200, 150, 500)]);
+        let few = Params { evaluations: 30, ..Params::default() };
+        assert_eq!(tuples(scales(&few, 512, 512)), vec![(256, 256, 15), (512, 512, 15)]);
+        let one = Params { evaluations: 1, ..Params::default() };
+        assert_eq!(tuples(scales(&one, 512, 512)), vec![(512, 512, 1)]);
+        // at most four scales; both sides stay ≥ 16
+        let big = Params { evaluations: 1000, ..Params::default() };
+        assert_eq!(scales(&big, 4096, 2048).len(), 4);
+        assert_eq!(scales(&big, 2048, 40).len(), 2, "1024×20 is the last with both sides ≥ 16");
+        let single = Params { multiscale: false, ..Params::default() };
+        assert_eq!(tuples(scales(&single, 2048, 2048)), vec![(2048, 2048, 500)]);
+        // time shares: coarse scales split half the budget, the output size gets the rest
+        let shares: Vec<f64> = (0..3).map(|k| time_share(3, k)).collect();
+        assert!((shares[0] - 0.25).abs() < 1e-12 && (shares[1] - 1.0 / 3.0).abs() < 1e-12 && shares[2] == 1.0);
+        assert_eq!(time_share(1, 0), 1.0);
+        // unused evaluations roll over, later scales keep theirs
+        let s = scales(&p, 512, 384);
+        assert_eq!(evaluation_budget(&s, 0, 500), 125);
+        assert_eq!(evaluation_budget(&s, 1, 450), 200);
+        assert_eq!(evaluation_budget(&s, 2, 300), 300);
+        for s in [scales(&p, 512, 384), scales(&few, 512, 512), scales(&big, 4096, 2048)] {
+            let total: usize = s.iter().map(|x| x.evaluations).sum();
+            assert!(total == 500 || total == 30 || total == 1000);
+        }
+    }
+
+    #[test]
+    fn deadlines_refinement_and_stalls() {
+        // 10 s budget, 3 scales, 2 s already spent: the first scale gets a quarter of the 8 left
+        assert_eq!(deadline(Some(10.0), 2.0, 3, 0), Some(4.0));
+        assert_eq!(deadline(Some(10.0), 2.0, 3, 2), Some(10.0));
+        assert_eq!(deadline(None, 2.0, 3, 0), None);
+        // the last 30% of a 100-evaluation output scale that starts after 50 evaluations
+        assert_eq!(refine_from(50, 100), 120);
+        assert_eq!(refine_from(0, 1), 0, "a one-evaluation scale refines at once");
+        assert_eq!(refine_at(Some(10.0)), Some(7.0));
+        // a flat trace has stalled after the window, a falling one has not
+        assert!(!stalled(&[1.0; STALL_WINDOW]));
+        assert!(stalled(&[1.0; STALL_WINDOW + 1]));
+        let falling: Vec<f64> = (0..40).map(|i| 1.0 - 0.01 * f64::from(i)).collect();
+        assert!(!stalled(&falling));
+        assert_eq!(style_side(512, 0.25), 128);
+        assert_eq!(style_side(40, 0.25), MIN_SIDE);
+    }
+}
