@@ -1,7 +1,7 @@
 # neural-style — two commands do everything on a fresh machine:
 #   make run    set up, get weights, run the daemon (`neural-style serve`) in the foreground
 #   make test   set up and run every test
-# and `make demo` stylises CONTENT with STYLE into OUT once (CPU ≈ 1 min).
+# and `make demo` stylizes CONTENT with STYLE into OUT once (CPU ≈ 1 min).
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
 
@@ -21,7 +21,7 @@ export NEURAL_STYLE_BIN := $(abspath $(BIN))
 SAMPLES        := .cache/samples
 CONTENT        ?= $(SAMPLES)/content.png
 STYLE          ?= $(SAMPLES)/style.png
-OUT            ?= out/stylised.png
+OUT            ?= out/stylized.png
 SIZE           ?= 256
 ITERATIONS     ?= 150
 RUN_FLAGS      ?=

@@ -6,9 +6,9 @@
 mod common;
 
 use common::picture;
-use neural_style::engine::{Control, Engine, Init, Job, Params};
 use neural_style::engine::vgg::{Layout, Precision};
 use neural_style::engine::weights::Weights;
+use neural_style::engine::{Control, Engine, Init, Job, Params};
 use tch::Device;
 
 #[test]

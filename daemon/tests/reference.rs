@@ -4,10 +4,10 @@
 mod common;
 
 use common::{picture, read, reference, scalar};
-use neural_style::engine::{Engine, Params};
 use neural_style::engine::optim::lbfgs::{self, LbfgsConfig};
 use neural_style::engine::vgg::Pooling;
 use neural_style::engine::weights::{vgg19_layers, LayerSpec, Weights};
+use neural_style::engine::{Engine, Params};
 use tch::{Device, Tensor};
 
 struct Setup {

@@ -4,8 +4,8 @@
 mod common;
 
 use common::picture;
-use neural_style::engine::{Engine, Params};
 use neural_style::engine::weights::Weights;
+use neural_style::engine::{Engine, Params};
 use tch::Device;
 
 /// α·L_content / (β·L_style) at a noise image of the given size.

@@ -3,9 +3,9 @@
 mod common;
 
 use common::picture;
-use neural_style::engine::{Control, Engine, Init, Job, Params};
 use neural_style::engine::tiling::{shift, Tiling};
 use neural_style::engine::weights::Weights;
+use neural_style::engine::{Control, Engine, Init, Job, Params};
 use tch::{Device, Kind, Tensor};
 
 fn rel(a: &Tensor, b: &Tensor) -> f64 {

@@ -2,7 +2,7 @@
 """GIMP 3 plug-in: Filters → Neural Style…
 
 Sends the selected layers to the neural-style daemon (Gatys et al. style transfer with a resident
-VGG19) and inserts the stylised result as a new layer above the content layer.
+VGG19) and inserts the stylized result as a new layer above the content layer.
 
 - Two or more layers selected: the lowest one in the stack is the content (change it with
   "Content layer"), the others are styles (blend with "Style weights").
@@ -90,7 +90,7 @@ def connect(config, progress_text):
                         "`neural-style weights fetch`." % e.message)
 
 
-def stylise(procedure, image, drawables, config):
+def stylize(procedure, image, drawables, config):
     layers = [d for d in drawables]
     if not layers:
         raise UserError("Select the content layer (and style layers) first.")
@@ -223,7 +223,7 @@ class NeuralStyle(Gimp.PlugIn):
         proc.set_documentation(
             "Neural style transfer (Gatys et al.) with the neural-style daemon",
             "Select the content layer and one or more style layers (or one layer and a style file); "
-            "the stylised image is added as a new layer above the content layer.", name)
+            "the stylized image is added as a new layer above the content layer.", name)
         proc.set_attribution("neural-style contributors", "neural-style contributors", "2026")
         proc.add_double_argument("strength", "_Strength", "Style strength (size-independent)",
                                  0.0, 1000.0, 1.0, FLAGS)
@@ -248,7 +248,7 @@ class NeuralStyle(Gimp.PlugIn):
         proc.add_string_argument("socket", "Daemon socket", "Empty: NEURAL_STYLE_SOCKET or the default", "", FLAGS)
         proc.add_string_argument("daemon-binary", "neural-style binary",
                                  "Used to start the daemon when none runs (empty: search)", "", FLAGS)
-        proc.add_layer_return_value("layer", "Stylised layer", "The new layer", True, FLAGS)
+        proc.add_layer_return_value("layer", "Stylized layer", "The new layer", True, FLAGS)
         return proc
 
     def run(self, procedure, run_mode, image, drawables, config, data):
@@ -263,7 +263,7 @@ class NeuralStyle(Gimp.PlugIn):
             if not ok:
                 return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         try:
-            layer = stylise(procedure, image, drawables, config)
+            layer = stylize(procedure, image, drawables, config)
         except UserError as e:
             Gimp.progress_end()
             err = GLib.Error.new_literal(Gimp.PlugIn.error_quark(), str(e), 0)

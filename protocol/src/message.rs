@@ -397,7 +397,7 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         preview: Option<ImageRef>,
     },
-    /// The stylised image in the payload, and the run's summary.
+    /// The stylized image in the payload, and the run's summary.
     Result {
         job: u64,
         image: ImageRef,

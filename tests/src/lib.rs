@@ -61,8 +61,8 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Runs a one-shot stylisation with the test weights; `extra` are more flags.
-pub fn stylise(content: &Path, style: &Path, out: &Path, extra: &[&str]) -> Output {
+/// Runs a one-shot stylization with the test weights; `extra` are more flags.
+pub fn stylize(content: &Path, style: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "run",
         "--content",

@@ -5,12 +5,12 @@ use std::io::Write;
 use std::path::Path;
 
 use image::{ColorType, GenericImageView, ImageEncoder};
-use neural_style_e2e::{image, stderr, stylise};
+use neural_style_e2e::{image, stderr, stylize};
 
 fn expect_error(content: &Path, needle: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.png");
-    let o = stylise(content, &image("starry_night.jpg"), &out, &["--size", "32", "--iterations", "2"]);
+    let o = stylize(content, &image("starry_night.jpg"), &out, &["--size", "32", "--iterations", "2"]);
     let err = stderr(&o);
     assert!(!o.status.success(), "expected failure for {}", content.display());
     assert_eq!(o.status.code(), Some(1), "{err}");
@@ -50,7 +50,7 @@ fn truncated_jpeg() {
     std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
     // The JPEG decoder either rejects the file (clear error) or decodes the part that is there.
     let out = dir.path().join("o.png");
-    let o = stylise(&p, &image("starry_night.jpg"), &out, &["--size", "32", "--iterations", "2"]);
+    let o = stylize(&p, &image("starry_night.jpg"), &out, &["--size", "32", "--iterations", "2"]);
     let err = stderr(&o);
     assert!(!err.contains("panicked"), "{err}");
     if o.status.success() {
@@ -101,11 +101,11 @@ fn one_pixel_image() {
     image::RgbImage::from_pixel(1, 1, image::Rgb([200, 30, 30])).save(&p).unwrap();
     // kept at its size it is too small for VGG19: clear error
     let out = dir.path().join("o.png");
-    let o = stylise(&p, &image("starry_night.jpg"), &out, &["--size", "0", "--iterations", "2"]);
+    let o = stylize(&p, &image("starry_night.jpg"), &out, &["--size", "0", "--iterations", "2"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("at least 16 px"), "{}", stderr(&o));
     // scaled up to --size it works
-    let o = stylise(&p, &image("starry_night.jpg"), &out, &["--size", "32", "--iterations", "2"]);
+    let o = stylize(&p, &image("starry_night.jpg"), &out, &["--size", "32", "--iterations", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&out).unwrap().dimensions(), (32, 32));
 }
@@ -116,7 +116,7 @@ fn grayscale_input_gives_rgb_output() {
     let p = dir.path().join("gray.png");
     image::GrayImage::from_fn(48, 32, |x, y| image::Luma([((x * 5 + y * 3) % 256) as u8])).save(&p).unwrap();
     let out = dir.path().join("o.png");
-    let o = stylise(&p, &image("starry_night.jpg"), &out, &["--size", "0", "--iterations", "3"]);
+    let o = stylize(&p, &image("starry_night.jpg"), &out, &["--size", "0", "--iterations", "3"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let img = image::open(&out).unwrap();
     assert_eq!(img.dimensions(), (48, 32));
@@ -132,7 +132,7 @@ fn sixteen_bit_png_with_alpha_keeps_depth_and_alpha() {
     });
     image::DynamicImage::ImageRgba16(src.clone()).save(&p).unwrap();
     let out = dir.path().join("o.png");
-    let o = stylise(&p, &image("the_scream.jpg"), &out, &["--size", "40", "--iterations", "3"]);
+    let o = stylize(&p, &image("the_scream.jpg"), &out, &["--size", "40", "--iterations", "3"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let img = image::open(&out).unwrap();
     assert_eq!(img.color(), ColorType::Rgba16, "16-bit input with alpha → 16-bit RGBA PNG");
@@ -142,7 +142,7 @@ fn sixteen_bit_png_with_alpha_keeps_depth_and_alpha() {
     }
     // JPEG output drops alpha and is 8-bit
     let jpg = dir.path().join("o.jpg");
-    let o = stylise(&p, &image("the_scream.jpg"), &jpg, &["--size", "40", "--iterations", "2"]);
+    let o = stylize(&p, &image("the_scream.jpg"), &jpg, &["--size", "40", "--iterations", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&jpg).unwrap().color(), ColorType::Rgb8);
 }
@@ -167,7 +167,7 @@ fn exif_orientation_is_applied() {
     let p = dir.path().join("rotated.jpg");
     std::fs::File::create(&p).unwrap().write_all(&with_exif).unwrap();
     let out = dir.path().join("o.png");
-    let o = stylise(&p, &image("starry_night.jpg"), &out, &["--size", "0", "--iterations", "2"]);
+    let o = stylize(&p, &image("starry_night.jpg"), &out, &["--size", "0", "--iterations", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&out).unwrap().dimensions(), (20, 40));
 }
@@ -186,7 +186,7 @@ fn bad_output_and_parameters_fail_before_any_work() {
     ] {
         let mut f = vec!["--size", "32", "--iterations", "2"];
         f.extend(flags.iter());
-        let o = stylise(&c, &s, &out, &f);
+        let o = stylize(&c, &s, &out, &f);
         assert_eq!(o.status.code(), Some(1), "{needle}: {}", stderr(&o));
         assert!(stderr(&o).contains(needle), "expected {needle:?} in: {}", stderr(&o));
         assert!(!out.exists());

@@ -1,6 +1,6 @@
 //! The memory estimate against the peak RSS of a real run.
 
-use neural_style_e2e::{image, stderr, stylise, summary};
+use neural_style_e2e::{image, stderr, stylize, summary};
 
 /// The largest peak RSS of any child this test process has waited for (other children, such as
 /// a weights generator, count too: an upper bound only).
@@ -14,7 +14,7 @@ fn children_peak_rss_bytes() -> u64 {
 fn estimate_bounds_the_measured_peak_and_is_close_to_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.png");
-    let o = stylise(
+    let o = stylize(
         &image("tubingen.jpg"),
         &image("starry_night.jpg"),
         &out,

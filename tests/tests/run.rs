@@ -4,14 +4,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use image::GenericImageView;
-use neural_style_e2e::{image, stderr, stylise, summary, weights};
+use neural_style_e2e::{image, stderr, stylize, summary, weights};
 
 #[test]
 fn loss_falls_tenfold_from_noise_and_output_is_right() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.png");
     let content = image("tubingen.jpg");
-    let o = stylise(&content, &image("starry_night.jpg"), &out, &["--size", "64", "--iterations", "80", "--json"]);
+    let o = stylize(&content, &image("starry_night.jpg"), &out, &["--size", "64", "--iterations", "80", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s = summary(&o);
     let (initial, total) = (s["initial_loss"].as_f64().unwrap(), s["total_loss"].as_f64().unwrap());
@@ -40,7 +40,7 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let run = |seed: &str, name: &str| {
         let out = dir.path().join(name);
-        let o = stylise(
+        let o = stylize(
             &image("golden_gate.jpg"),
             &image("the_scream.jpg"),
             &out,
@@ -83,7 +83,7 @@ fn every_option_runs() {
         let out = dir.path().join(format!("o{i}.jpg"));
         let mut flags = vec!["--size", "40", "--iterations", "6", "--json", "--threads", "2"];
         flags.extend(extra.iter());
-        let o = stylise(&content, &style, &out, &flags);
+        let o = stylize(&content, &style, &out, &flags);
         assert!(o.status.success(), "case {extra:?}: {}", stderr(&o));
         let s = summary(&o);
         assert!(s["total_loss"].as_f64().unwrap().is_finite(), "case {extra:?}");
@@ -99,7 +99,7 @@ fn preserve_colors_keeps_content_chroma() {
         let out = dir.path().join(name);
         let mut flags = vec!["--size", "48", "--iterations", "20", "--init", "content"];
         flags.extend_from_slice(extra);
-        let o = stylise(&content, &image("starry_night.jpg"), &out, &flags);
+        let o = stylize(&content, &image("starry_night.jpg"), &out, &flags);
         assert!(o.status.success(), "{}", stderr(&o));
         image::open(out).unwrap().to_rgb32f()
     };
@@ -165,7 +165,7 @@ fn no_resampling_when_size_equals_longest_side() {
     img.save(&content).unwrap();
     let out = dir.path().join("o.png");
     let o =
-        stylise(&content, &image("shipwreck.jpg"), &out, &["--size", "40", "--iterations", "1", "--init", "content"]);
+        stylize(&content, &image("shipwreck.jpg"), &out, &["--size", "40", "--iterations", "1", "--init", "content"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&out).unwrap().to_rgb8(), img);
 }
@@ -174,7 +174,7 @@ fn no_resampling_when_size_equals_longest_side() {
 fn max_seconds_is_a_time_budget() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("timed.png");
-    let o = stylise(
+    let o = stylize(
         &image("tubingen.jpg"),
         &image("starry_night.jpg"),
         &out,
@@ -193,7 +193,7 @@ fn max_seconds_is_a_time_budget() {
     assert!(image::open(&out).is_ok());
     // multi-scale: the budget is shared, so a short one still reaches the output size after
     // many cheap coarse evaluations
-    let o = stylise(
+    let o = stylize(
         &image("tubingen.jpg"),
         &image("starry_night.jpg"),
         &out,
@@ -210,7 +210,7 @@ fn max_seconds_is_a_time_budget() {
     // gets more, being 16× cheaper)
     assert!(per[0] > per[2] && per.iter().all(|&n| n >= 1), "evaluations per scale {per:?}");
     assert!(s["total_loss"].as_f64().unwrap() < s["initial_loss"].as_f64().unwrap());
-    let o = stylise(&image("tubingen.jpg"), &image("starry_night.jpg"), &out, &["--max-seconds", "0"]);
+    let o = stylize(&image("tubingen.jpg"), &image("starry_night.jpg"), &out, &["--max-seconds", "0"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("max-seconds must be a positive number"), "{}", stderr(&o));
 }

@@ -126,11 +126,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         v["output"] = args.output.display().to_string().into();
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
-    let weights_note = if s.pretrained {
-        "pretrained weights"
-    } else {
-        "NOT PRETRAINED weights (random init)"
-    };
+    let weights_note = if s.pretrained { "pretrained weights" } else { "NOT PRETRAINED weights (random init)" };
     eprintln!(
         "{} {} ({}×{}) — {} evaluations, {} iterations, loss {:.4e} → {:.4e}, {:.1} s on {} ({}), {}",
         if cancelled { "interrupted: wrote the current image to" } else { "wrote" },

@@ -49,7 +49,7 @@ pub struct ServeArgs {
     /// Skip the warm-up pass at start-up.
     #[arg(long)]
     pub no_warmup: bool,
-    /// Watch this folder: images dropped in are stylised (repeat for several rules).
+    /// Watch this folder: images dropped in are stylized (repeat for several rules).
     #[arg(long)]
     pub watch: Vec<PathBuf>,
     /// Style image of the n-th --watch rule (a style.* image in the folder takes precedence).
@@ -223,9 +223,9 @@ pub fn show_config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     let file = args.serve.config.clone().or_else(config::default_path);
     println!("# config file: {}", file.map(|p| p.display().to_string()).unwrap_or("(none)".into()));
     println!("# socket:      {}", socket_path(c.socket.as_deref()).display());
-    let weights = weights::resolve(c.weights.as_deref()).map(|p| p.display().to_string()).unwrap_or_else(|_| {
-        format!("(missing; expected {})", weights::default_path().unwrap_or_default().display())
-    });
+    let weights = weights::resolve(c.weights.as_deref())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| format!("(missing; expected {})", weights::default_path().unwrap_or_default().display()));
     println!("# weights:     {weights}");
     println!("# data dir:    {}", weights::data_dir().unwrap_or_default().display());
     print!("{}", c.to_toml());

@@ -23,10 +23,10 @@
 use neural_style_protocol::message::{MemoryPlan, TileGrid};
 
 use super::cost::{activation_elements_per_pixel, network_parameters, tap_elements_per_pixel};
+use super::error::EngineError;
 use super::params::{OptimizerKind, Params};
 use super::tiling::Tiling;
 use super::vgg::Layout;
-use super::EngineError;
 
 /// Measured factor over the f32 activation sizes that the backward pass holds at its peak.
 pub const ACTIVATION_OVERHEAD: f64 = 1.1;

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod color;
 pub mod cost;
 pub mod device;
+pub mod error;
 pub mod events;
 pub mod image_io;
 pub mod memory;
@@ -31,7 +32,7 @@ use neural_style_protocol::message::{ScaleReport, Summary};
 use tch::{Device, Tensor};
 
 use self::cache::StyleCache;
-use self::image_io::{ImageError, Picture};
+use self::image_io::Picture;
 use self::memory::Plan;
 use self::objective::{Losses, Objective};
 use self::scale::{JobRun, Refinement, ScaleRun, StopReason};
@@ -41,20 +42,9 @@ use self::vgg::{Layout, Vgg19};
 use self::weights::{Weights, WeightsInfo};
 
 pub use self::device::{device_name, parse_device};
+pub use self::error::EngineError;
 pub use self::events::{Control, Observer, Progress};
 pub use self::params::{Init, OptimizerKind, Params, STYLE_WEIGHT_PER_STRENGTH};
-
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("invalid parameter: {0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Image(#[from] ImageError),
-    #[error("the computation failed: {0}. If this is an out-of-memory error, use a smaller --size")]
-    Torch(String),
-    #[error("not enough memory: {0}")]
-    Memory(String),
-}
 
 /// A job: decoded content and style pictures at their original sizes, and parameters that
 /// [`Job::new`] has checked (a `Job` is valid by construction).
@@ -213,7 +203,7 @@ impl Engine {
         observer: &mut dyn Observer,
     ) -> Result<Stylized, EngineError> {
         let p = &job.params;
-        let inputs = Inputs::prepare(job, self.device())?;
+        let inputs = Inputs::prepare(&job.content, &job.styles, p, self.device())?;
         // refuse before any work when even tiles cannot fit
         let plan = self.plan(job)?;
         observer.planned(&plan);
@@ -316,9 +306,9 @@ impl Engine {
         // a job stopped at a coarser scale is upsampled to the output size
         let x = if ended.x.size()[2..] != [i64::from(h), i64::from(w)] { resize(&ended.x, w, h) } else { ended.x };
         // f32 figures at the output size, comparable across precisions and schedules
-        let exact = ended.exact.unwrap_or_else(|| {
-            targets::objective(self.reporter(), &inputs.content, &inputs.styles, p, None, tiling)
-        });
+        let exact = ended
+            .exact
+            .unwrap_or_else(|| targets::objective(self.reporter(), &inputs.content, &inputs.styles, p, None, tiling));
         let losses = exact.value_maybe_tiled(self.reporter(), &x, tiling);
         let initial = exact.value_maybe_tiled(self.reporter(), &inputs.start(p, w, h), tiling).total;
         let mut rgb = x.clamp(0.0, 1.0);
@@ -378,7 +368,7 @@ impl Engine {
     /// The f32 objective of any image `x` ([1,3,H,W] at the job's output size) for `job`: the
     /// figure a [`Summary`] reports, so results from elsewhere (a PyTorch run) can be compared.
     pub fn exact_losses(&self, job: &Job, x: &Tensor) -> Result<Losses, EngineError> {
-        let inputs = Inputs::prepare(job, self.device())?;
+        let inputs = Inputs::prepare(&job.content, &job.styles, &job.params, self.device())?;
         let tiling = self.plan(job)?.tiling;
         let exact = targets::objective(self.reporter(), &inputs.content, &inputs.styles, &job.params, None, tiling);
         Ok(exact.value_maybe_tiled(self.reporter(), &x.to_device(self.device()), tiling))

@@ -4,12 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::error::EngineError;
 use super::image_io::MIN_SIDE;
 use super::objective::Coefficients;
 use super::optim::{AdamConfig, LbfgsConfig, Optimizer};
 use super::vgg::Pooling;
 use super::weights::{layer_index, vgg19_layers};
-use super::EngineError;
 
 /// β per unit of `strength` (see [`Params::coefficients`]).
 pub const STYLE_WEIGHT_PER_STRENGTH: f64 = 500.0;

@@ -11,7 +11,6 @@ use super::params::{Init, Params};
 use super::schedule::style_side;
 use super::tiling::{self, Tiling};
 use super::vgg::Vgg19;
-use super::Job;
 
 /// A job's pictures at the working size (content at the output size, styles at the content's
 /// longest side × `style_scale`), with their tensors on the engine's device.
@@ -26,17 +25,16 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    pub fn prepare(job: &Job, device: Device) -> Result<Self, ImageError> {
-        let p = &job.params;
+    /// The pictures of a job (at their original sizes) for parameters `p`.
+    pub fn prepare(content: &Picture, styles: &[Picture], p: &Params, device: Device) -> Result<Self, ImageError> {
         let content = match p.size {
-            Some(s) => job.content.resized_longest(s),
-            None => job.content.clone(),
+            Some(s) => content.resized_longest(s),
+            None => content.clone(),
         };
         content.check_min_size("content".as_ref())?;
         let longest = content.width().max(content.height());
         let style_size = ((f64::from(longest) * p.style_scale).round() as u32).max(1);
-        let style_pictures = job
-            .styles
+        let style_pictures = styles
             .iter()
             .enumerate()
             .map(|(i, s)| {
@@ -69,7 +67,9 @@ impl Inputs {
         let styles = self
             .style_pictures
             .iter()
-            .map(|s| s.resized_longest(style_side(s.width().max(s.height()), factor)).rgb_tensor().to_device(self.device))
+            .map(|s| {
+                s.resized_longest(style_side(s.width().max(s.height()), factor)).rgb_tensor().to_device(self.device)
+            })
             .collect();
         (self.content_picture.resized(w, h).rgb_tensor().to_device(self.device), styles)
     }

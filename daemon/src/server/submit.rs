@@ -43,16 +43,15 @@ pub fn enqueue(state: &State, mut job: QueuedJob) -> Result<(u64, usize), Refusa
 }
 
 /// A job for the queue (ids and sizes are filled in by [`enqueue`]).
-pub fn queued(job: Job, priority: neural_style_protocol::message::Priority, label: Option<String>, reply: Reply, owner: u64) -> QueuedJob {
-    let info = JobInfo {
-        job: 0,
-        priority,
-        label,
-        width: 0,
-        height: 0,
-        evaluations: job.params().evaluations,
-        progress: 0,
-    };
+pub fn queued(
+    job: Job,
+    priority: neural_style_protocol::message::Priority,
+    label: Option<String>,
+    reply: Reply,
+    owner: u64,
+) -> QueuedJob {
+    let info =
+        JobInfo { job: 0, priority, label, width: 0, height: 0, evaluations: job.params().evaluations, progress: 0 };
     QueuedJob::new(job, info, reply, owner)
 }
 

@@ -87,18 +87,13 @@ fn reference(
     Ok((report, x))
 }
 
-pub fn run(
-    args: &Options,
-    device: Device,
-    engine: &Engine,
-    weights_path: &Path,
-) -> anyhow::Result<serde_json::Value> {
+pub fn run(args: &Options, device: Device, engine: &Engine, weights_path: &Path) -> anyhow::Result<serde_json::Value> {
     let content = picture(args.content.as_deref(), || samples::content(384, 256))?;
     let style = picture(args.style.as_deref(), || samples::style(256, 256))?;
     let base = Params { size: Some(args.size), evaluations: 1_000_000, ..Params::default() };
     let job = Job::new(content, vec![style], base.clone())?;
     // the pictures at the output size and the engine's own start image, on the CPU
-    let inputs = Inputs::prepare(&job, Device::Cpu)?;
+    let inputs = Inputs::prepare(job.content(), job.styles(), job.params(), Device::Cpu)?;
     let (w, h) = inputs.size();
     let x0 = inputs.start(&base, w, h);
     let dir = tempfile::tempdir()?;
