@@ -15,7 +15,7 @@ use crate::engine::params::gib_to_bytes;
 use crate::engine::vgg::{Pooling, Precision};
 use crate::engine::weights::{self, Weights};
 use crate::engine::{parse_device, Init, OptimizerKind, Params};
-use crate::server::config::OnSignal;
+use crate::server::config::{Config, OnSignal};
 
 /// `impl ValueEnum` for a library enum: variant, name, optional help.
 macro_rules! value_enum {
@@ -53,14 +53,14 @@ value_enum!(OnSignal {
 #[derive(Args, Debug, Clone)]
 pub struct DeviceArgs {
     /// auto (CUDA when available), cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value_t = Config::default().device)]
     pub device: String,
     /// CPU threads for libtorch (default: libtorch's choice, usually the number of cores).
     #[arg(long)]
     pub threads: Option<i32>,
     /// Network precision: auto (bf16 + channels-last where the hardware has fast bf16), fp32,
     /// bf16. The image, Gram matrices and loss sums are always f32.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_enum, default_value_t = Config::default().precision)]
     pub precision: Precision,
 }
 

@@ -34,7 +34,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["8", "16"]))]
     pub output_depth: Option<String>,
     /// Refuse input images with more pixels than this (decompression-bomb guard).
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, default_value_t = DecodeLimits::default().max_pixels)]
     pub max_pixels: u64,
     /// Print a JSON summary on stdout when done.
     #[arg(long)]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::watch::rule::WatchRule;
+use crate::engine::image_io::DecodeLimits;
 use crate::engine::vgg::Precision;
 
 /// What happens to the running job on SIGINT/SIGTERM or a shutdown request.
@@ -58,7 +59,7 @@ impl Default for Config {
             precision: Precision::Auto,
             threads: None,
             max_pixels: 4096 * 4096,
-            max_input_pixels: 64 * 1024 * 1024,
+            max_input_pixels: DecodeLimits::default().max_pixels,
             max_iterations: 10_000,
             max_clients: 32,
             max_queue: 256,

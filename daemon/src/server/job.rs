@@ -33,13 +33,6 @@ pub enum JobEvent {
     Failed { code: ErrorCode, message: String },
 }
 
-impl JobEvent {
-    /// Whether this is the job's last event.
-    pub fn is_final(&self) -> bool {
-        matches!(self, JobEvent::Done(_) | JobEvent::Cancelled(_) | JobEvent::Failed { .. })
-    }
-}
-
 /// Where a job's events go.
 pub enum Reply {
     /// A client connection: protocol events, the result in `output`'s pixel format, an RGBA8
