@@ -154,7 +154,10 @@ fn run_job(state: &State, engine: &Engine, cache: &mut StyleCache, job: &QueuedJ
             JobEvent::Done(Box::new(out))
         }
         Err(e) => {
-            tracing::warn!(job = id, "failed: {e}");
+            match e {
+                EngineError::Memory(_) => tracing::warn!(job = id, "refused: {e}"),
+                _ => tracing::warn!(job = id, "failed: {e}"),
+            }
             stats.failed.fetch_add(1, Ordering::SeqCst);
             JobEvent::Failed { code: error_code(&e), message: e.to_string() }
         }
