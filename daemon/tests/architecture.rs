@@ -16,10 +16,9 @@ use std::path::Path;
 fn referenced_paths(module: &[String], code: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     let resolve = |segments: &[&str]| -> Option<Vec<String>> {
-        let mut base: Vec<String> = match segments.first()? {
-            &"crate" => Vec::new(),
-            &"self" => module.to_vec(),
-            &"super" => module.to_vec(),
+        let mut base: Vec<String> = match *segments.first()? {
+            "crate" => Vec::new(),
+            "self" | "super" => module.to_vec(),
             _ => return None, // another crate
         };
         let mut rest = &segments[1..];

@@ -135,13 +135,13 @@ pub fn run(args: &Options, device: Device, layout: Layout) -> anyhow::Result<()>
     let fmt = |v: Option<f64>, digits: usize| v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into());
     for &size in &args.sizes {
         anyhow::ensure!(size >= 32, "sizes must be at least 32");
-        let t_ours = time_engine(&ours, size, &args);
-        let t_fp32 = fp32.as_ref().map(|e| time_engine(e, size, &args)).unwrap_or(t_ours);
+        let t_ours = time_engine(&ours, size, args);
+        let t_fp32 = fp32.as_ref().map(|e| time_engine(e, size, args)).unwrap_or(t_ours);
         let (t_torch, t_torch_same) = if args.no_reference {
             (None, None)
         } else {
-            let base = time_reference(size, device, Layout::FP32, &args)?;
-            let same = if layout == Layout::FP32 { base } else { time_reference(size, device, layout, &args)? };
+            let base = time_reference(size, device, Layout::FP32, args)?;
+            let same = if layout == Layout::FP32 { base } else { time_reference(size, device, layout, args)? };
             (Some(base), Some(same))
         };
         let ratio = t_torch.map(|r| t_ours / r);
