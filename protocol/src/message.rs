@@ -233,6 +233,20 @@ pub struct WeightsSummary {
     pub source: String,
 }
 
+/// Why a job's optimisation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The evaluation budget (`iterations`) is spent.
+    Budget,
+    /// The time budget (`max_seconds`) is spent.
+    Time,
+    /// Cancelled (a client's cancel, Ctrl-C, the daemon stopping).
+    Cancelled,
+    /// The gradient vanished: nothing left to do.
+    Converged,
+}
+
 /// Final figures of a job (the `summary` of `result` and of a running job's `cancelled`, and
 /// what `neural-style run --json` prints). Losses are f32 values at the output size.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -263,6 +277,11 @@ pub struct Summary {
     /// Network precision and layout the optimisation ran with (losses are f32 regardless).
     pub precision: String,
     pub converged: bool,
+    /// Why the optimisation ended.
+    pub stop_reason: StopReason,
+    /// L-BFGS line searches that found no lower value; each was followed by a restart from
+    /// steepest descent (and, with a reduced-precision network, a switch to the f32 one).
+    pub line_search_restarts: usize,
     /// Stopped early by request (Ctrl-C, cancel).
     pub cancelled: bool,
     /// Stopped by `max_seconds`.

@@ -48,6 +48,8 @@ fn sample_summary() -> Summary {
         optimizer: "lbfgs".into(),
         precision: "bf16+nhwc".into(),
         converged: false,
+        stop_reason: StopReason::Budget,
+        line_search_restarts: 0,
         cancelled: false,
         time_budget_reached: false,
         has_alpha: true,

@@ -13,6 +13,7 @@ pub mod cost;
 pub mod device;
 pub mod error;
 pub mod events;
+pub mod host;
 pub mod image_io;
 pub mod memory;
 pub mod objective;
@@ -28,7 +29,7 @@ pub mod weights;
 
 use std::panic::AssertUnwindSafe;
 
-use neural_style_protocol::message::{ScaleReport, Summary};
+use neural_style_protocol::message::{self as protocol, ScaleReport, Summary};
 use tch::{Device, Tensor};
 
 use self::cache::StyleCache;
@@ -124,6 +125,7 @@ struct Ended {
     exact: Option<Objective>,
     evaluations: usize,
     iterations: usize,
+    failed_searches: usize,
     seconds: f64,
     scales: Vec<ScaleReport>,
 }
@@ -233,6 +235,7 @@ impl Engine {
             exact,
             evaluations: run.evaluations,
             iterations: run.iterations,
+            failed_searches: run.failed_searches,
             seconds: run.elapsed(),
             scales,
         };
@@ -337,6 +340,14 @@ impl Engine {
             optimizer: p.optimizer.as_str().into(),
             precision: self.vgg.layout().name(),
             converged: ended.stop == StopReason::Converged,
+            stop_reason: match ended.stop {
+                StopReason::Converged => protocol::StopReason::Converged,
+                StopReason::Cancelled => protocol::StopReason::Cancelled,
+                StopReason::OutOfTime => protocol::StopReason::Time,
+                // a scale's own budget or deadline ends the job only when the job's budget is spent
+                StopReason::Budget | StopReason::Deadline | StopReason::Stalled => protocol::StopReason::Budget,
+            },
+            line_search_restarts: ended.failed_searches,
             cancelled: ended.stop == StopReason::Cancelled,
             time_budget_reached: ended.stop == StopReason::OutOfTime,
             has_alpha: content.has_alpha,

@@ -29,6 +29,7 @@
 
 use tch::{Kind, Tensor};
 
+use super::host;
 use super::vgg::{Pooling, Vgg19};
 
 /// G^l / M_l for activations of shape [1, N, H, W]: eq. 3 divided by the number of positions.
@@ -142,6 +143,19 @@ pub struct Losses {
     pub total: f64,
 }
 
+impl Losses {
+    /// From the terms [`Objective::evaluate`] leaves on the device, as read: total, content,
+    /// style, tv.
+    pub fn from_terms(t: &[f64]) -> Self {
+        Self { total: t[0], content: t[1], style: t[2], tv: t[3] }
+    }
+
+    /// The same four terms as a tensor (total first) on `device`.
+    pub fn to_terms(self, device: tch::Device) -> Tensor {
+        Tensor::from_slice(&[self.total, self.content, self.style, self.tv]).to_device(device)
+    }
+}
+
 /// The objective for one job: targets, coefficients and pooling.
 pub struct Objective {
     pub content: Vec<ContentTerm>,
@@ -193,9 +207,10 @@ impl Objective {
         self.content.iter().map(|c| c.index).chain(self.style.iter().map(|s| s.index)).collect()
     }
 
-    /// Eq. 7 at x (shape [1,3,H,W], values meant to be in [0,1]): the loss values, and with
-    /// `gradient` a scalar graph whose gradient with respect to x is eq. 7's.
-    fn graph(&self, vgg: &Vgg19, x: &Tensor, gradient: bool) -> (Option<Tensor>, Losses) {
+    /// Eq. 7 at x (shape [1,3,H,W], values meant to be in [0,1]): the loss terms on the device
+    /// (total, content, style, tv; f64), and with `gradient` a scalar graph whose gradient with
+    /// respect to x is eq. 7's.
+    fn graph(&self, vgg: &Vgg19, x: &Tensor, gradient: bool) -> (Option<Tensor>, Tensor) {
         let image = x.clamp(0.0, 1.0);
         let feats = vgg.forward_taps_working(&vgg.normalise(&image), &self.taps(), self.pooling);
         let (content_feats, style_feats) = feats.split_at(self.content.len());
@@ -219,25 +234,29 @@ impl Objective {
         }
         let tv = if c.tv != 0.0 { tv_loss(&image) } else { zero() };
         let total = tch::no_grad(|| &content * c.alpha + &style * c.beta + &tv * c.tv);
-        let values = Tensor::stack(&[&content.detach(), &style, &tv.detach(), &total], 0)
-            .to_kind(Kind::Double)
-            .to_device(tch::Device::Cpu);
-        let v: Vec<f64> = Vec::<f64>::try_from(values).expect("four loss values");
+        let terms = Tensor::stack(&[&total, &content.detach(), &style, &tv.detach()], 0).to_kind(Kind::Double);
         let objective = gradient.then(|| &content * c.alpha + style_gradient + &tv * c.tv);
-        (objective, Losses { content: v[0], style: v[1], tv: v[2], total: v[3] })
+        (objective, terms)
     }
 
-    /// Value and gradient of eq. 7 at x.
-    pub fn evaluate(&self, vgg: &Vgg19, x: &Tensor) -> (Losses, Tensor) {
+    /// Value terms and gradient of eq. 7 at x, left on the device (no host read): the terms
+    /// are total, content, style, tv ([`Losses::from_terms`] once read).
+    pub fn evaluate_terms(&self, vgg: &Vgg19, x: &Tensor) -> (Tensor, Tensor) {
         let x = x.detach().set_requires_grad(true);
-        let (objective, losses) = self.graph(vgg, &x, true);
+        let (objective, terms) = self.graph(vgg, &x, true);
         objective.expect("asked for the gradient").backward();
-        (losses, x.grad().detach())
+        (terms, x.grad().detach())
+    }
+
+    /// Value and gradient of eq. 7 at x (the values read to the host).
+    pub fn evaluate(&self, vgg: &Vgg19, x: &Tensor) -> (Losses, Tensor) {
+        let (terms, grad) = self.evaluate_terms(vgg, x);
+        (Losses::from_terms(&host::read(&terms)), grad)
     }
 
     /// Value of eq. 7 at x, without gradient.
     pub fn value(&self, vgg: &Vgg19, x: &Tensor) -> Losses {
-        tch::no_grad(|| self.graph(vgg, x, false).1)
+        tch::no_grad(|| Losses::from_terms(&host::read(&self.graph(vgg, x, false).1)))
     }
 }
 

@@ -8,7 +8,7 @@ use tch::Tensor;
 use super::events::{Control, Observer, Progress};
 use super::memory::release_freed;
 use super::objective::{Losses, Objective};
-use super::optim::{Optimizer, Stop};
+use super::optim::{Optimizer, Problem, Stop};
 use super::params::Params;
 use super::schedule::stalled;
 use super::tiling::{self, Tiling};
@@ -47,6 +47,8 @@ pub struct JobRun<'o> {
     pub evaluations: usize,
     /// Optimiser iterations so far, all scales.
     pub iterations: usize,
+    /// Line searches that found no decrease, all scales (each followed by a restart).
+    pub failed_searches: usize,
     observer: &'o mut dyn Observer,
 }
 
@@ -58,6 +60,7 @@ impl<'o> JobRun<'o> {
             max_evaluations: p.evaluations,
             evaluations: 0,
             iterations: 0,
+            failed_searches: 0,
             observer,
         }
     }
@@ -101,7 +104,8 @@ pub struct ScaleRun<'a> {
 }
 
 /// The best point evaluated: what an interrupted scale hands on (a line search's last trial
-/// point can be worse than where it started), and the best value after each evaluation.
+/// point can be worse than where it started), and the best value after each evaluation. The
+/// optimisers never change a point they evaluated, so keeping it costs no copy.
 #[derive(Default)]
 struct Best {
     value: f64,
@@ -113,9 +117,66 @@ impl Best {
     fn offer(&mut self, value: f64, x: &Tensor) {
         if self.x.is_none() || value < self.value {
             self.value = value;
-            self.x = Some(x.copy());
+            self.x = Some(x.shallow_clone());
         }
         self.trace.push(self.value);
+    }
+}
+
+/// A scale's objective as the optimiser sees it: evaluations on the device, then per read
+/// evaluation the bookkeeping (best point, progress, stop).
+struct Evaluations<'s, 'j, 'o> {
+    scale: &'s ScaleRun<'s>,
+    job: &'j mut JobRun<'o>,
+    shape: Vec<i64>,
+    best: Best,
+    /// The point being evaluated (flat).
+    current: Option<Tensor>,
+    /// A line search failed: evaluate on the f32 network from now on (when there is one).
+    precise: bool,
+}
+
+impl Problem for Evaluations<'_, '_, '_> {
+    type Stop = StopReason;
+
+    fn evaluate(&mut self, flat: &Tensor) -> (Tensor, Tensor) {
+        let x = flat.view(self.shape.as_slice());
+        let (net, objective) = self.scale.network(self.job, self.precise);
+        let (terms, grad) = match self.scale.tiling {
+            None => objective.evaluate_terms(net, &x),
+            Some(t) => objective.evaluate_tiled_terms(net, &x, t, tiling::shift(t, self.job.evaluations)),
+        };
+        self.current = Some(flat.shallow_clone());
+        (terms, grad.view([-1]))
+    }
+
+    fn evaluated(&mut self, terms: &[f64]) -> Result<(), StopReason> {
+        let losses = Losses::from_terms(terms);
+        let job = &mut *self.job;
+        job.evaluations += 1;
+        if self.scale.tight {
+            release_freed();
+        }
+        let x = self.current.take().expect("evaluated after evaluate");
+        let progress = Progress {
+            evaluation: job.evaluations,
+            max_evaluations: job.max_evaluations,
+            losses,
+            elapsed: job.start.elapsed(),
+            image: x.view(self.shape.as_slice()),
+        };
+        self.best.offer(losses.total, &x);
+        let control = job.observer.progress(&progress);
+        self.scale.go_on(control, job.elapsed(), job.max_seconds, &self.best.trace)
+    }
+
+    fn search_failed(&mut self) -> bool {
+        self.job.failed_searches += 1;
+        // on a reduced-precision network, the likely cause is the values' rounding: go on with
+        // the f32 network (the refinement's) from here
+        let switch = !self.precise && self.scale.refinement.is_some();
+        self.precise |= switch;
+        switch
     }
 }
 
@@ -123,50 +184,38 @@ impl ScaleRun<'_> {
     /// Optimises from `x0` ([1,3,h,w]); returns the scale's image and why it stopped.
     pub fn run(&self, x0: &Tensor, job: &mut JobRun) -> (Tensor, StopReason) {
         let shape = x0.size();
-        let mut best = Best::default();
-        let outcome = self.optimizer.minimize(&x0.view([-1]), self.budget, |flat: &Tensor| {
-            self.step(&flat.view(shape.as_slice()), flat, job, &mut best)
-        });
-        match outcome {
-            Ok(o) => {
-                job.iterations += o.iterations;
-                let stop = if o.stop == Stop::Converged { StopReason::Converged } else { StopReason::Budget };
-                (o.x.view(shape.as_slice()), stop)
-            }
-            Err(stop) => (best.x.expect("an evaluation happened before the stop").view(shape.as_slice()), stop),
-        }
-    }
-
-    /// One evaluation: value and gradient, bookkeeping, the observer, then whether to go on.
-    fn step(&self, x: &Tensor, flat: &Tensor, job: &mut JobRun, best: &mut Best) -> Result<(f64, Tensor), StopReason> {
-        let (losses, grad) = self.evaluate(x, job);
-        job.evaluations += 1;
-        if self.tight {
-            release_freed();
-        }
-        best.offer(losses.total, flat);
-        let progress = Progress {
-            evaluation: job.evaluations,
-            max_evaluations: job.max_evaluations,
-            losses,
-            elapsed: job.start.elapsed(),
-            image: x.shallow_clone(),
+        let mut problem = Evaluations {
+            scale: self,
+            job,
+            shape: shape.clone(),
+            best: Best::default(),
+            current: None,
+            precise: false,
         };
-        let control = job.observer.progress(&progress);
-        self.go_on(control, job.elapsed(), job.max_seconds, &best.trace)?;
-        Ok((losses.total, grad.view([-1])))
+        let outcome = self.optimizer.minimize(&x0.view([-1]), self.budget, &mut problem);
+        let (x, stop) = match outcome {
+            Ok(o) => {
+                problem.job.iterations += o.iterations;
+                let stop = if o.stop == Stop::Converged { StopReason::Converged } else { StopReason::Budget };
+                (o.x, stop)
+            }
+            Err(stop) => (problem.best.x.expect("an evaluation happened before the stop"), stop),
+        };
+        (x.view(shape.as_slice()), stop)
     }
 
-    fn evaluate(&self, x: &Tensor, job: &JobRun) -> (Losses, Tensor) {
-        let (net, objective) = match &self.refinement {
-            Some(r) if job.evaluations >= r.from_evaluation || r.from_second.is_some_and(|t| job.elapsed() >= t) => {
+    /// The network and objective of the next evaluation: the f32 ones once the refinement
+    /// starts (or a line search failed), else the working ones.
+    fn network(&self, job: &JobRun, precise: bool) -> (&Vgg19, &Objective) {
+        match &self.refinement {
+            Some(r)
+                if precise
+                    || job.evaluations >= r.from_evaluation
+                    || r.from_second.is_some_and(|t| job.elapsed() >= t) =>
+            {
                 (r.net, r.objective)
             }
             _ => (self.net, self.objective),
-        };
-        match self.tiling {
-            None => objective.evaluate(net, x),
-            Some(t) => objective.evaluate_tiled(net, x, t, tiling::shift(t, job.evaluations)),
         }
     }
 

@@ -21,6 +21,7 @@
 
 use tch::{Kind, Tensor};
 
+use super::host;
 use super::objective::{
     content_loss, gradient_surrogate, normalised_gram, style_gradient_constant, style_layer_loss, tv_loss, Losses,
     Objective,
@@ -174,17 +175,24 @@ pub fn shift(tiling: Tiling, n: usize) -> (i64, i64) {
 }
 
 impl Objective {
-    /// Value and gradient of eq. 7 at x, computed tile by tile (see the module docs).
+    /// Value terms (total, content, style, tv, left on the device) and gradient of eq. 7 at x,
+    /// computed tile by tile (see the module docs).
+    pub fn evaluate_tiled_terms(&self, vgg: &Vgg19, x: &Tensor, tiling: Tiling, shift: (i64, i64)) -> (Tensor, Tensor) {
+        let (terms, grad) = self.tiled(vgg, x, tiling, shift, true);
+        (terms, grad.expect("asked for the gradient"))
+    }
+
+    /// Value and gradient of eq. 7 at x, computed tile by tile (the values read to the host).
     pub fn evaluate_tiled(&self, vgg: &Vgg19, x: &Tensor, tiling: Tiling, shift: (i64, i64)) -> (Losses, Tensor) {
-        let (losses, grad) = self.tiled(vgg, x, tiling, shift, true);
-        (losses, grad.expect("asked for the gradient"))
+        let (terms, grad) = self.evaluate_tiled_terms(vgg, x, tiling, shift);
+        (Losses::from_terms(&host::read(&terms)), grad)
     }
 
     /// Value of eq. 7 at x, whole or in tiles.
     pub fn value_maybe_tiled(&self, vgg: &Vgg19, x: &Tensor, tiling: Option<Tiling>) -> Losses {
         match tiling {
             None => self.value(vgg, x),
-            Some(t) => tch::no_grad(|| self.tiled(vgg, x, t, (0, 0), false).0),
+            Some(t) => Losses::from_terms(&host::read(&tch::no_grad(|| self.tiled(vgg, x, t, (0, 0), false).0))),
         }
     }
 
@@ -195,11 +203,12 @@ impl Objective {
         tiling: Tiling,
         shift: (i64, i64),
         want_grad: bool,
-    ) -> (Losses, Option<Tensor>) {
+    ) -> (Tensor, Option<Tensor>) {
         let x = x.detach();
         let (_, _, h, w) = x.size4().expect("4-D");
         let image = x.clamp(0.0, 1.0);
         let c = self.coefficients;
+        let zero = || Tensor::zeros([], (Kind::Double, x.device()));
         let style_layers: Vec<usize> = self.style.iter().map(|s| s.index).collect();
         // pass 1: the whole image's Gram matrices, the style loss and the constants C_l
         let g = if style_layers.is_empty() {
@@ -207,10 +216,10 @@ impl Objective {
         } else {
             grams(vgg, &image, &style_layers, self.pooling, tiling, shift)
         };
-        let mut style = 0.0;
+        let mut style = zero();
         let mut consts = Vec::new();
         for (term, g) in self.style.iter().zip(&g) {
-            style += style_layer_loss(g, &term.target).double_value(&[]) * term.weight;
+            style += style_layer_loss(g, &term.target).to_kind(Kind::Double) * term.weight;
             let m = positions(h, w, Vgg19::stride(term.index)) as f64;
             consts.push(style_gradient_constant(g, &term.target, c.beta * term.weight, m));
         }
@@ -219,7 +228,7 @@ impl Objective {
         let pass2_style: &[usize] = if want_grad { &style_layers } else { &[] };
         let taps: Vec<usize> = self.content.iter().map(|t| t.index).chain(pass2_style.iter().copied()).collect();
         let grad = x.zeros_like();
-        let mut content = 0.0;
+        let mut content = zero();
         for tile in Tiling::tiles(&tiling, h, w, shift) {
             let window = crop(&x, tile.window).copy().set_requires_grad(want_grad);
             let feats = vgg.forward_taps_working(&vgg.normalise(&window.clamp(0.0, 1.0)), &taps, self.pooling);
@@ -235,7 +244,7 @@ impl Objective {
                     tile.core[2] / s + core.size()[3],
                 ];
                 let l = content_loss(&core.to_kind(Kind::Float), &crop(&term.target, r));
-                content += l.double_value(&[]);
+                content += l.detach().to_kind(Kind::Double);
                 surrogate += l * c.alpha;
             }
             for ((term, f), k) in self.style.iter().zip(sf).zip(&consts) {
@@ -249,7 +258,7 @@ impl Objective {
             }
         }
         let tv = if c.tv != 0.0 && !want_grad {
-            tv_loss(&image).double_value(&[])
+            tv_loss(&image).to_kind(Kind::Double)
         } else if c.tv != 0.0 {
             // three channels at full size: cheap, no tiles needed
             let xv = x.copy().set_requires_grad(true);
@@ -257,12 +266,12 @@ impl Objective {
             (&t * c.tv).backward();
             let mut g = grad.shallow_clone();
             g += xv.grad();
-            t.double_value(&[])
+            t.detach().to_kind(Kind::Double)
         } else {
-            0.0
+            zero()
         };
-        let total = c.alpha * content + c.beta * style + c.tv * tv;
-        (Losses { content, style, tv, total }, want_grad.then_some(grad))
+        let total = &content * c.alpha + &style * c.beta + &tv * c.tv;
+        (Tensor::stack(&[total, content, style, tv], 0), want_grad.then_some(grad))
     }
 }
 

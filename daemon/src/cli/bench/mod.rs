@@ -1,9 +1,10 @@
 //! `neural-style bench`: performance against a PyTorch reference in the same run (benchmarks,
-//! not tests). One evaluation ([`evaluation`]), the daemon's latency ([`latency`]), and time to
-//! reach PyTorch's loss ([`time_to_loss`]).
+//! not tests). One evaluation ([`evaluation`]), the optimisation loop around it ([`overhead`]),
+//! the daemon's latency ([`latency`]), and time to reach PyTorch's loss ([`time_to_loss`]).
 
 mod evaluation;
 mod latency;
+mod overhead;
 mod time_to_loss;
 
 use std::path::PathBuf;
@@ -16,9 +17,9 @@ use crate::engine::Engine;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Square image sizes to time.
-    #[arg(long, value_delimiter = ',', default_value = "256,512")]
-    pub sizes: Vec<i64>,
+    /// Square image sizes to time (default: 256,512; with --loop: 64).
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Option<Vec<i64>>,
     /// Timed evaluations per size (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
@@ -31,6 +32,14 @@ pub struct BenchArgs {
     /// Print the results as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Instead: the optimisation loop per evaluation (whole single-scale runs: L-BFGS m=100,
+    /// m=5, Adam) against the bare evaluation at the same --sizes, with host
+    /// reads per evaluation.
+    #[arg(long = "loop")]
+    pub loop_overhead: bool,
+    /// Evaluations of each --loop run.
+    #[arg(long, default_value_t = 100)]
+    pub loop_evaluations: usize,
     /// Instead: daemon latency (warm request → first progress / result, style cache) against
     /// the one-shot CLI, with a real daemon process.
     #[arg(long)]
@@ -73,7 +82,11 @@ pub struct BenchArgs {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let device = args.device.apply()?;
-    let v = if args.latency {
+    let v = if args.loop_overhead {
+        let sizes = args.sizes.clone().unwrap_or_else(|| vec![64]);
+        let options = overhead::Options { sizes, evaluations: args.loop_evaluations, repeats: args.repeats.max(5) };
+        Some(overhead::run(&options, device)?)
+    } else if args.latency {
         let options = latency::Options { size: args.latency_size, evaluations: args.latency_iterations };
         Some(latency::run(&options, args.weights.clone())?)
     } else if args.time_to_loss {
@@ -92,7 +105,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Some(time_to_loss::run(&options, device, &engine, &path)?)
     } else {
         let options = evaluation::Options {
-            sizes: args.sizes.clone(),
+            sizes: args.sizes.clone().unwrap_or_else(|| vec![256, 512]),
             repeats: args.repeats,
             warmup: args.warmup,
             no_reference: args.no_reference,

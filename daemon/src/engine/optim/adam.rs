@@ -2,7 +2,7 @@
 
 use tch::Tensor;
 
-use super::{Outcome, Stop};
+use super::{evaluate_and_read, FnProblem, Outcome, Problem, Stop};
 
 /// Adam's settings. The learning rate is in pixel units (the image lives in [0,1]).
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
@@ -25,12 +25,23 @@ pub fn minimize<E>(
     config: &AdamConfig,
     x0: &Tensor,
     max_evals: usize,
-    mut f: impl FnMut(&Tensor) -> Result<(f64, Tensor), E>,
+    f: impl FnMut(&Tensor) -> Result<(f64, Tensor), E>,
 ) -> Result<Outcome, E> {
+    minimize_problem(config, x0, max_evals, &mut FnProblem::new(f))
+}
+
+/// [`minimize`] over a [`Problem`]: one host read per evaluation (its terms), nothing else.
+pub fn minimize_problem<P: Problem>(
+    config: &AdamConfig,
+    x0: &Tensor,
+    max_evals: usize,
+    problem: &mut P,
+) -> Result<Outcome, P::Stop> {
     let mut x = x0.detach().copy();
     let mut m = x.zeros_like();
     let mut v = x.zeros_like();
-    let (mut value, mut g) = f(&x)?;
+    let (terms, mut g, _) = evaluate_and_read(problem, &x, |_| Vec::new())?;
+    let mut value = terms[0];
     let mut evals = 1;
     while evals < max_evals {
         let step = evals as i32;
@@ -38,9 +49,18 @@ pub fn minimize<E>(
         v = &v * config.beta2 + g.square() * (1.0 - config.beta2);
         let m_hat = &m / (1.0 - config.beta1.powi(step));
         let v_hat = &v / (1.0 - config.beta2.powi(step));
-        x -= m_hat / (v_hat.sqrt() + config.eps) * config.lr;
-        (value, g) = f(&x)?;
+        // a new tensor, not an update in place: the problem may keep the points it evaluated
+        x = &x - m_hat / (v_hat.sqrt() + config.eps) * config.lr;
+        let (terms, grad, _) = evaluate_and_read(problem, &x, |_| Vec::new())?;
+        (value, g) = (terms[0], grad);
         evals += 1;
     }
-    Ok(Outcome { x, value, evaluations: evals, iterations: evals.saturating_sub(1), stop: Stop::Budget })
+    Ok(Outcome {
+        x,
+        value,
+        evaluations: evals,
+        iterations: evals.saturating_sub(1),
+        stop: Stop::Budget,
+        failed_searches: 0,
+    })
 }

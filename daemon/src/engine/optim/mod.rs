@@ -1,6 +1,7 @@
-//! Optimisers over a flat tensor. Both call `f(x) -> (value, gradient)` once per evaluation,
-//! count evaluations against a budget, and stop at once when `f` returns an error (the caller's
-//! reason to stop: cancelled, out of time, …).
+//! Optimisers over a flat tensor. A [`Problem`] evaluates on the device; the optimiser reads
+//! each evaluation's values to the host once, together with its own scalars (see
+//! [`super::host`]), tells the problem ([`Problem::evaluated`]), and stops at once when the
+//! problem says so (cancelled, out of time, …). Budgets count evaluations.
 
 pub mod adam;
 pub mod lbfgs;
@@ -16,7 +17,8 @@ pub use lbfgs::LbfgsConfig;
 pub enum Stop {
     /// The evaluation budget is spent.
     Budget,
-    /// The gradient (or the change in x or in the value) fell below tolerance.
+    /// The gradient (or, with positive tolerances, the change in x or in the value) fell below
+    /// tolerance. A line search that finds no decrease is not convergence: L-BFGS restarts.
     Converged,
 }
 
@@ -27,6 +29,58 @@ pub struct Outcome {
     pub evaluations: usize,
     pub iterations: usize,
     pub stop: Stop,
+    /// Line searches that found no decrease (each followed by a restart).
+    pub failed_searches: usize,
+}
+
+/// What an optimiser minimises.
+pub trait Problem {
+    /// Why the problem stops the optimiser.
+    type Stop;
+    /// Value terms and gradient at `x`, left on the device (no host read): `terms` is 1-D,
+    /// `terms[0]` the value minimised; the rest (e.g. the loss terms a progress report shows)
+    /// are read with it.
+    fn evaluate(&mut self, x: &Tensor) -> (Tensor, Tensor);
+    /// The last evaluation's terms, read to the host. `Err` stops the optimiser at once.
+    fn evaluated(&mut self, terms: &[f64]) -> Result<(), Self::Stop>;
+    /// A line search found no lower value along its direction (L-BFGS restarts from steepest
+    /// descent). A problem may make its values more precise from now on; it returns whether it
+    /// did, and the optimiser then evaluates the current point again (its value and gradient
+    /// from before are not comparable any more).
+    fn search_failed(&mut self) -> bool {
+        false
+    }
+}
+
+/// A closure `x → (value, gradient)` whose value is already on the host, as a [`Problem`].
+pub struct FnProblem<F, E> {
+    f: F,
+    stop: Option<E>,
+}
+
+impl<F, E> FnProblem<F, E> {
+    pub fn new(f: F) -> Self {
+        Self { f, stop: None }
+    }
+}
+
+impl<F: FnMut(&Tensor) -> Result<(f64, Tensor), E>, E> Problem for FnProblem<F, E> {
+    type Stop = E;
+
+    fn evaluate(&mut self, x: &Tensor) -> (Tensor, Tensor) {
+        let (value, grad) = match (self.f)(x) {
+            Ok(r) => r,
+            Err(e) => {
+                self.stop = Some(e);
+                (f64::NAN, x.zeros_like())
+            }
+        };
+        (Tensor::from_slice(&[value]).to_device(x.device()), grad)
+    }
+
+    fn evaluated(&mut self, _terms: &[f64]) -> Result<(), E> {
+        self.stop.take().map_or(Ok(()), Err)
+    }
 }
 
 /// An optimiser and its settings.
@@ -37,16 +91,29 @@ pub enum Optimizer {
 }
 
 impl Optimizer {
-    /// Minimises `f` from `x0` with at most `max_evals` evaluations of `f`.
-    pub fn minimize<E>(
-        &self,
-        x0: &Tensor,
-        max_evals: usize,
-        f: impl FnMut(&Tensor) -> Result<(f64, Tensor), E>,
-    ) -> Result<Outcome, E> {
+    /// Minimises `problem` from `x0` with at most `max_evals` evaluations.
+    pub fn minimize<P: Problem>(&self, x0: &Tensor, max_evals: usize, problem: &mut P) -> Result<Outcome, P::Stop> {
         match self {
-            Optimizer::Lbfgs(c) => lbfgs::minimize(c, x0, max_evals, f),
-            Optimizer::Adam(c) => adam::minimize(c, x0, max_evals, f),
+            Optimizer::Lbfgs(c) => lbfgs::minimize_problem(c, x0, max_evals, problem),
+            Optimizer::Adam(c) => adam::minimize_problem(c, x0, max_evals, problem),
         }
     }
+}
+
+/// One evaluation through the problem, read to the host once with `extra` scalars computed from
+/// the gradient: returns (terms, gradient, extras).
+fn evaluate_and_read<P: Problem>(
+    problem: &mut P,
+    x: &Tensor,
+    extra: impl FnOnce(&Tensor) -> Vec<Tensor>,
+) -> Result<(Vec<f64>, Tensor, Vec<f64>), P::Stop> {
+    let (terms, grad) = problem.evaluate(x);
+    let device = grad.device();
+    let mut parts = vec![terms.to_kind(tch::Kind::Double).to_device(device).reshape([-1])];
+    parts.extend(extra(&grad).into_iter().map(|t| t.to_kind(tch::Kind::Double).reshape([1])));
+    let n_terms = parts[0].numel();
+    let mut values = super::host::read(&Tensor::cat(&parts, 0));
+    let extras = values.split_off(n_terms);
+    problem.evaluated(&values)?;
+    Ok((values, grad, extras))
 }

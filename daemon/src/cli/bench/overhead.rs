@@ -1,0 +1,138 @@
+//! `neural-style bench --loop`: what the optimisation loop costs beyond the network. A whole
+//! single-scale run (L-BFGS with its line search, or Adam) is timed per evaluation, from its
+//! first progress report to its last, against the bare evaluation (forward + backward, value
+//! read) at the same size on the same network, in the same process. Host reads per evaluation
+//! are counted too (each is a device sync on a GPU). On a CPU the network dominates at 256 px;
+//! at 64 px it is cheap enough for the loop's own cost to show.
+
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::engine::image_io::Picture;
+use crate::engine::params::OptimizerKind;
+use crate::engine::vgg::Layout;
+use crate::engine::weights::Weights;
+use crate::engine::{device_name, host, Control, Engine, Init, Job, Params, Progress};
+
+/// What to time.
+pub struct Options {
+    /// Square image sizes.
+    pub sizes: Vec<i64>,
+    /// Evaluations of each run.
+    pub evaluations: usize,
+    /// Timed bare evaluations per size (the median is reported).
+    pub repeats: usize,
+}
+
+/// One optimiser setting of the loop.
+struct Variant {
+    name: &'static str,
+    optimizer: OptimizerKind,
+    history: usize,
+}
+
+const VARIANTS: [Variant; 3] = [
+    Variant { name: "lbfgs m=100", optimizer: OptimizerKind::Lbfgs, history: 100 },
+    Variant { name: "lbfgs m=5", optimizer: OptimizerKind::Lbfgs, history: 5 },
+    Variant { name: "adam", optimizer: OptimizerKind::Adam, history: 100 },
+];
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn picture(size: i64, seed: i64) -> Picture {
+    tch::manual_seed(seed);
+    let t = Tensor::rand([size, size, 4], (Kind::Float, Device::Cpu));
+    let v: Vec<f32> = Vec::<f32>::try_from(t.reshape([-1])).expect("f32 pixels");
+    let rgba = image::Rgba32FImage::from_raw(size as u32, size as u32, v).expect("size matches");
+    Picture { rgba, has_alpha: false, high_precision: false }
+}
+
+/// Median seconds of one bare evaluation (value and gradient, value read) of `job`'s objective.
+fn bare(engine: &Engine, job: &Job, repeats: usize) -> f64 {
+    let device = engine.device();
+    let content = job.content().rgb_tensor().to_device(device);
+    let style = job.styles()[0].rgb_tensor().to_device(device);
+    let x = crate::engine::rng::uniform(&content.size(), 0).to_device(device);
+    let objective = engine.objective(&content, &[style], job.params());
+    let mut times = Vec::new();
+    for i in 0..repeats + 2 {
+        let t0 = Instant::now();
+        drop(objective.evaluate(engine.vgg(), &x));
+        sync(device);
+        if i >= 2 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[times.len() / 2]
+}
+
+/// Seconds and host reads per evaluation of a whole run, between its first and last progress.
+fn looped(engine: &Engine, job: &Job) -> anyhow::Result<(f64, f64, usize)> {
+    let mut first: Option<(usize, Instant, u64)> = None;
+    let mut last = (0, Instant::now(), 0);
+    let out = engine.stylize(job, &mut |p: &Progress| {
+        let now = (p.evaluation, Instant::now(), host::reads());
+        first.get_or_insert(now);
+        last = now;
+        Control::Continue
+    })?;
+    let (n0, t0, r0) = first.expect("at least one evaluation");
+    let n = (last.0 - n0).max(1) as f64;
+    Ok((last.1.duration_since(t0).as_secs_f64() / n, (last.2 - r0) as f64 / n, out.summary.evaluations))
+}
+
+/// Runs the loop bench on `device`; fp32 throughout (a reduced-precision job ends on the f32
+/// network, which would mix two networks' costs in one figure; the loop's cost is the same).
+pub fn run(args: &Options, device: Device) -> anyhow::Result<serde_json::Value> {
+    let engine = Engine::with_layout(&Weights::random(0), device, Layout::FP32);
+    eprintln!(
+        "the optimisation loop per evaluation against the bare evaluation (fp32, single scale, {} evaluations, {} \
+         threads, {})",
+        args.evaluations,
+        tch::get_num_threads(),
+        device_name(device)
+    );
+    eprintln!(
+        "{:>5} {:>12} {:>12} {:>12} {:>9} {:>11}",
+        "size", "optimizer", "bare ms", "loop ms", "overhead", "reads/eval"
+    );
+    let mut rows = Vec::new();
+    for &size in &args.sizes {
+        anyhow::ensure!(size >= 32, "sizes must be at least 32");
+        for v in &VARIANTS {
+            let params = Params {
+                size: None,
+                evaluations: args.evaluations,
+                multiscale: false,
+                init: Init::Noise,
+                optimizer: v.optimizer,
+                lbfgs_history: v.history,
+                ..Params::default()
+            };
+            let job = Job::new(picture(size, 1), vec![picture(size, 2)], params)?;
+            let t_bare = bare(&engine, &job, args.repeats);
+            let (t_loop, reads, evaluations) = looped(&engine, &job)?;
+            let overhead = t_loop / t_bare - 1.0;
+            eprintln!(
+                "{size:>5} {:>12} {:>12.3} {:>12.3} {:>8.1}% {reads:>11.2}",
+                v.name,
+                t_bare * 1e3,
+                t_loop * 1e3,
+                overhead * 100.0
+            );
+            rows.push(serde_json::json!({
+                "size": size, "optimizer": v.name, "bare_s": t_bare, "loop_s_per_evaluation": t_loop,
+                "overhead": overhead, "host_reads_per_evaluation": reads, "evaluations": evaluations,
+            }));
+        }
+    }
+    Ok(serde_json::json!({
+        "device": device_name(device), "threads": tch::get_num_threads(), "precision": "fp32", "results": rows,
+    }))
+}

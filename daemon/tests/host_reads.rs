@@ -1,0 +1,71 @@
+//! The optimisation loop reads from the device at most twice per evaluation (each read is a
+//! device sync on a GPU: ~33 µs on an H100, invisible on a CPU, so it is counted here instead
+//! of timed). Every read of the loop goes through `engine::host::read`, which counts them; a
+//! source check makes sure no module of the loop reads around it.
+
+mod common;
+
+use common::picture;
+use neural_style::engine::params::OptimizerKind;
+use neural_style::engine::weights::Weights;
+use neural_style::engine::{host, Control, Engine, Init, Job, Params, Progress};
+use tch::Device;
+
+/// Host reads per evaluation between the first and the last progress report of `params`' job.
+fn reads_per_evaluation(engine: &Engine, params: Params) -> (f64, usize) {
+    let job = Job::new(picture("tubingen.jpg", 64), vec![picture("starry_night.jpg", 64)], params).unwrap();
+    let mut first = None;
+    let mut last = (0, 0);
+    let out = engine
+        .stylize(&job, &mut |p: &Progress| {
+            let now = (p.evaluation, host::reads());
+            first.get_or_insert(now);
+            last = now;
+            Control::Continue
+        })
+        .unwrap();
+    let (n0, r0) = first.unwrap();
+    ((last.1 - r0) as f64 / (last.0 - n0) as f64, out.summary.evaluations)
+}
+
+#[test]
+fn the_loop_reads_from_the_device_at_most_twice_per_evaluation() {
+    tch::set_num_threads(2);
+    let engine = Engine::new(&Weights::random(1), Device::Cpu);
+    let single = Params {
+        size: Some(64),
+        evaluations: 60,
+        multiscale: false,
+        lbfgs_history: 100,
+        init: Init::Content,
+        ..Params::default()
+    };
+    for (name, params) in [
+        ("L-BFGS, line search, history 100", single.clone()),
+        ("L-BFGS, fixed steps", Params { line_search: false, ..single.clone() }),
+        ("Adam", Params { optimizer: OptimizerKind::Adam, ..single.clone() }),
+        ("defaults at 128 px (two scales)", Params { size: Some(128), evaluations: 60, ..Params::default() }),
+    ] {
+        let (reads, evaluations) = reads_per_evaluation(&engine, params);
+        eprintln!("{name}: {reads:.2} host reads per evaluation over {evaluations} evaluations");
+        assert_eq!(evaluations, 60, "{name}: the budget is spent");
+        assert!(reads <= 2.0, "{name}: {reads:.2} host reads per evaluation");
+    }
+}
+
+#[test]
+fn the_loop_reads_only_through_the_counter() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine");
+    for file in ["optim/lbfgs.rs", "optim/adam.rs", "optim/mod.rs", "scale.rs", "objective.rs", "tiling.rs", "mod.rs"] {
+        let text = std::fs::read_to_string(src.join(file)).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for read in ["double_value(", "int64_value(", "try_from(", "copy_data(", "Device::Cpu)"] {
+            let hits: Vec<&str> =
+                code.lines().filter(|l| !l.trim_start().starts_with("//") && l.contains(read)).collect();
+            // the result leaves for the CPU once per job, after the loop
+            let allowed = |l: &&str| file == "mod.rs" && l.contains("rgb: rgb.to_device(Device::Cpu)");
+            let hits: Vec<&&str> = hits.iter().filter(|l| !allowed(l)).collect();
+            assert!(hits.is_empty(), "{file} reads from the device without engine::host::read: {hits:?}");
+        }
+    }
+}
