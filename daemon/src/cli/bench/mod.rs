@@ -40,6 +40,9 @@ pub struct BenchArgs {
     /// Evaluations of each --loop run.
     #[arg(long, default_value_t = 100)]
     pub loop_evaluations: usize,
+    /// --loop: pairs of (bare evaluations, loop run) per setting; the median ratio is reported.
+    #[arg(long, default_value_t = 5)]
+    pub loop_runs: usize,
     /// Instead: daemon latency (warm request → first progress / result, style cache) against
     /// the one-shot CLI, with a real daemon process.
     #[arg(long)]
@@ -84,7 +87,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let device = args.device.apply()?;
     let v = if args.loop_overhead {
         let sizes = args.sizes.clone().unwrap_or_else(|| vec![64]);
-        let options = overhead::Options { sizes, evaluations: args.loop_evaluations, repeats: args.repeats.max(5) };
+        let options = overhead::Options {
+            sizes,
+            evaluations: args.loop_evaluations,
+            repeats: args.repeats.max(20),
+            runs: args.loop_runs,
+        };
         Some(overhead::run(&options, device)?)
     } else if args.latency {
         let options = latency::Options { size: args.latency_size, evaluations: args.latency_iterations };

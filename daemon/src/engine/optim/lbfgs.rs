@@ -54,18 +54,22 @@ impl Default for LbfgsConfig {
     }
 }
 
-/// The L-BFGS history on the device: pairs s_i = x_{i+1} − x_i, y_i = g_{i+1} − g_i as rows of
-/// S and Y (f32, a ring buffer that grows to `m` rows), with SᵀY and YᵀY kept up to date (f64,
-/// one row and column per new pair), and γ = s·y / y·y of the newest pair (the initial H₀ = γI).
+/// The L-BFGS history on the device: pairs s_i = x_{i+1} − x_i, y_i = g_{i+1} − g_i stored
+/// interleaved as rows of one [rows, 2, n] f32 tensor (a ring buffer that grows to `m` pairs),
+/// so that every product with S and Y together is one pass over the history; SᵀY and YᵀY are
+/// kept up to date (f64, [m, m], one row and column per new pair); γ = s·y / y·y of the newest
+/// pair (the initial H₀ = γI).
 pub struct History {
     m: usize,
-    s: Tensor,
-    y: Tensor,
+    pairs: Tensor,
     /// Pairs held.
     len: usize,
     /// Row of the oldest pair once the buffer is full (rows are then in chronological order
     /// from here, wrapping around).
     oldest: usize,
+    /// The row of a pair pushed since the last direction: its row and column of SᵀY and YᵀY
+    /// are filled in by the next [`History::direction`], in the same pass as Sᵀg and Yᵀg.
+    pending: Option<i64>,
     /// [m, m]: sty[i][j] = s_i·y_j, yty[i][j] = y_i·y_j, in row order.
     sty: Tensor,
     yty: Tensor,
@@ -74,15 +78,15 @@ pub struct History {
 
 impl History {
     pub fn new(m: usize, n: i64, device: Device) -> Self {
-        let rows = m.clamp(1, 4) as i64;
+        let m = m.max(1);
         Self {
-            m: m.max(1),
-            s: Tensor::zeros([rows, n], (Kind::Float, device)),
-            y: Tensor::zeros([rows, n], (Kind::Float, device)),
+            m,
+            pairs: Tensor::zeros([m.min(4) as i64, 2, n], (Kind::Float, device)),
             len: 0,
             oldest: 0,
-            sty: Tensor::zeros([m.max(1) as i64, m.max(1) as i64], (Kind::Double, device)),
-            yty: Tensor::zeros([m.max(1) as i64, m.max(1) as i64], (Kind::Double, device)),
+            pending: None,
+            sty: Tensor::zeros([m as i64, m as i64], (Kind::Double, device)),
+            yty: Tensor::zeros([m as i64, m as i64], (Kind::Double, device)),
             gamma: 1.0,
         }
     }
@@ -99,10 +103,15 @@ impl History {
     pub fn clear(&mut self) {
         self.len = 0;
         self.oldest = 0;
+        self.pending = None;
     }
 
     /// Adds a pair (the oldest goes when `m` are held); `ys` = s·y and `yy` = y·y as read.
     pub fn push(&mut self, s: &Tensor, y: &Tensor, ys: f64, yy: f64) {
+        if self.pending.is_some() {
+            // two pairs without a direction between them: settle the first one's products now
+            self.products(None);
+        }
         let slot = if self.len < self.m {
             self.len
         } else {
@@ -110,44 +119,64 @@ impl History {
             self.oldest = (self.oldest + 1) % self.m;
             slot
         };
-        if slot as i64 >= self.s.size()[0] {
-            // grow like a Vec, up to m rows (the first rows keep their order: not full yet)
-            let rows = (2 * self.s.size()[0]).min(self.m as i64);
-            let grow = |t: &Tensor| {
-                let bigger = Tensor::zeros([rows, t.size()[1]], (Kind::Float, t.device()));
-                bigger.narrow(0, 0, t.size()[0]).copy_(t);
-                bigger
-            };
-            self.s = grow(&self.s);
-            self.y = grow(&self.y);
+        let rows = self.pairs.size()[0];
+        if slot as i64 >= rows {
+            // grow like a Vec, up to m pairs (not full yet: rows keep their order)
+            let bigger =
+                Tensor::zeros([(2 * rows).min(self.m as i64), 2, self.pairs.size()[2]], (Kind::Float, s.device()));
+            bigger.narrow(0, 0, rows).copy_(&self.pairs);
+            self.pairs = bigger;
         }
-        let slot = slot as i64;
-        self.s.get(slot).copy_(s);
-        self.y.get(slot).copy_(y);
+        let row = self.pairs.get(slot as i64);
+        row.get(0).copy_(s);
+        row.get(1).copy_(y);
         self.len = (self.len + 1).min(self.m);
-        let k = self.len as i64;
-        let (sk, yk) = (self.s.narrow(0, 0, k), self.y.narrow(0, 0, k));
-        let double = |t: Tensor| t.to_kind(Kind::Double);
-        // column: s_i·y_new; row: s_new·y_j; YᵀY both ways
-        self.sty.select(1, slot).narrow(0, 0, k).copy_(&double(sk.mv(y)));
-        self.sty.select(0, slot).narrow(0, 0, k).copy_(&double(yk.mv(s)));
-        let yy_col = double(yk.mv(y));
-        self.yty.select(1, slot).narrow(0, 0, k).copy_(&yy_col);
-        self.yty.select(0, slot).narrow(0, 0, k).copy_(&yy_col);
+        self.pending = Some(slot as i64);
         self.gamma = ys / yy;
+    }
+
+    /// In one pass over the history, [s_0; y_0; s_1; …] · [g, s_p, y_p] for the pending pair p
+    /// (its row and column of SᵀY and YᵀY are filled in) and `g` when given: returns Sᵀg and
+    /// Yᵀg as [k] f64 when `g` is given.
+    fn products(&mut self, g: Option<&Tensor>) -> Option<(Tensor, Tensor)> {
+        let k = self.len as i64;
+        let held = self.pairs.narrow(0, 0, k).view([2 * k, -1]);
+        let pending = self.pending.take();
+        let mut columns: Vec<Tensor> = g.iter().map(|g| g.shallow_clone()).collect();
+        if let Some(p) = pending {
+            let row = self.pairs.get(p);
+            columns.extend([row.get(0), row.get(1)]);
+        }
+        if columns.is_empty() {
+            return None;
+        }
+        let first_pair_column = i64::from(g.is_some());
+        let products = held.matmul(&Tensor::stack(&columns, 1)).to_kind(Kind::Double).view([k, 2, -1]);
+        let (s_dot, y_dot) = (products.select(1, 0), products.select(1, 1));
+        if let Some(p) = pending {
+            let (s_new, y_new) = (first_pair_column, first_pair_column + 1);
+            // column p of SᵀY: s_i·y_p; row p: s_p·y_j = y_j·s_p; YᵀY both ways: y_i·y_p
+            self.sty.select(1, p).narrow(0, 0, k).copy_(&s_dot.select(1, y_new));
+            self.sty.select(0, p).narrow(0, 0, k).copy_(&y_dot.select(1, s_new));
+            self.yty.select(1, p).narrow(0, 0, k).copy_(&y_dot.select(1, y_new));
+            self.yty.select(0, p).narrow(0, 0, k).copy_(&y_dot.select(1, y_new));
+        }
+        g.map(|_| (s_dot.select(1, 0), y_dot.select(1, 0)))
     }
 
     /// The L-BFGS direction −H·g, with H from the compact representation:
     /// H g = γg + [S γY] [[R⁻ᵀ(D + γYᵀY)R⁻¹, −R⁻ᵀ], [−R⁻¹, 0]] [Sᵀg; γYᵀg], where R is the upper
     /// triangle of SᵀY (pairs in chronological order) and D its diagonal. With u = R⁻¹Sᵀg and
     /// w = R⁻ᵀ((D + γYᵀY)u − γYᵀg): H g = γg + S w − γ Y u. The same matrix as the two-loop
-    /// recursion (tested), in four passes over the history and no host read.
-    pub fn direction(&self, g: &Tensor) -> Tensor {
+    /// recursion (tested), in two passes over the history (one product forward, for Sᵀg, Yᵀg
+    /// and a new pair's row of SᵀY and YᵀY; one back) and no host read.
+    pub fn direction(&mut self, g: &Tensor) -> Tensor {
         if self.len == 0 {
             return g * (-self.gamma);
         }
         let k = self.len as i64;
-        let (sk, yk) = (self.s.narrow(0, 0, k), self.y.narrow(0, 0, k));
+        let held = self.pairs.narrow(0, 0, k).view([2 * k, -1]);
+        let (s_dot, y_dot) = self.products(Some(g)).expect("asked for g");
         let gamma = self.gamma;
         // rows → chronological order (a full ring buffer starts at `oldest`)
         let shift = -(self.oldest as i64);
@@ -156,17 +185,17 @@ impl History {
         let rows = |t: Tensor| if shift == 0 { t } else { t.roll([-shift], [0]) };
         let sty = chrono2(self.sty.narrow(0, 0, k).narrow(1, 0, k));
         let yty = chrono2(self.yty.narrow(0, 0, k).narrow(1, 0, k));
-        let a = chrono(sk.mv(g).to_kind(Kind::Double)).unsqueeze(1);
-        let b = chrono(yk.mv(g).to_kind(Kind::Double)).unsqueeze(1);
+        let a = chrono(s_dot).unsqueeze(1);
+        let b = chrono(y_dot).unsqueeze(1);
         let r = sty.triu(0);
         let d = sty.diagonal(0, 0, 1).unsqueeze(1);
         let u = r.linalg_solve_triangular(&a, true, true, false);
         let inner = &d * &u + yty.matmul(&u) * gamma - b * gamma;
         let w = r.transpose(0, 1).linalg_solve_triangular(&inner, false, true, false);
-        let w = rows(w.squeeze_dim(1)).to_kind(Kind::Float);
-        let u = rows(u.squeeze_dim(1)).to_kind(Kind::Float);
-        let hg = g * gamma + sk.transpose(0, 1).mv(&w) - yk.transpose(0, 1).mv(&u) * gamma;
-        hg.neg()
+        // one pass back: S w − γ Y u as [s_0; y_0; …]ᵀ · [w_0, −γu_0, w_1, −γu_1, …]
+        let coefficients = Tensor::stack(&[rows(w.squeeze_dim(1)), rows(u.squeeze_dim(1)) * (-gamma)], 1);
+        let back = held.transpose(0, 1).mv(&coefficients.view([2 * k]).to_kind(Kind::Float));
+        (g * gamma + back).neg()
     }
 }
 
@@ -534,6 +563,10 @@ mod tests {
             pairs.push((s.to_kind(Kind::Float).to_kind(Kind::Double), y.to_kind(Kind::Float).to_kind(Kind::Double)));
             let held = &pairs[pairs.len().saturating_sub(m)..];
             assert_eq!(history.len(), held.len());
+            if i % 4 == 1 {
+                // the next push comes before any direction: it settles this pair's products
+                continue;
+            }
             let compact = history.direction(&g.to_kind(Kind::Float)).to_kind(Kind::Double);
             let reference = two_loop(held, &g);
             let err = abs_max(&(&compact - &reference)) / abs_max(&reference);
