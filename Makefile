@@ -77,6 +77,7 @@ bench: build
 	@mkdir -p docs/bench
 	$(BIN) bench --sizes 256,512
 	$(BIN) bench --latency
+	$(BIN) bench --loop --sizes 64,128 --json > docs/bench/loop.json
 	$(BIN) bench --time-to-loss $(TTL_FLAGS) --plot docs/bench/time_to_loss.png --json > docs/bench/time_to_loss.json
 
 # The GPU measurements (on a machine with CUDA): scripts/gpu-check.sh writes docs/bench/gpu/.
