@@ -120,7 +120,12 @@ pub struct Stylize {
     /// Send a small RGBA8 preview with every K-th progress event (0/absent: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview_every: Option<u32>,
-    /// Longest side of previews (default 128).
+    /// Also send a preview with the first progress event after every S seconds (rate-based:
+    /// the same cadence whatever the image size and device). Either trigger sends one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_every_s: Option<f64>,
+    /// Longest side of previews (default 128; at most the output's). A preview always shows the
+    /// whole image at the output's proportions, whichever scale the job is at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview_size: Option<u32>,
     /// Free text shown in status and logs (e.g. the GIMP image name).
@@ -154,6 +159,7 @@ impl Stylize {
             output: PixelFormat::Rgba8,
             priority: Priority::Interactive,
             preview_every: None,
+            preview_every_s: None,
             preview_size: None,
             label: None,
         };

@@ -5,6 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use image::GenericImageView;
 use interprocess::local_socket::traits::Stream as _;
 use neural_style_e2e::{image, stderr, stylize_files, Daemon};
 use neural_style_protocol::client::connect_stream;
@@ -130,6 +131,14 @@ fn cancel_stops_a_job_within_one_iteration() {
                 // evaluation seen + 1 was running when the cancel arrived; nothing after it
                 assert!(last <= seen + 1, "ran {last} evaluations; the cancel came after {seen}");
                 assert_eq!(bytes.len() as u64, image.unwrap().length, "the current image comes back");
+                // what comes back is worth keeping: better than where the job started
+                assert!(
+                    summary.total_loss < summary.initial_loss,
+                    "cancelled image {} vs start {}",
+                    summary.total_loss,
+                    summary.initial_loss
+                );
+                assert_eq!(summary.stop_reason, neural_style_protocol::message::StopReason::Cancelled);
                 break;
             }
             (other, _) => panic!("unexpected {other:?}"),
@@ -371,6 +380,77 @@ fn style_targets_are_cached_across_jobs() {
     let (req, payload) = stylize_files(&c, &s, json!({"size": 40, "iterations": 2}));
     client.stylize(req, &payload, |_, _| {}).unwrap();
     assert_eq!(d.status().cache_misses, 2);
+}
+
+#[test]
+fn previews_arrive_every_s_seconds_at_the_output_proportions() {
+    let d = Daemon::start(&[]);
+    let mut client = d.client();
+    let params = json!({"size": 64, "iterations": 150, "multiscale": false});
+    let (mut req, payload) = stylize_files(&image("tubingen.jpg"), &image("the_scream.jpg"), params.clone());
+    req.preview_every_s = Some(0.2);
+    req.preview_size = Some(1024);
+    let (mut previews, mut size) = (Vec::new(), None);
+    let r = client
+        .stylize(req, &payload, |e, bytes| {
+            if let Event::Started { width, height, .. } = e {
+                size = Some((*width, *height));
+            }
+            if let Event::Progress { elapsed, preview: Some(p), .. } = e {
+                let pic =
+                    image::RgbaImage::from_raw(p.width.unwrap(), p.height.unwrap(), p.slice(bytes).unwrap().to_vec());
+                assert!(pic.is_some(), "a valid RGBA8 image");
+                previews.push((*elapsed, p.width.unwrap(), p.height.unwrap()));
+            }
+        })
+        .unwrap();
+    let (w, h) = size.expect("started");
+    assert_eq!((r.summary.width, r.summary.height), (w, h));
+    eprintln!("{} previews over {:.1} s", previews.len(), r.summary.seconds);
+    assert!(previews.len() >= 2, "{} previews before the result", previews.len());
+    // the whole image at the output size (asked for up to 1024 px), at least 0.2 s apart
+    assert!(previews.iter().all(|&(_, pw, ph)| (pw, ph) == (w, h)), "{previews:?} vs {w}×{h}");
+    assert!(previews.windows(2).all(|p| p[1].0 - p[0].0 >= 0.2 - 1e-9), "{previews:?}");
+    // asked for nothing: no previews
+    let (req, payload) = stylize_files(&image("tubingen.jpg"), &image("the_scream.jpg"), params);
+    let mut any = false;
+    client.stylize(req, &payload, |e, _| any |= matches!(e, Event::Progress { preview: Some(_), .. })).unwrap();
+    assert!(!any, "previews nobody asked for");
+}
+
+/// `run --preview` through a daemon: the CLI asks for timed previews and writes each one.
+#[test]
+fn cli_preview_file_through_the_daemon() {
+    let d = Daemon::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (out, preview) = (dir.path().join("out.png"), dir.path().join("preview.jpg"));
+    let (c, s) = (image("tubingen.jpg"), image("the_scream.jpg"));
+    let o = d
+        .cli(&[
+            "run",
+            "-c",
+            c.to_str().unwrap(),
+            "-s",
+            s.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--size",
+            "64",
+            "--iterations",
+            "150",
+            "--preview",
+            preview.to_str().unwrap(),
+            "--preview-every",
+            "0.2",
+        ])
+        .env("RUST_LOG", "neural_style=debug")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("using the running daemon"), "{err}");
+    assert!(err.matches("preview written").count() >= 2, "{err}");
+    assert_eq!(image::open(&preview).unwrap().dimensions(), image::open(&out).unwrap().dimensions());
 }
 
 #[test]

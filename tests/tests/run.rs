@@ -35,6 +35,53 @@ fn loss_falls_tenfold_from_noise_and_output_is_right() {
     assert_eq!(h, expected_h);
 }
 
+/// `--preview FILE --preview-every S` in this process: the file is replaced as the image forms
+/// and ends as a valid image of the output's size.
+#[test]
+fn preview_file_follows_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, preview) = (dir.path().join("out.png"), dir.path().join("preview.png"));
+    let flags = [
+        "--size",
+        "64",
+        "--iterations",
+        "60",
+        "--local",
+        "--preview",
+        preview.to_str().unwrap(),
+        "--preview-every",
+        "0.2",
+    ];
+    let mut args = vec!["run", "-c", "", "-s", "", "-o", out.to_str().unwrap(), "--weights"];
+    let (c, s, w) = (image("tubingen.jpg"), image("starry_night.jpg"), weights());
+    args[2] = c.to_str().unwrap();
+    args[4] = s.to_str().unwrap();
+    args.push(w.to_str().unwrap());
+    args.extend(flags);
+    let o = neural_style_e2e::command(&args).env("RUST_LOG", "neural_style=debug").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let writes = stderr(&o).matches("preview written").count();
+    assert!(writes >= 2, "{writes} preview writes");
+    assert_eq!(image::open(&preview).unwrap().dimensions(), image::open(&out).unwrap().dimensions());
+    assert!(std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().ends_with(".tmp")));
+    // a preview file of an unknown type is refused before any work
+    let bad = neural_style_e2e::ns(&[
+        "run",
+        "-c",
+        c.to_str().unwrap(),
+        "-s",
+        s.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--preview",
+        "p.gif",
+    ]);
+    assert!(!bad.status.success() && stderr(&bad).contains("unsupported output format"), "{}", stderr(&bad));
+}
+
 #[test]
 fn same_seed_same_bytes_other_seed_other_bytes() {
     let dir = tempfile::tempdir().unwrap();

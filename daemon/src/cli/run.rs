@@ -39,6 +39,13 @@ pub struct RunArgs {
     /// Print a JSON summary on stdout when done.
     #[arg(long)]
     pub json: bool,
+    /// Write the image as it forms to this file (.png or .jpg), replaced atomically every
+    /// --preview-every seconds (in this process at the output size; through a daemon up to 1024 px).
+    #[arg(long)]
+    pub preview: Option<PathBuf>,
+    /// Seconds between --preview writes.
+    #[arg(long, default_value_t = 2.0, requires = "preview")]
+    pub preview_every: f64,
     /// Run in this process even when a daemon is running.
     #[arg(long)]
     pub local: bool,
@@ -80,6 +87,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Check the parameters, the output and the inputs before spending minutes on the
     // optimisation.
     let format = OutputFormat::from_path(&args.output)?;
+    if let Some(p) = &args.preview {
+        OutputFormat::from_path(p)?;
+        anyhow::ensure!(
+            args.preview_every.is_finite() && args.preview_every > 0.0,
+            "--preview-every must be a positive number of seconds"
+        );
+    }
     if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
         anyhow::ensure!(dir.is_dir(), "output folder {} does not exist; create it first", dir.display());
     }
@@ -153,7 +167,9 @@ fn run_local(args: &RunArgs, job: &Job, interrupted: &AtomicBool) -> anyhow::Res
     drop(weights);
     tracing::info!(device = %device_name(device), precision = %layout.name(), "model loaded");
     let bar = progress_bar(job.params().evaluations);
+    let mut previews = Previews::new(args, job.output_size());
     let result = engine.stylize(job, &mut |p: &Progress| {
+        previews.offer(p.elapsed.as_secs_f64(), || p.image.shallow_clone());
         bar.set_position(p.evaluation as u64);
         bar.set_message(format!("{:.4e}", p.losses.total));
         if interrupted.load(Ordering::SeqCst) {
@@ -177,6 +193,12 @@ fn run_remote(args: &RunArgs, mut client: Client, job: &Job, interrupted: &Atomi
     let (mut request, payload) = Stylize::encoded(&content, &styles, request_params(params));
     request.output = PixelFormat::Rgba32f;
     request.label = Some(args.content.display().to_string());
+    if args.preview.is_some() {
+        let (w, h) = job.output_size();
+        request.preview_every_s = Some(args.preview_every);
+        request.preview_size = Some(w.max(h).min(1024));
+    }
+    let previews = Previews::new(args, job.output_size());
     client.send(&Request::Stylize(request), &payload)?;
     let bar = progress_bar(params.evaluations);
     let mut job_id = None;
@@ -191,7 +213,17 @@ fn run_remote(args: &RunArgs, mut client: Client, job: &Job, interrupted: &Atomi
                 }
             }
             Event::Started { .. } => bar.set_message("started"),
-            Event::Progress { evaluation, losses, .. } => {
+            Event::Progress { evaluation, losses, preview, .. } => {
+                if let Some(r) = preview {
+                    let pic = Picture::from_raw(
+                        r.format,
+                        r.width.unwrap_or(0),
+                        r.height.unwrap_or(0),
+                        r.slice(&bytes).map_err(anyhow::Error::msg)?,
+                    )
+                    .map_err(anyhow::Error::msg)?;
+                    previews.write(&pic.rgb_tensor());
+                }
                 bar.set_position(evaluation as u64);
                 bar.set_message(format!("{:.4e}", losses.total));
             }
@@ -215,6 +247,46 @@ fn run_remote(args: &RunArgs, mut client: Client, job: &Job, interrupted: &Atomi
                 client.send(&Request::Cancel { job }, &[])?;
                 cancel_sent = true;
             }
+        }
+    }
+}
+
+/// `--preview`: the image as it forms, written atomically (temporary file, then rename) every
+/// `--preview-every` seconds, at the output size.
+struct Previews {
+    path: Option<PathBuf>,
+    every: f64,
+    next: f64,
+    size: (u32, u32),
+}
+
+impl Previews {
+    fn new(args: &RunArgs, size: (u32, u32)) -> Self {
+        Self { path: args.preview.clone(), every: args.preview_every, next: 0.0, size }
+    }
+
+    /// In this process: after an evaluation `elapsed` seconds into the job; `image` is the
+    /// evaluated image at the current scale.
+    fn offer(&mut self, elapsed: f64, image: impl FnOnce() -> Tensor) {
+        if self.path.is_some() && elapsed >= self.next {
+            self.next = elapsed + self.every;
+            self.write(&image());
+        }
+    }
+
+    fn write(&self, image: &Tensor) {
+        let Some(path) = &self.path else { return };
+        let (w, h) = self.size;
+        let rgb = tch::no_grad(|| {
+            image
+                .to_kind(tch::Kind::Float)
+                .upsample_bilinear2d([i64::from(h), i64::from(w)], false, None, None)
+                .clamp(0.0, 1.0)
+                .to_device(tch::Device::Cpu)
+        });
+        match (Output { rgb: &rgb, alpha: None, sixteen_bit: false }).save(path) {
+            Ok(()) => tracing::debug!(preview = %path.display(), "preview written"),
+            Err(e) => tracing::warn!(preview = %path.display(), "cannot write the preview: {e}"),
         }
     }
 }

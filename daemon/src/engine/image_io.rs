@@ -305,16 +305,12 @@ pub fn encode_raw(rgb: &Tensor, alpha: Option<&[f32]>, format: PixelFormat) -> V
     out
 }
 
-/// A small RGBA8 preview (longest side `size`) of an image tensor [1,3,H,W].
-pub fn preview(image: &Tensor, size: u32) -> (u32, u32, Vec<u8>) {
-    let (_, _, h, w) = image.size4().expect("4-D image");
-    let scale = f64::from(size) / (h.max(w) as f64);
-    let (nh, nw) = if scale < 1.0 {
-        (((h as f64 * scale).round() as i64).max(1), ((w as f64 * scale).round() as i64).max(1))
-    } else {
-        (h, w)
-    };
-    let small =
-        tch::no_grad(|| image.to_kind(Kind::Float).clamp(0.0, 1.0).upsample_bilinear2d([nh, nw], false, None, None));
-    (nw as u32, nh as u32, encode_raw(&small, None, PixelFormat::Rgba8))
+/// An RGBA8 preview of an image tensor [1,3,h,w] (any scale of a job) as the output of
+/// `full` = (width, height) looks: its proportions, longest side at most `size`.
+pub fn preview(image: &Tensor, size: u32, full: (u32, u32)) -> (u32, u32, Vec<u8>) {
+    let (w, h) = if full.0.max(full.1) > size { longest_side_dims(full.0, full.1, size) } else { full };
+    let small = tch::no_grad(|| {
+        image.to_kind(Kind::Float).clamp(0.0, 1.0).upsample_bilinear2d([i64::from(h), i64::from(w)], false, None, None)
+    });
+    (w, h, encode_raw(&small, None, PixelFormat::Rgba8))
 }

@@ -3,6 +3,7 @@
 //! protocol events with their payloads, an in-process requester (a watch folder) the typed
 //! events themselves.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -36,8 +37,15 @@ pub enum JobEvent {
 /// Where a job's events go.
 pub enum Reply {
     /// A client connection: protocol events, the result in `output`'s pixel format, an RGBA8
-    /// preview (longest side `preview_size`) with every `preview_every`-th progress event.
-    Client { events: Sender<Outgoing>, output: PixelFormat, preview_every: u32, preview_size: u32 },
+    /// preview (longest side `preview_size`) with every `preview_every`-th progress event and
+    /// with the first one after every `preview_every_s` seconds.
+    Client {
+        events: Sender<Outgoing>,
+        output: PixelFormat,
+        preview_every: u32,
+        preview_every_s: Option<f64>,
+        preview_size: u32,
+    },
     /// An in-process requester: the typed events.
     Local(Sender<JobEvent>),
 }
@@ -52,6 +60,8 @@ pub struct QueuedJob {
     pub owner: u64,
     pub cancel: Arc<AtomicBool>,
     pub progress: Arc<AtomicUsize>,
+    /// Seconds into the job when the next time-based preview is due.
+    next_preview: Cell<f64>,
     pub(super) seq: u64,
     pub(super) last_position: usize,
 }
@@ -66,6 +76,7 @@ impl QueuedJob {
             owner,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(AtomicUsize::new(0)),
+            next_preview: Cell::new(0.0),
             seq: 0,
             last_position: usize::MAX,
         }
@@ -96,10 +107,11 @@ impl QueuedJob {
             eta: elapsed / p.evaluation as f64 * (p.max_evaluations - p.evaluation) as f64,
         };
         match &self.reply {
-            Reply::Client { events, output, preview_every, preview_size }
-                if *preview_every > 0 && p.evaluation.is_multiple_of(*preview_every as usize) =>
+            Reply::Client { events, output, preview_every, preview_every_s, preview_size }
+                if self.preview_due(p.evaluation, elapsed, *preview_every, *preview_every_s) =>
             {
-                let (w, h, bytes) = preview(&p.image, *preview_size);
+                let full = (self.info.width, self.info.height);
+                let (w, h, bytes) = preview(&p.image, *preview_size, full);
                 let (mut event, _) = protocol_event(self.id, event, *output);
                 if let Event::Progress { preview, .. } = &mut event {
                     *preview = Some(raw_ref(&bytes, PixelFormat::Rgba8, w, h));
@@ -108,6 +120,22 @@ impl QueuedJob {
             }
             _ => self.send(event),
         }
+    }
+}
+
+impl QueuedJob {
+    /// Whether evaluation `n`, `elapsed` seconds into the job, carries a preview: every
+    /// `every`-th, and the first after every `every_s` seconds (the first evaluation included).
+    fn preview_due(&self, n: usize, elapsed: f64, every: u32, every_s: Option<f64>) -> bool {
+        let by_count = every > 0 && n.is_multiple_of(every as usize);
+        let by_time = every_s.is_some_and(|s| {
+            let due = elapsed >= self.next_preview.get();
+            if due {
+                self.next_preview.set(elapsed + s);
+            }
+            due
+        });
+        by_count || by_time
     }
 }
 

@@ -198,7 +198,13 @@ mod tests {
         let job = Job::new(pic.clone(), vec![pic], Params::default()).unwrap();
         let info = JobInfo { job: 0, priority, label: None, width: 16, height: 16, evaluations: 1, progress: 0 };
         let (tx, rx) = mpsc::channel();
-        let reply = Reply::Client { events: tx, output: PixelFormat::Rgba8, preview_every: 0, preview_size: 128 };
+        let reply = Reply::Client {
+            events: tx,
+            output: PixelFormat::Rgba8,
+            preview_every: 0,
+            preview_every_s: None,
+            preview_size: 128,
+        };
         (QueuedJob::new(job, info, reply, 1), rx)
     }
 

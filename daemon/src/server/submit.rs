@@ -66,6 +66,12 @@ pub fn submit(
     if req.output == PixelFormat::Encoded {
         return Err((ErrorCode::InvalidParams, "output must be rgba8, rgba16 or rgba32f".into()));
     }
+    if let Some(s) = req.preview_every_s.filter(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err((
+            ErrorCode::InvalidParams,
+            format!("preview_every_s must be a positive number of seconds, got {s}"),
+        ));
+    }
     let content = picture(state, &req.content, payload, "content")?;
     let styles = req
         .styles
@@ -81,6 +87,8 @@ pub fn submit(
         events,
         output: req.output,
         preview_every: req.preview_every.unwrap_or(0),
+        // a preview costs a device-to-host copy: not more often than every 50 ms
+        preview_every_s: req.preview_every_s.map(|s| s.max(0.05)),
         preview_size: req.preview_size.unwrap_or(128).clamp(16, 1024),
     };
     enqueue(state, queued(job, req.priority, req.label, reply, owner))
