@@ -63,6 +63,11 @@ pub fn stderr(o: &Output) -> String {
 
 /// Runs a one-shot stylization with the test weights; `extra` are more flags.
 pub fn stylize(content: &Path, style: &Path, out: &Path, extra: &[&str]) -> Output {
+    stylize_command(content, style, out, extra).output().expect("start neural-style")
+}
+
+/// The command [`stylize`] runs, to adjust before running it.
+pub fn stylize_command(content: &Path, style: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut args = vec![
         "run",
         "--content",
@@ -75,7 +80,7 @@ pub fn stylize(content: &Path, style: &Path, out: &Path, extra: &[&str]) -> Outp
         weights().to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    ns(&args)
+    command(&args)
 }
 
 /// The JSON summary printed by `run --json`.

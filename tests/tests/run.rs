@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use image::GenericImageView;
-use neural_style_e2e::{image, stderr, stylize, summary, weights};
+use neural_style_e2e::{image, stderr, stylize, stylize_command, summary, weights};
 
 #[test]
 fn loss_falls_tenfold_from_noise_and_output_is_right() {
@@ -41,6 +41,7 @@ fn loss_falls_tenfold_from_noise_and_output_is_right() {
 fn preview_file_follows_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let (out, preview) = (dir.path().join("out.png"), dir.path().join("preview.png"));
+    let (c, s) = (image("tubingen.jpg"), image("starry_night.jpg"));
     let flags = [
         "--size",
         "64",
@@ -52,13 +53,7 @@ fn preview_file_follows_the_run() {
         "--preview-every",
         "0.2",
     ];
-    let mut args = vec!["run", "-c", "", "-s", "", "-o", out.to_str().unwrap(), "--weights"];
-    let (c, s, w) = (image("tubingen.jpg"), image("starry_night.jpg"), weights());
-    args[2] = c.to_str().unwrap();
-    args[4] = s.to_str().unwrap();
-    args.push(w.to_str().unwrap());
-    args.extend(flags);
-    let o = neural_style_e2e::command(&args).env("RUST_LOG", "neural_style=debug").output().unwrap();
+    let o = stylize_command(&c, &s, &out, &flags).env("RUST_LOG", "neural_style=debug").output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let writes = stderr(&o).matches("preview written").count();
     assert!(writes >= 2, "{writes} preview writes");

@@ -2,7 +2,7 @@
 
 use tch::Tensor;
 
-use super::{evaluate_and_read, FnProblem, Outcome, Problem, Stop};
+use super::{evaluate_and_read, Outcome, Problem, Stop};
 
 /// Adam's settings. The learning rate is in pixel units (the image lives in [0,1]).
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
@@ -19,18 +19,9 @@ impl Default for AdamConfig {
     }
 }
 
-/// Runs `max_evals` evaluations of `f`; every evaluation but the last is followed by a step, so
-/// the returned point is the last one evaluated.
-pub fn minimize<E>(
-    config: &AdamConfig,
-    x0: &Tensor,
-    max_evals: usize,
-    f: impl FnMut(&Tensor) -> Result<(f64, Tensor), E>,
-) -> Result<Outcome, E> {
-    minimize_problem(config, x0, max_evals, &mut FnProblem::new(f))
-}
-
-/// [`minimize`] over a [`Problem`]: one host read per evaluation (its terms), nothing else.
+/// Runs `max_evals` evaluations of `problem`; every evaluation but the last is followed by a
+/// step, so the returned point is the last one evaluated. One host read per evaluation (its
+/// terms), nothing else.
 pub fn minimize_problem<P: Problem>(
     config: &AdamConfig,
     x0: &Tensor,
