@@ -167,7 +167,8 @@ def stylize(procedure, image, drawables, config):
         elif t == "started":
             Gimp.progress_set_text("Neural Style: %d×%d" % (header["width"], header["height"]))
         elif t == "progress":
-            Gimp.progress_set_text("Neural Style: iteration %d/%d, %.0f s left"
+            # `iteration` on the wire counts objective evaluations (the budget's unit)
+            Gimp.progress_set_text("Neural Style: %d/%d evaluations, %.0f s left"
                                    % (header["iteration"], header["total"], header.get("eta", 0)))
             Gimp.progress_update(header["iteration"] / max(1, header["total"]))
 
