@@ -55,7 +55,9 @@ impl Default for LbfgsConfig {
 }
 
 /// The L-BFGS history on the device: pairs s_i = x_{i+1} − x_i, y_i = g_{i+1} − g_i stored
-/// interleaved as rows of one [rows, 2, n] f32 tensor (a ring buffer that grows to `m` pairs),
+/// interleaved as rows of one [m, 2, n] f32 tensor (a ring buffer, allocated once and
+/// uninitialised: no copies as it fills, and on the CPU its pages become resident only as rows
+/// are written; the memory plan counts the full history),
 /// so that every product with S and Y together is one pass over the history; SᵀY and YᵀY are
 /// kept up to date (f64, [m, m], one row and column per new pair); γ = s·y / y·y of the newest
 /// pair (the initial H₀ = γI).
@@ -81,7 +83,7 @@ impl History {
         let m = m.max(1);
         Self {
             m,
-            pairs: Tensor::zeros([m.min(4) as i64, 2, n], (Kind::Float, device)),
+            pairs: Tensor::empty([m as i64, 2, n], (Kind::Float, device)),
             len: 0,
             oldest: 0,
             pending: None,
@@ -119,14 +121,6 @@ impl History {
             self.oldest = (self.oldest + 1) % self.m;
             slot
         };
-        let rows = self.pairs.size()[0];
-        if slot as i64 >= rows {
-            // grow like a Vec, up to m pairs (not full yet: rows keep their order)
-            let bigger =
-                Tensor::zeros([(2 * rows).min(self.m as i64), 2, self.pairs.size()[2]], (Kind::Float, s.device()));
-            bigger.narrow(0, 0, rows).copy_(&self.pairs);
-            self.pairs = bigger;
-        }
         let row = self.pairs.get(slot as i64);
         row.get(0).copy_(s);
         row.get(1).copy_(y);
@@ -554,7 +548,7 @@ mod tests {
         let mut history = History::new(m, n, Device::Cpu);
         let mut pairs = Vec::new();
         let g = Tensor::randn([n], opts);
-        // 12 pairs through a history of 5: the ring buffer grows, fills and wraps around
+        // 12 pairs through a history of 5: the ring buffer fills and wraps around
         for i in 0..12 {
             let s = Tensor::randn([n], opts);
             let y = a.mv(&s);
