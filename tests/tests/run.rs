@@ -63,17 +63,7 @@ fn preview_file_follows_the_run() {
         .flatten()
         .all(|e| !e.file_name().to_string_lossy().ends_with(".tmp")));
     // a preview file of an unknown type is refused before any work
-    let bad = neural_style_e2e::ns(&[
-        "run",
-        "-c",
-        c.to_str().unwrap(),
-        "-s",
-        s.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--preview",
-        "p.gif",
-    ]);
+    let bad = stylize(&c, &s, &out, &["--preview", "p.gif"]);
     assert!(!bad.status.success() && stderr(&bad).contains("unsupported output format"), "{}", stderr(&bad));
 }
 

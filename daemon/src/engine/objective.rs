@@ -149,11 +149,6 @@ impl Losses {
     pub fn from_terms(t: &[f64]) -> Self {
         Self { total: t[0], content: t[1], style: t[2], tv: t[3] }
     }
-
-    /// The same four terms as a tensor (total first) on `device`.
-    pub fn to_terms(self, device: tch::Device) -> Tensor {
-        Tensor::from_slice(&[self.total, self.content, self.style, self.tv]).to_device(device)
-    }
 }
 
 /// The objective for one job: targets, coefficients and pooling.

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use tch::{Device, Kind, Tensor};
 
+use super::timing::{median, sync};
 use crate::cli::python;
 use crate::engine::cost::evaluation_conv_flops;
 use crate::engine::vgg::{to_layout, Layout, NetDtype};
@@ -27,17 +28,6 @@ pub struct Options {
     pub no_reference: bool,
     /// Print the results as JSON on stdout.
     pub json: bool,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
 }
 
 /// Median seconds of one evaluation at `size`×`size` in this process.

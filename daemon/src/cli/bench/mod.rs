@@ -6,6 +6,7 @@ mod evaluation;
 mod latency;
 mod overhead;
 mod time_to_loss;
+mod timing;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

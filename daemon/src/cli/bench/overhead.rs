@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
+use super::timing::{median, sync};
 use crate::engine::image_io::Picture;
 use crate::engine::params::OptimizerKind;
 use crate::engine::vgg::Layout;
@@ -40,12 +41,6 @@ const VARIANTS: [Variant; 3] = [
     Variant { name: "adam", optimizer: OptimizerKind::Adam, history: 100 },
 ];
 
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
 fn picture(size: i64, seed: i64) -> Picture {
     tch::manual_seed(seed);
     let t = Tensor::rand([size, size, 4], (Kind::Float, Device::Cpu));
@@ -72,11 +67,6 @@ fn bare(engine: &Engine, job: &Job, repeats: usize) -> f64 {
         }
     }
     times.iter().sum::<f64>() / times.len() as f64
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Seconds and host reads per evaluation of a whole run, between its first and last progress.

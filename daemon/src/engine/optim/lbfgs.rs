@@ -205,22 +205,28 @@ struct Point {
     /// (g − g₀)·d and |g − g₀|², for the pair (t·d, g − g₀) should this point be taken.
     yd: f64,
     yy: f64,
-    /// max |g| and Σ|g| (tolerance and first-step scale).
+    /// max |g| (tolerance, first-step scale), and Σ|g| where torch's default first step needs
+    /// it (NaN otherwise: not reduced, not read).
     gmax: f64,
     gsum: f64,
 }
 
-/// Evaluates the problem at `x`, with g·d, (g − g0)·d, |g − g0|², max|g|, Σ|g| and `extra`
-/// read in the same host read; returns the point and the extras.
+/// Evaluates the problem at `x`, with max|g|, Σ|g| (when `sum`), and along a line (d, g₀)
+/// g·d, (g − g₀)·d, |g − g₀|², then `extra`, all in the same host read; returns the point and
+/// the extras.
 fn probe<P: Problem>(
     problem: &mut P,
     x: &Tensor,
     t: f64,
+    sum: bool,
     line: Option<(&Tensor, &Tensor)>,
     extra: Vec<Tensor>,
 ) -> Result<(Point, Vec<f64>), P::Stop> {
-    let (terms, g, mut v) = evaluate_and_read(problem, x, |g| {
-        let mut s = vec![g.abs().max(), g.abs().sum(Kind::Float)];
+    let (terms, g, v) = evaluate_and_read(problem, x, |g| {
+        let mut s = vec![g.abs().max()];
+        if sum {
+            s.push(g.abs().sum(Kind::Float));
+        }
         if let Some((d, g0)) = line {
             let y = g - g0;
             s.extend([g.dot(d), y.dot(d), y.dot(&y)]);
@@ -228,12 +234,12 @@ fn probe<P: Problem>(
         s.extend(extra);
         s
     })?;
-    let (gmax, gsum) = (v[0], v[1]);
-    let (gtd, yd, yy, rest) = if line.is_some() {
-        (v[2], v[3], v[4], v.split_off(5))
-    } else {
-        (f64::NAN, f64::NAN, f64::NAN, v.split_off(2))
-    };
+    let mut v = v.into_iter();
+    let mut next = || v.next().expect("the scalars asked for");
+    let gmax = next();
+    let gsum = if sum { next() } else { f64::NAN };
+    let (gtd, yd, yy) = if line.is_some() { (next(), next(), next()) } else { (f64::NAN, f64::NAN, f64::NAN) };
+    let rest = v.collect();
     Ok((Point { x: x.shallow_clone(), t, f: terms[0], g, gtd, yd, yy, gmax, gsum }, rest))
 }
 
@@ -257,7 +263,9 @@ pub fn minimize_problem<P: Problem>(
 ) -> Result<Outcome, P::Stop> {
     // x is replaced, never changed in place: the problem may keep the points it evaluated
     let mut x = x0.detach().copy();
-    let (start, _) = probe(problem, &x, 0.0, None, Vec::new())?;
+    // Σ|g| only for torch's default first step
+    let sum = config.first_step.is_none();
+    let (start, _) = probe(problem, &x, 0.0, sum, None, Vec::new())?;
     let (mut loss, mut g, mut gmax, mut gsum) = (start.f, start.g, start.gmax, start.gsum);
     let mut evals = 1;
     let mut iterations = 0;
@@ -303,12 +311,12 @@ pub fn minimize_problem<P: Problem>(
         let (point, gtd0, dmax) = if config.strong_wolfe {
             // the search's first evaluation plus at most `max_ls` more stay within the budget
             let max_ls = (max_evals - evals).min(25) - 1;
-            let limits = Limits { tolerance_change: config.tolerance_change, max_ls, patience: config.patience };
+            let limits = Limits { tolerance_change: config.tolerance_change, max_ls, patience: config.patience, sum };
             let ls = strong_wolfe(problem, &x, t, &d, loss, &g, extra, limits)?;
             evals += ls.evals;
             (ls.best, ls.gtd0, ls.dmax)
         } else {
-            let (p, v) = probe(problem, &(&x + &d * t), t, Some((&d, &g)), extra)?;
+            let (p, v) = probe(problem, &(&x + &d * t), t, sum, Some((&d, &g)), extra)?;
             evals += 1;
             (p, v[0], v[1])
         };
@@ -325,7 +333,7 @@ pub fn minimize_problem<P: Problem>(
             if problem.search_failed() && evals < max_evals {
                 // the problem's values changed (e.g. a more precise network): start again here,
                 // with the full first step
-                let (here, _) = probe(problem, &x, 0.0, None, Vec::new())?;
+                let (here, _) = probe(problem, &x, 0.0, sum, None, Vec::new())?;
                 evals += 1;
                 (loss, g, gmax, gsum) = (here.f, here.g, here.gmax, here.gsum);
                 restarts = 0;
@@ -371,6 +379,8 @@ struct Limits {
     max_ls: usize,
     /// See [`LbfgsConfig::patience`].
     patience: Option<usize>,
+    /// Read Σ|g| with each evaluation (torch's default first step).
+    sum: bool,
 }
 
 struct LineSearch {
@@ -396,9 +406,9 @@ fn strong_wolfe<P: Problem>(
     first: Vec<Tensor>,
     limits: Limits,
 ) -> Result<LineSearch, P::Stop> {
-    let Limits { tolerance_change, max_ls, patience } = limits;
+    let Limits { tolerance_change, max_ls, patience, sum } = limits;
     let (c1, c2) = (1e-4, 0.9);
-    let (mut new, v) = probe(problem, &(x + d * t), t, Some((d, g0)), first)?;
+    let (mut new, v) = probe(problem, &(x + d * t), t, sum, Some((d, g0)), first)?;
     let (gtd0, d_norm) = (v[0], v[1]);
     let start = || Point {
         x: x.shallow_clone(),
@@ -412,7 +422,7 @@ fn strong_wolfe<P: Problem>(
         gsum: 0.0,
     };
     let eval = |problem: &mut P, t: f64| -> Result<Point, P::Stop> {
-        Ok(probe(problem, &(x + d * t), t, Some((d, g0)), Vec::new())?.0)
+        Ok(probe(problem, &(x + d * t), t, sum, Some((d, g0)), Vec::new())?.0)
     };
     let mut evals = 1;
     // trials so far, and whether any was below the start
