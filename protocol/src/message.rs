@@ -217,6 +217,14 @@ pub struct MemoryPlan {
     pub lbfgs_history: usize,
     /// The part of the estimate that is the L-BFGS history.
     pub history_bytes: u64,
+    /// How the history's pairs are stored: `f32`, or `bf16` when the device is tight and the
+    /// network runs in reduced precision (absent from older daemons: `f32`).
+    #[serde(default = "f32_name")]
+    pub history_precision: String,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 /// One scale of a finished job's coarse-to-fine schedule.

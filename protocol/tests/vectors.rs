@@ -60,6 +60,7 @@ fn sample_summary() -> Summary {
             tiling: None,
             lbfgs_history: 100,
             history_bytes: 1200,
+            history_precision: "bf16".into(),
         },
         high_precision: true,
     }

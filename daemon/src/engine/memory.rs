@@ -11,13 +11,16 @@
 //!   (precision refinement, see `engine::REFINE_FRACTION`), and those evaluations set the peak
 //!   (measured: 1024×768, bf16 with refinement 2.38 GiB, fp32 throughout 2.30 GiB);
 //! * f32 copies of the tapped activations and their gradients;
-//! * image-sized f32 vectors: the optimiser's (L-BFGS: [`PAIR_VECTORS`] per history pair) and
-//!   about sixteen working copies (image, gradient, direction, best point, targets, pictures);
+//! * image-sized f32 vectors: the optimiser's (L-BFGS: [`PAIR_VECTORS`] per history pair, or
+//!   [`BF16_PAIR_VECTORS`] when the pairs are stored in bf16) and about sixteen working copies
+//!   (image, gradient, direction, best point, targets, pictures);
 //! * [`BASE_BYTES`] for the process itself (libtorch, thread pools).
 //!
 //! With tiles, the activation terms use a tile window's area instead of the image's, and the
-//! stitched content targets are added. When the untiled estimate exceeds the memory limit the job
-//! is tiled, with the largest tile whose estimate fits; when even 256 px tiles and the smallest
+//! stitched content targets are added. When the estimate exceeds the memory limit, in order: the
+//! history is stored in bf16 (where the network itself runs in reduced precision: its values and
+//! gradients carry bf16 rounding already), then shortened to at most half the limit, then the job
+//! is tiled with the largest tile whose estimate fits; when even 256 px tiles and the smallest
 //! useful L-BFGS history do not fit, the job is refused with the numbers.
 
 use neural_style_protocol::message::{MemoryPlan, TileGrid};
@@ -36,6 +39,10 @@ pub const BASE_BYTES: u64 = 512 << 20;
 /// Image-sized vectors one L-BFGS history pair costs at the peak: its two stored vectors plus the
 /// two-loop recursion's temporaries and allocator slack (measured at 512 and 1024 px).
 pub const PAIR_VECTORS: u64 = 3;
+/// The same, in f32-vector units (halves), for a history stored in bf16: its two stored vectors
+/// are one f32 vector, plus the f32 copy of one slice per product and slack (measured, see
+/// docs/benchmarks.md).
+pub const BF16_PAIR_HALVES: u64 = 3;
 /// Image-sized f32 working vectors besides the optimiser's history.
 const WORKING_VECTORS: u64 = 16;
 /// More of them in a tiled job: the gradient being assembled, the clamped image, stitched
@@ -66,6 +73,8 @@ pub struct Plan {
     pub lbfgs_history: usize,
     /// The part of the estimate that is the L-BFGS history (it fills over the first iterations).
     pub history_bytes: u64,
+    /// The history's pairs are stored in bf16.
+    pub history_bf16: bool,
 }
 
 impl Plan {
@@ -77,6 +86,7 @@ impl Plan {
             tiling: self.tiling.map(|t| TileGrid { tile: t.tile, halo: t.halo }),
             lbfgs_history: self.lbfgs_history,
             history_bytes: self.history_bytes,
+            history_precision: if self.history_bf16 { "bf16" } else { "f32" }.into(),
         }
     }
 
@@ -93,17 +103,35 @@ fn network_bytes(layout: Layout) -> u64 {
     params * if layout.reduced() { layout.element_bytes() + 4 } else { 4 }
 }
 
-/// Image-sized vectors the optimiser keeps: L-BFGS's history, Adam's two moments.
-fn optimizer_vectors(p: &Params, history: usize) -> u64 {
-    if p.optimizer == OptimizerKind::Lbfgs {
-        PAIR_VECTORS * history as u64
-    } else {
-        2
+/// An L-BFGS history: its length and whether its pairs are stored in bf16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistorySize {
+    pub pairs: usize,
+    pub bf16: bool,
+}
+
+impl HistorySize {
+    pub fn f32(pairs: usize) -> Self {
+        Self { pairs, bf16: false }
+    }
+
+    fn with_pairs(self, pairs: usize) -> Self {
+        Self { pairs, ..self }
+    }
+}
+
+/// Bytes the optimiser keeps for an image of `pixels` (L-BFGS's history, Adam's two moments).
+fn optimizer_bytes(p: &Params, history: HistorySize, pixels: f64) -> f64 {
+    let vector = 3.0 * pixels * 4.0;
+    match (p.optimizer, history.bf16) {
+        (OptimizerKind::Lbfgs, false) => (PAIR_VECTORS * history.pairs as u64) as f64 * vector,
+        (OptimizerKind::Lbfgs, true) => (BF16_PAIR_HALVES * history.pairs as u64) as f64 * vector / 2.0,
+        (OptimizerKind::Adam, _) => 2.0 * vector,
     }
 }
 
 /// Predicted peak bytes of a job at `w` × `h` (its output size).
-pub fn estimate(w: u32, h: u32, p: &Params, layout: Layout, tiling: Option<Tiling>, history: usize) -> u64 {
+pub fn estimate(w: u32, h: u32, p: &Params, layout: Layout, tiling: Option<Tiling>, history: HistorySize) -> u64 {
     let pixels = f64::from(w) * f64::from(h);
     let work_pixels = match tiling {
         None => pixels,
@@ -116,7 +144,7 @@ pub fn estimate(w: u32, h: u32, p: &Params, layout: Layout, tiling: Option<Tilin
     let activations = activation_elements_per_pixel(p.deepest_layer()) * work_pixels * 4.0 * ACTIVATION_OVERHEAD;
     let taps = tap_elements_per_pixel(p) * work_pixels * 4.0 * 2.0;
     let extra = if tiling.is_some() { TILED_EXTRA_VECTORS } else { 0 };
-    let vectors = (optimizer_vectors(p, history) + WORKING_VECTORS + extra) as f64 * 3.0 * pixels * 4.0;
+    let vectors = (WORKING_VECTORS + extra) as f64 * 3.0 * pixels * 4.0 + optimizer_bytes(p, history, pixels);
     // stitched content targets (tiled): the content layers' features at full size, in f32, once
     // per objective (a reduced precision's refinement has its own, on the f32 network)
     let content_targets = if tiling.is_some() {
@@ -132,16 +160,18 @@ pub fn estimate(w: u32, h: u32, p: &Params, layout: Layout, tiling: Option<Tilin
 /// Decides tiling for a job at `w` × `h` under `limit` bytes. `tile` forces a tile size
 /// (`Some(0)`: never tile).
 pub fn plan(w: u32, h: u32, p: &Params, layout: Layout, limit: u64, tile: Option<i64>) -> Result<Plan, EngineError> {
-    let mut history = p.lbfgs_history;
+    let mut history = HistorySize::f32(p.lbfgs_history);
     // plan to 95% of the limit: at 3840×2160 the estimate was 1.3% under the measured peak
     let budget = limit / 20 * 19;
-    let fits = |t: Option<Tiling>, m: usize| estimate(w, h, p, layout, t, m) <= budget;
-    let done = |t: Option<Tiling>, m: usize| Plan {
+    let pixels = f64::from(w) * f64::from(h);
+    let fits = |t: Option<Tiling>, m: HistorySize| estimate(w, h, p, layout, t, m) <= budget;
+    let done = |t: Option<Tiling>, m: HistorySize| Plan {
         estimated_bytes: estimate(w, h, p, layout, t, m),
         limit_bytes: limit,
         tiling: t,
-        lbfgs_history: m,
-        history_bytes: optimizer_vectors(p, m) * 3 * u64::from(w) * u64::from(h) * 4,
+        lbfgs_history: m.pairs,
+        history_bytes: optimizer_bytes(p, m, pixels) as u64,
+        history_bf16: m.bf16 && p.optimizer == OptimizerKind::Lbfgs,
     };
     match tile {
         Some(0) => return Ok(done(None, history)),
@@ -151,10 +181,14 @@ pub fn plan(w: u32, h: u32, p: &Params, layout: Layout, limit: u64, tile: Option
     if fits(None, history) {
         return Ok(done(None, history));
     }
-    // the history is the first thing to give: it may take at most half the limit (a few
-    // pairs keep most of L-BFGS's benefit), the rest is for activations, in tiles if need be
-    let vector = 3 * u64::from(w) * u64::from(h) * 4;
-    history = history.min(((budget / 2) / (PAIR_VECTORS * vector)).max(MIN_HISTORY as u64) as usize);
+    // the history is the first thing to give: stored in bf16 where the network's own values
+    // are bf16-rounded anyway, then at most half the limit (a few pairs keep most of L-BFGS's
+    // benefit); the rest is for activations, in tiles if need be
+    if layout.reduced() && p.optimizer == OptimizerKind::Lbfgs {
+        history.bf16 = true;
+    }
+    let pair = optimizer_bytes(p, history.with_pairs(1), pixels) as u64;
+    history.pairs = history.pairs.min(((budget / 2) / pair.max(1)).max(MIN_HISTORY as u64) as usize);
     if fits(None, history) {
         return Ok(done(None, history));
     }
@@ -166,16 +200,17 @@ pub fn plan(w: u32, h: u32, p: &Params, layout: Layout, limit: u64, tile: Option
         return Ok(done(Some(tiling_for(t)), history));
     }
     let small = tiles.iter().filter(|&&t| t < EFFICIENT_TILE);
+    let shortest = MIN_HISTORY.min(history.pairs);
     for &t in efficient.chain(small) {
-        if let Some(m) = (MIN_HISTORY.min(history)..=history).rev().find(|&m| fits(Some(tiling_for(t)), m)) {
+        let shorter = (shortest..=history.pairs).rev().map(|m| history.with_pairs(m));
+        if let Some(m) = shorter.into_iter().find(|&m| fits(Some(tiling_for(t)), m)) {
             return Ok(done(Some(tiling_for(t)), m));
         }
     }
-    let m = MIN_HISTORY.min(history);
-    let need = estimate(w, h, p, layout, Some(tiling_for(MIN_TILE)), m);
+    let need = estimate(w, h, p, layout, Some(tiling_for(MIN_TILE)), history.with_pairs(shortest));
     Err(EngineError::Memory(format!(
-        "{w}×{h} needs about {:.1} GiB even in {MIN_TILE} px tiles with an L-BFGS history of {m}, more than the \
-         {:.1} GiB that the {:.1} GiB limit leaves after a 5% margin; use a smaller --size, --optimizer adam, or \
+        "{w}×{h} needs about {:.1} GiB even in {MIN_TILE} px tiles with an L-BFGS history of {shortest}, more than \
+         the {:.1} GiB that the {:.1} GiB limit leaves after a 5% margin; use a smaller --size, --optimizer adam, or \
          raise --max-memory",
         gib(need),
         gib(budget),
@@ -291,11 +326,11 @@ mod tests {
     fn estimate_grows_with_pixels_and_tiles_bound_it() {
         let p = Params::default();
         let l = Layout::BF16_NHWC;
-        let small = estimate(512, 512, &p, l, None, 100);
-        let big = estimate(1024, 1024, &p, l, None, 100);
+        let small = estimate(512, 512, &p, l, None, HistorySize::f32(100));
+        let big = estimate(1024, 1024, &p, l, None, HistorySize::f32(100));
         assert!(big > 3 * (small - BASE_BYTES) && big < 5 * small);
-        let tiled = estimate(3840, 2160, &p, l, Some(Tiling::new(512, HALO)), 10);
-        assert!(tiled < estimate(3840, 2160, &p, l, None, 10));
+        let tiled = estimate(3840, 2160, &p, l, Some(Tiling::new(512, HALO)), HistorySize::f32(10));
+        assert!(tiled < estimate(3840, 2160, &p, l, None, HistorySize::f32(10)));
         // 4K on a 12 GiB budget: tiled, history reduced
         let plan = plan(3840, 2160, &p, l, 12 << 30, None).unwrap();
         assert!(plan.tiling.is_some() && plan.lbfgs_history < 100 && plan.estimated_bytes <= 12 << 30, "{plan:?}");
@@ -311,21 +346,46 @@ mod tests {
     fn a_tight_limit_shortens_the_history_before_refusing() {
         let p = Params::default();
         let l = Layout::BF16_NHWC;
-        // 8.5 GiB
-        let limit = 17u64 << 29;
-        // with half the budget in history, only tiles too small to be efficient fit...
-        let half = ((limit / 20 * 19 / 2) / (PAIR_VECTORS * 3 * 3840 * 2160 * 4)) as usize;
+        // 8.75 GiB
+        let limit = 35u64 << 28;
+        // with half the budget in (bf16) history, only tiles too small to be efficient fit...
+        let pairs = (limit / 20 * 19 / 2) / (BF16_PAIR_HALVES * 3 * 3840 * 2160 * 4 / 2);
+        let half = HistorySize { pairs: pairs as usize, bf16: true };
         assert!(estimate(3840, 2160, &p, l, Some(tiling_for(EFFICIENT_TILE)), half) > limit / 20 * 19);
         assert!(estimate(3840, 2160, &p, l, Some(tiling_for(MIN_TILE)), half) <= limit / 20 * 19);
         // ...so the history gives way first, and the largest tile that fits is kept
         let plan = plan(3840, 2160, &p, l, limit, None).unwrap();
         let t = plan.tiling.expect("tiled");
-        assert!((MIN_HISTORY..half).contains(&plan.lbfgs_history), "{plan:?}");
+        assert!((MIN_HISTORY..half.pairs).contains(&plan.lbfgs_history) && plan.history_bf16, "{plan:?}");
         assert!(plan.estimated_bytes <= limit / 20 * 19, "{plan:?}");
         assert!(t.tile >= EFFICIENT_TILE, "{plan:?}");
-        assert!(estimate(3840, 2160, &p, l, Some(t), plan.lbfgs_history + 1) > limit / 20 * 19);
+        assert!(estimate(3840, 2160, &p, l, Some(t), half.with_pairs(plan.lbfgs_history + 1)) > limit / 20 * 19);
         // the refusal names the margin it planned with
         let e = super::plan(3840, 2160, &p, l, 3 << 30, None).unwrap_err().to_string();
         assert!(e.contains("5% margin") && e.contains("3.0 GiB limit"), "{e}");
+    }
+
+    /// 3840×2948 (the size of the GPU issue's measurement) on an 80 GB device, and tighter.
+    #[test]
+    fn a_large_job_keeps_its_history_in_bf16_before_shortening_it() {
+        let p = Params::default();
+        let (w, h) = (3840, 2948);
+        let h100 = (81_559u64 << 20) / 10 * 9;
+        for (layout, limit) in
+            [(Layout::BF16_NHWC, h100), (Layout::FP32, h100), (Layout::BF16_NHWC, 40 << 30), (Layout::FP32, 40 << 30)]
+        {
+            let plan = plan(w, h, &p, layout, limit, None).unwrap();
+            eprintln!("{layout:?} {:.1} GiB: {plan:?} history {:.1} GiB", gib(limit), gib(plan.history_bytes));
+        }
+        // an H100: everything fits, f32 history of 100
+        let plan = plan(w, h, &p, Layout::BF16_NHWC, h100, None).unwrap();
+        assert!(plan.tiling.is_none() && plan.lbfgs_history == 100 && !plan.history_bf16, "{plan:?}");
+        // 40 GiB: a bf16 network keeps all 100 pairs, in bf16; an f32 one shortens its f32 history
+        let bf16 = super::plan(w, h, &p, Layout::BF16_NHWC, 40 << 30, None).unwrap();
+        assert!(bf16.lbfgs_history == 100 && bf16.history_bf16, "{bf16:?}");
+        let fp32 = super::plan(w, h, &p, Layout::FP32, 40 << 30, None).unwrap();
+        assert!(!fp32.history_bf16 && fp32.lbfgs_history < 100, "{fp32:?}");
+        // half the bytes of the same history in f32
+        assert_eq!(bf16.history_bytes * 2, fp32.history_bytes * 100 / fp32.lbfgs_history as u64);
     }
 }

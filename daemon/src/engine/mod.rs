@@ -288,7 +288,7 @@ impl Engine {
             coarse: !last,
             budget,
             deadline,
-            optimizer: p.optimizer(plan.lbfgs_history),
+            optimizer: p.optimizer(plan.lbfgs_history, plan.history_bf16),
         }
         .run(&x0, run);
         // at the output size the f32 objective is the refinement's, or this one on an f32 network

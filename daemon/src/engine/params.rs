@@ -226,9 +226,9 @@ impl Params {
         self.style_layer_weights.clone().unwrap_or_else(|| vec![1.0 / n.max(1) as f64; n])
     }
 
-    /// The optimiser and its settings, with an L-BFGS history of `history` pairs (the memory
-    /// plan may have shortened the requested one).
-    pub fn optimizer(&self, history: usize) -> Optimizer {
+    /// The optimiser and its settings, with an L-BFGS history of `history` pairs stored in bf16
+    /// or f32 (the memory plan may have shortened the requested one, or halved its storage).
+    pub fn optimizer(&self, history: usize, history_bf16: bool) -> Optimizer {
         match self.optimizer {
             OptimizerKind::Lbfgs => Optimizer::Lbfgs(LbfgsConfig {
                 lr: self.learning_rate.unwrap_or(1.0),
@@ -240,6 +240,7 @@ impl Params {
                 tolerance_grad: 0.0,
                 first_step: Some(FIRST_STEP),
                 patience: Some(SEARCH_PATIENCE),
+                history_bf16,
             }),
             OptimizerKind::Adam => {
                 Optimizer::Adam(AdamConfig { lr: self.learning_rate.unwrap_or(0.02), ..Default::default() })

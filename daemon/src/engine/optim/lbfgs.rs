@@ -38,6 +38,11 @@ pub struct LbfgsConfig {
     /// network: about 2⁻⁸ of the value) a search that has not found a decrease in a few trials
     /// will not find one by shrinking the step further.
     pub patience: Option<usize>,
+    /// Store the history's pairs in bf16 (half the memory of f32; the products with them are
+    /// still taken in f32, a slice at a time). The memory plan asks for it when the device is
+    /// tight and the network itself runs in reduced precision.
+    #[serde(default)]
+    pub history_bf16: bool,
 }
 
 impl Default for LbfgsConfig {
@@ -50,6 +55,7 @@ impl Default for LbfgsConfig {
             strong_wolfe: false,
             first_step: None,
             patience: None,
+            history_bf16: false,
         }
     }
 }
@@ -61,6 +67,12 @@ impl Default for LbfgsConfig {
 /// so that every product with S and Y together is one pass over the history; SᵀY and YᵀY are
 /// kept up to date (f64, [m, m], one row and column per new pair); γ = s·y / y·y of the newest
 /// pair (the initial H₀ = γI).
+///
+/// Stored in bf16 (see [`LbfgsConfig::history_bf16`]) the pairs are rounded once, when pushed;
+/// every product is taken with the stored (rounded) vectors, so SᵀY, YᵀY, Sᵀg and the direction
+/// are those of one consistent history, in f32 arithmetic over [`BF16_SLICES`] slices of the
+/// coordinates (the f32 copy of a slice is the only temporary: 1/[`BF16_SLICES`] of an f32
+/// history).
 pub struct History {
     m: usize,
     pairs: Tensor,
@@ -78,12 +90,16 @@ pub struct History {
     pub gamma: f64,
 }
 
+/// Slices of the coordinates a bf16 history's products are taken over.
+pub const BF16_SLICES: i64 = 16;
+
 impl History {
-    pub fn new(m: usize, n: i64, device: Device) -> Self {
+    pub fn new(m: usize, n: i64, device: Device, bf16: bool) -> Self {
         let m = m.max(1);
+        let kind = if bf16 { Kind::BFloat16 } else { Kind::Float };
         Self {
             m,
-            pairs: Tensor::empty([m as i64, 2, n], (Kind::Float, device)),
+            pairs: Tensor::empty([m as i64, 2, n], (kind, device)),
             len: 0,
             oldest: 0,
             pending: None,
@@ -145,7 +161,7 @@ impl History {
             return None;
         }
         let first_pair_column = i64::from(g.is_some());
-        let products = held.matmul(&Tensor::stack(&columns, 1)).to_kind(Kind::Double).view([k, 2, -1]);
+        let products = self.forward(&held, &Tensor::stack(&columns, 1)).view([k, 2, -1]);
         let (s_dot, y_dot) = (products.select(1, 0), products.select(1, 1));
         if let Some(p) = pending {
             let (s_new, y_new) = (first_pair_column, first_pair_column + 1);
@@ -188,9 +204,46 @@ impl History {
         let w = r.transpose(0, 1).linalg_solve_triangular(&inner, false, true, false);
         // one pass back: S w − γ Y u as [s_0; y_0; …]ᵀ · [w_0, −γu_0, w_1, −γu_1, …]
         let coefficients = Tensor::stack(&[rows(w.squeeze_dim(1)), rows(u.squeeze_dim(1)) * (-gamma)], 1);
-        let back = held.transpose(0, 1).mv(&coefficients.view([2 * k]).to_kind(Kind::Float));
+        let back = self.back(&held, &coefficients.view([2 * k]).to_kind(Kind::Float));
         (g * gamma + back).neg()
     }
+
+    /// The [2k, n] held rows times [n, c] columns, as [2k, c] f64.
+    fn forward(&self, held: &Tensor, columns: &Tensor) -> Tensor {
+        if held.kind() == Kind::Float {
+            return held.matmul(columns).to_kind(Kind::Double);
+        }
+        let columns = columns.to_kind(Kind::Float);
+        let mut sum: Option<Tensor> = None;
+        for (start, len) in slices(held.size()[1]) {
+            let part = held.narrow(1, start, len).to_kind(Kind::Float).matmul(&columns.narrow(0, start, len));
+            let part = part.to_kind(Kind::Double);
+            sum = Some(match sum {
+                None => part,
+                Some(acc) => acc + part,
+            });
+        }
+        sum.expect("n > 0")
+    }
+
+    /// The held rows' combination heldᵀ·c ([n], f32) for coefficients `c` ([2k]).
+    fn back(&self, held: &Tensor, c: &Tensor) -> Tensor {
+        if held.kind() == Kind::Float {
+            return held.transpose(0, 1).mv(c);
+        }
+        let n = held.size()[1];
+        let out = Tensor::empty([n], (Kind::Float, held.device()));
+        for (start, len) in slices(n) {
+            out.narrow(0, start, len).copy_(&held.narrow(1, start, len).to_kind(Kind::Float).transpose(0, 1).mv(c));
+        }
+        out
+    }
+}
+
+/// [`BF16_SLICES`] (start, length) slices covering 0..n.
+fn slices(n: i64) -> impl Iterator<Item = (i64, i64)> {
+    let len = (n + BF16_SLICES - 1) / BF16_SLICES;
+    (0..n).step_by(len.max(1) as usize).map(move |start| (start, len.min(n - start)))
 }
 
 /// An evaluation on the search line x + t·d, with the scalars read along with its value.
@@ -281,7 +334,7 @@ pub fn minimize_problem<P: Problem>(
     if gmax <= config.tolerance_grad {
         return Ok(done(x, loss, evals, iterations, Stop::Converged, failed_searches));
     }
-    let mut history = History::new(config.history_size, x.numel() as i64, x.device());
+    let mut history = History::new(config.history_size, x.numel() as i64, x.device(), config.history_bf16);
     // the pair the last iteration made: s, y, s·y, y·y
     let mut pair: Option<(Tensor, Tensor, f64, f64)> = None;
     // the next direction is steepest descent with a first step (the first iteration, and after
@@ -546,25 +599,28 @@ mod tests {
         r
     }
 
-    #[test]
-    fn compact_representation_is_the_two_loop_recursion() {
+    /// The compact direction of a history (f32 or bf16 storage) against the two-loop recursion
+    /// over the same pairs as stored (rounded to bf16 first where the history is bf16).
+    fn compact_matches_two_loop(bf16: bool, n: i64, tolerance: f64) {
         tch::manual_seed(3);
-        let n = 40;
         let opts = (Kind::Double, Device::Cpu);
         // y = A s with A symmetric positive definite: every pair has s·y > 0
         let b = Tensor::randn([n, n], opts);
         let a = b.matmul(&b.transpose(0, 1)) / n as f64 + Tensor::eye(n, opts);
         let m = 5;
-        let mut history = History::new(m, n, Device::Cpu);
+        let mut history = History::new(m, n, Device::Cpu, bf16);
+        let stored = if bf16 { Kind::BFloat16 } else { Kind::Float };
         let mut pairs = Vec::new();
         let g = Tensor::randn([n], opts);
         // 12 pairs through a history of 5: the ring buffer fills and wraps around
         for i in 0..12 {
             let s = Tensor::randn([n], opts);
             let y = a.mv(&s);
+            let as_stored = |v: &Tensor| v.to_kind(stored).to_kind(Kind::Double);
+            let (s, y) = (as_stored(&s), as_stored(&y));
             let (ys, yy) = (s.dot(&y).double_value(&[]), y.dot(&y).double_value(&[]));
             history.push(&s.to_kind(Kind::Float), &y.to_kind(Kind::Float), ys, yy);
-            pairs.push((s.to_kind(Kind::Float).to_kind(Kind::Double), y.to_kind(Kind::Float).to_kind(Kind::Double)));
+            pairs.push((s, y));
             let held = &pairs[pairs.len().saturating_sub(m)..];
             assert_eq!(history.len(), held.len());
             if i % 4 == 1 {
@@ -574,11 +630,22 @@ mod tests {
             let compact = history.direction(&g.to_kind(Kind::Float)).to_kind(Kind::Double);
             let reference = two_loop(held, &g);
             let err = abs_max(&(&compact - &reference)) / abs_max(&reference);
-            assert!(err < 1e-4, "after {} pairs: relative difference {err}", i + 1);
+            assert!(err < tolerance, "after {} pairs: relative difference {err}", i + 1);
         }
         history.clear();
         assert!(history.is_empty());
         assert!(abs_max(&(history.direction(&g.to_kind(Kind::Float)) + g.to_kind(Kind::Float) * history.gamma)) == 0.0);
+    }
+
+    #[test]
+    fn compact_representation_is_the_two_loop_recursion() {
+        compact_matches_two_loop(false, 40, 1e-4);
+    }
+
+    #[test]
+    fn a_bf16_history_is_the_two_loop_recursion_over_its_rounded_pairs() {
+        // 1003 coordinates: the products run over 16 slices, the last one short
+        compact_matches_two_loop(true, 1003, 1e-3);
     }
 
     /// f = 100 + Σ c_i (x_i − i)², its value rounded to three significant digits: like an
