@@ -27,7 +27,7 @@ ITERATIONS     ?= 150
 RUN_FLAGS      ?=
 RANDOM_WEIGHTS := .cache/vgg19-random-seed0.safetensors
 
-.PHONY: setup build run demo test weights samples bench bench-gpu install install-unit install-gimp fmt clippy clean
+.PHONY: setup build run demo test weights samples bench bench-suite bench-gpu install install-unit install-gimp fmt clippy clean
 
 $(VENV)/.installed:
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -79,6 +79,13 @@ bench: build
 	$(BIN) bench --latency
 	$(BIN) bench --loop --sizes 64,128 --json > docs/bench/loop.json
 	$(BIN) bench --time-to-loss $(TTL_FLAGS) --plot docs/bench/time_to_loss.png --json > docs/bench/time_to_loss.json
+
+# The schedule suite (issue #12): 16 cases at 128 px and 4 at 256 px against PyTorch's L-BFGS,
+# about 45 minutes on a 2-core CPU. SUITE_FLAGS e.g. "--only content" or "--suite-full".
+bench-suite: build
+	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install --quiet matplotlib
+	@mkdir -p docs/bench
+	$(BIN) bench --suite --images $(TTL_IMAGES) --table docs/bench/suite.md --plot docs/bench/suite.png --json $(SUITE_FLAGS) > docs/bench/suite.json
 
 # The GPU measurements (on a machine with CUDA): scripts/gpu-check.sh writes docs/bench/gpu/.
 bench-gpu: build

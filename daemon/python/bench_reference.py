@@ -50,7 +50,7 @@ def build(device, dtype, channels_last, weights=None):
 class Problem:
     """The objective for one content and one style image on one network."""
 
-    def __init__(self, net, content, style, beta, dtype, channels_last):
+    def __init__(self, net, content, style, beta, dtype, channels_last, alpha=None):
         self.net, self.dtype, self.channels_last, self.beta = net, dtype, channels_last, beta
         dev = content.device
         self.mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1)
@@ -59,7 +59,7 @@ class Problem:
             self.p = self.taps(content)[CONTENT]
             s = self.taps(style)
             self.targets = {i: gram(s[i]) for i in STYLE}
-        self.alpha = 1.0 / self.p.numel()
+        self.alpha = alpha if alpha is not None else 1.0 / self.p.numel()
 
     def taps(self, image):
         out = {}
@@ -121,7 +121,7 @@ def time_to_loss(a):
     t = load_file(a.input)
     net = build(torch.device("cpu"), torch.float32, False, a.weights)
     start = time.perf_counter()
-    problem = Problem(net, t["content"], t["style"], a.beta, torch.float32, False)
+    problem = Problem(net, t["content"], t["style"], a.beta, torch.float32, False, a.alpha)
     x = t["x0"].clone().requires_grad_(True)
     trace = []
 
@@ -158,6 +158,7 @@ def main():
     tl.add_argument("--input", required=True, help="safetensors with content, style, x0")
     tl.add_argument("--out", required=True, help="safetensors for the final image")
     tl.add_argument("--beta", type=float, required=True)
+    tl.add_argument("--alpha", type=float, help="content weight (default 1/(N*M) of the content layer)")
     tl.add_argument("--evals", type=int, default=300)
     tl.add_argument("--history", type=int, default=100)
     for p in (ev, tl):

@@ -35,7 +35,7 @@ fn the_loop_reads_from_the_device_at_most_twice_per_evaluation() {
     let single = Params {
         size: Some(64),
         evaluations: 60,
-        multiscale: false,
+        multiscale: Some(false),
         lbfgs_history: 100,
         init: Init::Content,
         ..Params::default()

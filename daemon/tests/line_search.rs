@@ -23,7 +23,7 @@ fn bf16_single_scale_from_the_content_at_512_px_spends_its_budget() {
     let params = Params {
         size: Some(512),
         evaluations: 30,
-        multiscale: false,
+        multiscale: Some(false),
         init: Init::Content,
         content_weight: Some(1.0),
         style_weight: Some(1e5),

@@ -94,7 +94,7 @@ fn tiled_optimisation_shows_no_seams() {
         size: Some(160),
         evaluations: 30,
         init: Init::Noise,
-        multiscale: false,
+        multiscale: Some(false),
         tile: Some(64),
         ..Params::default()
     };

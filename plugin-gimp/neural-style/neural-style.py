@@ -13,6 +13,7 @@ none runs, the plug-in starts `neural-style serve` (found via the "neural-style 
 NEURAL_STYLE_BIN, PATH or ~/.local/bin) and waits until it is ready. Standard library only
 beyond GIMP's own modules.
 """
+import json
 import os
 import sys
 
@@ -28,6 +29,11 @@ import ns_protocol as proto  # noqa: E402
 
 PROC = "plug-in-neural-style"
 FLAGS = GObject.ParamFlags.READWRITE
+# previews: every this many seconds, at most this long a side
+PREVIEW_EVERY_S = 1.0
+MAX_PREVIEW = 1024
+# the layer parasite that says how a layer was made
+PARASITE = "neural-style"
 
 
 class UserError(Exception):
@@ -90,7 +96,7 @@ def connect(config, progress_text):
                         "`neural-style weights fetch`." % e.message)
 
 
-def stylize(procedure, image, drawables, config):
+def stylize(procedure, image, drawables, config, stop_button=None):
     layers = [d for d in drawables]
     if not layers:
         raise UserError("Select the content layer (and style layers) first.")
@@ -150,62 +156,223 @@ def stylize(procedure, image, drawables, config):
         "preserve_colors": config.get_property("preserve-colors"),
         "pooling": config.get_property("pooling"),
     }
+    # previews at the size the layer shows (the output's, at most 1024 px), every PREVIEW_EVERY_S
+    shown = min(max(cw, ch), size or max(cw, ch), MAX_PREVIEW)
     request = {"content": content_ref, "styles": styles, "params": params,
                "output": "rgba32f" if hp else "rgba8", "priority": "interactive",
-               "label": "%s: %s" % (image.get_name() or "GIMP", content.get_name())}
+               "label": "%s: %s" % (image.get_name() or "GIMP", content.get_name()),
+               "preview_every_s": PREVIEW_EVERY_S, "preview_size": max(16, shown)}
 
     Gimp.progress_init("Neural Style")
     conn = connect(config, Gimp.progress_set_text)
     if not conn.server.get("pretrained", True):
         Gimp.message("neural-style: the daemon runs with NOT PRETRAINED weights (random init), so the result "
                      "will not look like the style. Run `neural-style weights fetch` and restart the daemon.")
+    live = LiveLayer(image, content, hp)
+    stop = Stop(config.get_property("stop-after"), stop_button)
 
-    def on_event(header, _data):
+    def on_event(header, data):
         t = header["type"]
         if t in ("accepted", "queued") and header.get("position", 0) > 0:
             Gimp.progress_set_text("Neural Style: waiting, %d job(s) ahead" % header["position"])
         elif t == "started":
-            Gimp.progress_set_text("Neural Style: %d×%d" % (header["width"], header["height"]))
+            live.start()
+            stop.started()
         elif t == "progress":
-            # `iteration` on the wire counts objective evaluations (the budget's unit)
-            Gimp.progress_set_text("Neural Style: %d/%d evaluations, %.0f s left"
-                                   % (header["iteration"], header["total"], header.get("eta", 0)))
+            Gimp.progress_set_text(progress_text(header))
             Gimp.progress_update(header["iteration"] / max(1, header["total"]))
+            if header.get("preview") and live.layer is not None:
+                p = header["preview"]
+                live.show(proto.slice_image(p, data), p["width"], p["height"], "R'G'B'A u8")
 
+    keep = config.get_property("on-cancel") == "keep"
     try:
-        result, data = conn.stylize(request, bytes(payload), on_event)
-    except proto.DaemonError as e:
-        hint = " Lower the output size limit." if e.code in ("too_large", "out_of_memory") else ""
-        raise UserError("neural-style: %s%s" % (e.message, hint))
-    except (proto.ProtocolError, OSError) as e:
-        raise UserError("neural-style: lost the connection to the daemon: %s" % e)
+        try:
+            header, data = conn.stylize(request, bytes(payload), on_event, should_cancel=stop.requested,
+                                        idle=stop.idle)
+        except proto.DaemonError as e:
+            hint = " Lower the output size limit." if e.code in ("too_large", "out_of_memory") else ""
+            raise UserError("neural-style: %s%s" % (e.message, hint))
+        except (proto.ProtocolError, OSError) as e:
+            raise UserError("neural-style: lost the connection to the daemon: %s" % e)
+        finally:
+            conn.close()
+            stop.close()
+        Gimp.progress_end()
+        if header["type"] == "cancelled" and not keep:
+            live.discard()
+            return None
+        ref = header["image"]
+        live.finish(proto.slice_image(ref, data), ref["width"], ref["height"], header.get("summary") or {})
+    except BaseException:
+        # no half-made layer: whatever went wrong, the image is as it was
+        live.discard()
+        raise
     finally:
-        conn.close()
-    Gimp.progress_end()
-
-    ref = result["image"]
-    rw, rh = ref["width"], ref["height"]
-    pixels = proto.slice_image(ref, data)
-    image.undo_group_start()
-    try:
-        layer = Gimp.Layer.new(image, "%s (Neural Style)" % content.get_name(), rw, rh,
-                               content.type_with_alpha(), 100.0, Gimp.LayerMode.NORMAL)
-        parent = content.get_parent()
-        image.insert_layer(layer, parent, image.get_item_position(content))
-        buf = layer.get_buffer()
-        buf.set(Gegl.Rectangle.new(0, 0, rw, rh), "R'G'B'A float" if hp else "R'G'B'A u8", pixels)
-        buf.flush()
-        if (rw, rh) != (cw, ch):
-            layer.scale(cw, ch, False)
-        _, x, y = content.get_offsets()
-        layer.set_offsets(x, y)
-        if not Gimp.Selection.is_empty(image):
-            layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
-        layer.update(0, 0, cw, ch)
-    finally:
-        image.undo_group_end()
+        live.close()
     Gimp.displays_flush()
-    return layer
+    return live.layer
+
+
+def progress_text(header):
+    """"Neural Style: 120/300 evaluations at 256×192, 12 s left"."""
+    at = " at %d×%d" % tuple(header["scale"]) if header.get("scale") else ""
+    return "Neural Style: %d/%d evaluations%s, %.0f s left" % (header["iteration"], header["total"], at,
+                                                              header.get("eta", 0))
+
+
+class LiveLayer:
+    """The new layer above the content: made when the job starts, updated in place from each
+    preview and finally from the result, all inside one undo group (one undo step)."""
+
+    def __init__(self, image, content, hp):
+        self.image, self.content, self.hp = image, content, hp
+        self.layer = None
+        self.grouped = False
+        self.previews = 0
+
+    def start(self):
+        if self.layer is not None:
+            return
+        image, content = self.image, self.content
+        image.undo_group_start()
+        self.grouped = True
+        w, h = content.get_width(), content.get_height()
+        self.layer = Gimp.Layer.new(image, "%s (Neural Style)" % content.get_name(), w, h,
+                                    content.type_with_alpha(), 100.0, Gimp.LayerMode.NORMAL)
+        image.insert_layer(self.layer, content.get_parent(), image.get_item_position(content))
+        _, x, y = content.get_offsets()
+        self.layer.set_offsets(x, y)
+        Gimp.displays_flush()
+
+    def show(self, pixels, w, h, fmt):
+        """Puts w × h pixels into the layer, scaled to its size when they differ (GEGL, no undo)."""
+        layer = self.layer
+        lw, lh = layer.get_width(), layer.get_height()
+        buf = layer.get_buffer()
+        if (w, h) == (lw, lh):
+            buf.set(Gegl.Rectangle.new(0, 0, w, h), fmt, pixels)
+        else:
+            src = Gegl.Buffer.new(fmt, 0, 0, w, h)
+            src.set(Gegl.Rectangle.new(0, 0, w, h), fmt, pixels)
+            graph = Gegl.Node()
+            source = graph.create_child("gegl:buffer-source")
+            source.set_property("buffer", src)
+            scale = graph.create_child("gegl:scale-size")
+            scale.set_property("x", float(lw))
+            scale.set_property("y", float(lh))
+            sink = graph.create_child("gegl:write-buffer")
+            sink.set_property("buffer", buf)
+            source.link(scale)
+            scale.link(sink)
+            sink.process()
+        buf.flush()
+        layer.update(0, 0, lw, lh)
+        Gimp.displays_flush()
+        self.previews += 1
+
+    def finish(self, pixels, rw, rh, summary):
+        """The result (the job's output size) into the layer at the content's size and place, with
+        what made it in the layer's "neural-style" parasite (JSON: evaluations, stop reason,
+        schedule, weights, previews shown)."""
+        self.start()
+        layer, content = self.layer, self.content
+        cw, ch = content.get_width(), content.get_height()
+        fmt = "R'G'B'A float" if self.hp else "R'G'B'A u8"
+        if (rw, rh) != (cw, ch):
+            # the output is smaller than the layer (size limit): GIMP's own scaling, as before
+            layer.resize(rw, rh, 0, 0)
+            buf = layer.get_buffer()
+            buf.set(Gegl.Rectangle.new(0, 0, rw, rh), fmt, pixels)
+            buf.flush()
+            layer.scale(cw, ch, False)
+            _, x, y = content.get_offsets()
+            layer.set_offsets(x, y)
+        else:
+            buf = layer.get_buffer()
+            buf.set(Gegl.Rectangle.new(0, 0, rw, rh), fmt, pixels)
+            buf.flush()
+        if not Gimp.Selection.is_empty(self.image):
+            layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+        keys = ("evaluations", "seconds", "stop_reason", "schedule", "total_loss", "precision", "pretrained", "device")
+        info = {k: summary[k] for k in keys if k in summary}
+        info["previews"] = self.previews
+        data = json.dumps(info, sort_keys=True).encode()
+        layer.attach_parasite(Gimp.Parasite.new(PARASITE, Gimp.PARASITE_PERSISTENT, list(data)))
+        layer.update(0, 0, cw, ch)
+
+    def discard(self):
+        if self.layer is not None:
+            self.image.remove_layer(self.layer)
+            self.layer = None
+
+    def close(self):
+        if self.grouped:
+            self.image.undo_group_end()
+            self.grouped = False
+
+
+class Stop:
+    """When to stop the job and take its current image: after `after` seconds of running (the
+    "Stop after" setting, 0 = never), or when the Stop button of the interactive progress
+    window is pressed. GIMP's own Cancel on its progress bar ends the plug-in at once (GIMP closes
+    a plug-in whose progress is cancelled): the daemon then cancels the job, and the layer keeps
+    the last preview it showed."""
+
+    def __init__(self, after, button):
+        self.after, self.button = after, button
+        self.since = None
+
+    def started(self):
+        import time
+        self.since = time.monotonic()
+
+    def requested(self):
+        import time
+        if self.button is not None and self.button.pressed:
+            return True
+        return self.since is not None and self.after > 0 and time.monotonic() - self.since >= self.after
+
+    def idle(self):
+        if self.button is not None:
+            self.button.pump()
+
+    def close(self):
+        if self.button is not None:
+            self.button.close()
+
+
+class StopButton:
+    """A small window with a Stop button beside GIMP's progress bar (interactive runs): GIMP's own
+    Cancel cannot be watched from a plug-in, so this is where "On cancel" applies."""
+
+    def __init__(self):
+        gi.require_version("Gtk", "3.0")
+        from gi.repository import Gtk
+        self.Gtk = Gtk
+        self.pressed = False
+        self.window = Gtk.Window(title="Neural Style")
+        self.window.set_keep_above(True)
+        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=6, margin=12)
+        box.pack_start(Gtk.Label(label="Stylizing… the new layer shows the image as it forms."), False, False, 0)
+        button = Gtk.Button(label="_Stop and keep / discard (see On cancel)", use_underline=True)
+        button.connect("clicked", self._clicked)
+        box.pack_start(button, False, False, 0)
+        self.window.add(box)
+        self.window.connect("delete-event", lambda *_: self._clicked() or True)
+        self.window.show_all()
+        self.pump()
+
+    def _clicked(self, *_):
+        self.pressed = True
+
+    def pump(self):
+        while self.Gtk.events_pending():
+            self.Gtk.main_iteration_do(False)
+
+    def close(self):
+        self.window.destroy()
+        self.pump()
 
 
 class NeuralStyle(Gimp.PlugIn):
@@ -246,6 +413,11 @@ class NeuralStyle(Gimp.PlugIn):
                                  "Blend weights of the styles, comma-separated (empty: equal)", "", FLAGS)
         proc.add_file_argument("style-file", "Style _file", "Style image when one layer is selected",
                                Gimp.FileChooserAction.OPEN, True, None, FLAGS)
+        proc.add_choice_argument("on-cancel", "On _cancel", "What Stop leaves: the image as it is now, or nothing",
+                                 choice(("keep", "Keep the current image"), ("discard", "Discard")), "keep", FLAGS)
+        proc.add_double_argument("stop-after", "Stop _after (s)",
+                                 "Stop the job after this many seconds of running, as Stop would (0: never)",
+                                 0.0, 86400.0, 0.0, FLAGS)
         proc.add_string_argument("socket", "Daemon socket", "Empty: NEURAL_STYLE_SOCKET or the default", "", FLAGS)
         proc.add_string_argument("daemon-binary", "neural-style binary",
                                  "Used to start the daemon when none runs (empty: search)", "", FLAGS)
@@ -263,12 +435,16 @@ class NeuralStyle(Gimp.PlugIn):
             dialog.destroy()
             if not ok:
                 return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        button = StopButton() if run_mode == Gimp.RunMode.INTERACTIVE else None
         try:
-            layer = stylize(procedure, image, drawables, config)
+            layer = stylize(procedure, image, drawables, config, button)
         except UserError as e:
             Gimp.progress_end()
             err = GLib.Error.new_literal(Gimp.PlugIn.error_quark(), str(e), 0)
             return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, err)
+        if layer is None:
+            # stopped, and "On cancel" said discard
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         values = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
         values.remove(1)
         values.insert(1, GObject.Value(Gimp.Layer, layer))

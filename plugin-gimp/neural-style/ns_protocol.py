@@ -220,23 +220,52 @@ class Connection:
             raise DaemonError(header.get("code"), header.get("message", str(header)))
         return header
 
-    def stylize(self, request, payload, on_event=None):
-        """Sends a stylize request and returns (result header, payload); calls on_event for every
-        event on the way. Raises DaemonError on error or cancellation."""
+    def readable(self, timeout):
+        """Whether a frame has started arriving within `timeout` seconds (always true on Windows,
+        whose pipes select() cannot watch: there every read blocks)."""
+        if sys.platform == "win32":
+            return True
+        import select
+        return bool(select.select([self.sock], [], [], timeout)[0])
+
+    def stylize(self, request, payload, on_event=None, should_cancel=None, idle=None, poll=0.1):
+        """Sends a stylize request and returns (header, payload) of its `result`, or of the
+        `cancelled` event that carries the current image when `should_cancel()` turned true while
+        the job ran (then a `cancel` was sent, once). Calls on_event for every event on the way,
+        and idle() every `poll` seconds while no event arrives (a UI's main loop). Raises
+        DaemonError on error, or on a cancellation that carries no image (the job never ran)."""
         req = dict(request)
         req["type"] = "stylize"
         self.send(req, payload)
+        job, cancel_sent = None, False
         while True:
+            while (idle or should_cancel) and not self.readable(poll):
+                if idle:
+                    idle()
+                if job is not None and not cancel_sent and should_cancel and should_cancel():
+                    self.send({"type": "cancel", "job": job})
+                    cancel_sent = True
             header, data = self.recv()
             if on_event:
                 on_event(header, data)
             t = header["type"]
+            if job is None and "job" in header:
+                job = header["job"]
             if t == "result":
                 return header, data
             if t == "error":
+                if cancel_sent and header.get("code") == "not_found":
+                    continue  # the job ended before our cancel reached it: its result follows
                 raise DaemonError(header.get("code"), header.get("message"))
-            if t == "cancelled" and header.get("summary") is not None:
-                raise DaemonError("cancelled", "the job was cancelled")
+            if t == "cancelled":
+                if header.get("image") is not None:
+                    return header, data
+                if header.get("summary") is not None or not cancel_sent:
+                    raise DaemonError("cancelled", "the job was cancelled before it started")
+                # the acknowledgement of our own cancel: the job's `cancelled` follows
+            if job is not None and not cancel_sent and should_cancel and should_cancel():
+                self.send({"type": "cancel", "job": job})
+                cancel_sent = True
 
     def close(self):
         try:

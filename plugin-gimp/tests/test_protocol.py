@@ -94,5 +94,74 @@ class Framing(unittest.TestCase):
         self.assertIn("/nonexistent/dir/daemon.sock", str(cm.exception))
 
 
+class Cancel(unittest.TestCase):
+    """Connection.stylize's cancel: a scripted daemon on a real Unix socket (the real daemon's
+    side is tested through GIMP in tests/tests/gimp.rs)."""
+
+    def serve(self, script):
+        import socket
+        import tempfile
+        import threading
+        d = tempfile.mkdtemp()
+        path = os.path.join(d, "daemon.sock")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        server.listen(1)
+        received = []
+
+        def run():
+            conn, _ = server.accept()
+            read = conn.recv
+            received.append(proto.read_frame(read)[0])  # hello
+            conn.sendall(proto.encode_frame({"type": "hello", "protocol": proto.PROTOCOL_VERSION}))
+            received.append(proto.read_frame(read)[0])  # stylize
+            script(conn, received)
+            conn.close()
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return path, received, t
+
+    def test_a_requested_cancel_is_sent_once_and_returns_the_current_image(self):
+        def script(conn, received):
+            conn.sendall(proto.encode_frame({"type": "accepted", "job": 7, "position": 0}))
+            conn.sendall(proto.encode_frame({"type": "started", "job": 7, "width": 2, "height": 1}))
+            for i in range(1, 4):
+                conn.sendall(proto.encode_frame({"type": "progress", "job": 7, "iteration": i, "total": 100}))
+            received.append(proto.read_frame(conn.recv)[0])  # the cancel
+            conn.sendall(proto.encode_frame({"type": "cancelled", "job": 7}))  # acknowledgement
+            image = {"offset": 0, "length": 8, "format": "rgba8", "width": 2, "height": 1}
+            conn.sendall(proto.encode_frame({"type": "cancelled", "job": 7, "image": image,
+                                             "summary": {"stop_reason": "cancelled"}}, b"\x01" * 8))
+
+        path, received, t = self.serve(script)
+        conn = proto.Connection(path)
+        seen = []
+        header, data = conn.stylize({"params": {}}, b"", lambda h, _: seen.append(h["type"]),
+                                    should_cancel=lambda: "progress" in seen, poll=0.01)
+        conn.close()
+        t.join(5)
+        self.assertEqual(header["type"], "cancelled")
+        self.assertEqual(proto.slice_image(header["image"], data), b"\x01" * 8)
+        cancels = [r for r in received if r["type"] == "cancel"]
+        self.assertEqual(cancels, [{"type": "cancel", "job": 7}])
+
+    def test_a_cancel_that_comes_too_late_still_returns_the_result(self):
+        def script(conn, received):
+            conn.sendall(proto.encode_frame({"type": "accepted", "job": 8, "position": 0}))
+            conn.sendall(proto.encode_frame({"type": "progress", "job": 8, "iteration": 1, "total": 1}))
+            received.append(proto.read_frame(conn.recv)[0])
+            conn.sendall(proto.encode_frame({"type": "error", "job": 8, "code": "not_found", "message": "no job 8"}))
+            image = {"offset": 0, "length": 4, "format": "rgba8", "width": 1, "height": 1}
+            conn.sendall(proto.encode_frame({"type": "result", "job": 8, "image": image, "summary": {}}, b"abcd"))
+
+        path, received, t = self.serve(script)
+        conn = proto.Connection(path)
+        header, data = conn.stylize({"params": {}}, b"", should_cancel=lambda: True, poll=0.01)
+        conn.close()
+        t.join(5)
+        self.assertEqual((header["type"], data), ("result", b"abcd"))
+
+
 if __name__ == "__main__":
     unittest.main()

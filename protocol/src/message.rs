@@ -304,6 +304,10 @@ pub struct Summary {
     pub has_alpha: bool,
     /// What each scale of the schedule got, coarsest first (scales never reached are absent).
     pub scales: Vec<ScaleReport>,
+    /// The schedule and why, e.g. `single scale (chosen: image start: …)` (absent from older
+    /// daemons).
+    #[serde(default)]
+    pub schedule: String,
     /// The memory estimate at the output size and what it decided (tiles, L-BFGS history).
     pub memory: MemoryPlan,
     /// The content had more than 8 bits per channel.
@@ -427,6 +431,10 @@ pub enum Event {
         losses: Losses,
         elapsed: f64,
         eta: f64,
+        /// [width, height] of the scale being optimised (coarse-to-fine: smaller than the
+        /// output's until the last scale; absent from older daemons).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scale: Option<[u32; 2]>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         preview: Option<ImageRef>,
     },

@@ -54,6 +54,7 @@ fn sample_summary() -> Summary {
         time_budget_reached: false,
         has_alpha: true,
         scales: vec![ScaleReport { width: 1, height: 1, evaluations: 100, seconds: 1.5 }],
+        schedule: "single scale (chosen: image start)".into(),
         memory: MemoryPlan {
             estimated_bytes: 1 << 30,
             limit_bytes: 8 << 30,
@@ -149,6 +150,7 @@ fn valid_vectors() -> Vec<(&'static str, &'static str, Msg, Vec<u8>)> {
                 losses: Losses { content: 1.5, style: 0.25, tv: 0.0, total: 0.125 },
                 elapsed: 2.5,
                 eta: 22.5,
+                scale: Some([128, 96]),
                 preview: Some(rgba(0, 2, 1)),
             }),
             pixels[..8].to_vec(),

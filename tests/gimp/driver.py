@@ -3,6 +3,7 @@
 import json
 import os
 import struct
+import time
 import traceback
 
 import gi
@@ -209,6 +210,61 @@ def case_cancel():
     img, content, style = two_layers()
     # a long job; the test kills this plug-in while it runs
     return case_error(iterations=5000, **{"max-size": 0})
+
+
+def case_daemon_dies():
+    # a long job; the test kills the daemon while it runs
+    return case_error(iterations=10000, init="noise")
+
+
+def parasite(layer):
+    """The plug-in's record of how the layer was made (JSON), or None."""
+    p = layer.get_parasite("neural-style")
+    return json.loads(bytes(p.get_data())) if p is not None else None
+
+
+def made(img, layer, content, before):
+    d = describe(img, layer)
+    d.update({"layers_added": len(img.get_layers()) - before, "info": parasite(layer),
+              "differs_from_content": get(layer) != get(content)})
+    return d
+
+
+def case_previews():
+    out = {}
+    # previews at the layer's size
+    img, content, style = two_layers()
+    before = len(img.get_layers())
+    status, layer, err = run_plugin(img, [style, content], init="noise", iterations=600)
+    assert status == Gimp.PDBStatusType.SUCCESS, err
+    out["same_size"] = made(img, layer, content, before)
+    # an output size limit below the layer's: previews and result are scaled into the layer
+    img = new_image(100, 80)
+    content = add_layer(img, "big", 96, 72, content_fn, x=2, y=3)
+    style = add_layer(img, "painting", 32, 32, style_a, pos=0)
+    before = len(img.get_layers())
+    status, layer, err = run_plugin(img, [style, content], init="noise", iterations=600, **{"max-size": 48})
+    assert status == Gimp.PDBStatusType.SUCCESS, err
+    out["scaled"] = made(img, layer, content, before)
+    return out
+
+
+def case_stop():
+    out = {}
+    for mode in ("keep", "discard"):
+        img, content, style = two_layers()
+        before = len(img.get_layers())
+        t0 = time.monotonic()
+        status, layer, err = run_plugin(img, [style, content], init="noise", iterations=10000,
+                                        **{"stop-after": 1.5, "on-cancel": mode})
+        r = {"status": int(status), "seconds": time.monotonic() - t0, "error": str(err),
+             "layers_added": len(img.get_layers()) - before}
+        if layer is not None:
+            r.update(made(img, layer, content, before))
+        out[mode] = r
+    out["cancel_status"] = int(Gimp.PDBStatusType.CANCEL)
+    out["success_status"] = int(Gimp.PDBStatusType.SUCCESS)
+    return out
 
 
 result = {"case": CASE}

@@ -219,19 +219,26 @@ fn the_plug_in_starts_the_daemon_when_none_runs() {
     let _ = Command::new("pkill").args(["-f", "fake-neural-style"]).status();
 }
 
-#[test]
-fn killing_the_plug_in_cancels_the_daemon_job() {
-    let case = "cancel";
-    let socket = format!("/tmp/ns-{case}.sock");
-    let served = serve(&socket);
-    let mut g = gimp(case, &socket).spawn().unwrap();
+/// Waits until the daemon's running job has made `evaluations` and `seconds` have passed since.
+fn wait_for_progress(served: &Served, g: &mut Child, evaluations: usize, seconds: f64) {
     let t0 = Instant::now();
-    while served.status().running.map(|j| j.progress).unwrap_or(0) < 2 {
+    while served.status().running.map(|j| j.progress).unwrap_or(0) < evaluations {
         assert!(t0.elapsed() < Duration::from_secs(60), "the job never started");
         assert!(g.try_wait().unwrap().is_none(), "GIMP exited early");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // GIMP's Cancel kills the plug-in process; do the same
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+}
+
+#[test]
+fn killing_the_plug_in_cancels_the_daemon_job_and_keeps_the_last_preview() {
+    let case = "cancel";
+    let socket = format!("/tmp/ns-{case}.sock");
+    let served = serve(&socket);
+    let mut g = gimp(case, &socket).spawn().unwrap();
+    // long enough for the layer to exist and a preview to reach it (every second)
+    wait_for_progress(&served, &mut g, 2, 2.5);
+    // GIMP's Cancel on its progress bar kills the plug-in process; do the same
     let killed =
         Command::new("pkill").args(["-KILL", "-f", &format!("profile-{case}/plug-ins/neural-style")]).status().unwrap();
     assert!(killed.success(), "no plug-in process to kill");
@@ -247,5 +254,56 @@ fn killing_the_plug_in_cancels_the_daemon_job() {
     let out = g.wait_with_output().unwrap();
     let v = result(case, &out);
     assert_eq!(v["success"], false, "the plug-in call failed, as it was killed: {v}");
-    assert_eq!(v["layers_before"], v["layers_after"], "image unchanged");
+    // what GIMP's cancel leaves: the layer with the last preview (GIMP closes the undo group)
+    assert_eq!(v["layers_after"].as_u64(), v["layers_before"].as_u64().map(|n| n + 1), "{v}");
+}
+
+#[test]
+fn a_failure_after_the_start_leaves_no_half_made_layer() {
+    let case = "daemon_dies";
+    let socket = format!("/tmp/ns-{case}.sock");
+    let mut served = serve(&socket);
+    let mut g = gimp(case, &socket).spawn().unwrap();
+    wait_for_progress(&served, &mut g, 2, 2.0);
+    served.child.kill().unwrap();
+    let out = g.wait_with_output().unwrap();
+    let v = result(case, &out);
+    assert_eq!(v["success"], false, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("lost the connection"), "{v}");
+    assert_eq!(v["layers_after"], v["layers_before"], "the live layer was removed: {v}");
+}
+
+#[test]
+fn previews_update_one_new_layer_in_place() {
+    let (v, served, _) = run_case("previews");
+    for (name, size) in [("same_size", (40, 30)), ("scaled", (96, 72))] {
+        let r = &v[name];
+        assert_eq!(r["layers_added"], 1, "{name}: exactly one new layer: {r}");
+        assert_eq!((r["width"].as_u64(), r["height"].as_u64()), (Some(size.0), Some(size.1)), "{name}: {r}");
+        assert_eq!(r["differs_from_content"], true, "{name}: {r}");
+        let info = &r["info"];
+        assert!(info["previews"].as_u64().unwrap() >= 2, "{name}: the layer was updated from previews: {r}");
+        assert_eq!(info["stop_reason"], "budget", "{name}: {r}");
+        assert_eq!(info["evaluations"], 600, "{name}: {r}");
+    }
+    assert_eq!(v["scaled"]["x"], 2, "{v}");
+    assert_eq!(served.status().jobs_done, 2);
+}
+
+#[test]
+fn stop_keeps_the_current_image_or_discards_it() {
+    let (v, served, _) = run_case("stop");
+    let keep = &v["keep"];
+    assert_eq!(keep["status"], v["success_status"], "{keep}");
+    assert_eq!(keep["layers_added"], 1, "a stopped run with keep leaves one layer: {keep}");
+    assert_eq!(keep["info"]["stop_reason"], "cancelled", "{keep}");
+    assert!(keep["info"]["evaluations"].as_u64().unwrap() < 10000, "{keep}");
+    assert_eq!(keep["differs_from_content"], true, "{keep}");
+    let discard = &v["discard"];
+    assert_eq!(discard["status"], v["cancel_status"], "{discard}");
+    assert_eq!(discard["layers_added"], 0, "discard leaves nothing: {discard}");
+    for r in [keep, discard] {
+        assert!(r["seconds"].as_f64().unwrap() < 30.0, "stopped soon after 1.5 s: {r}");
+    }
+    assert_eq!(served.status().jobs_cancelled, 2);
 }

@@ -138,10 +138,13 @@ pub struct EngineArgs {
     /// ends at the first evaluation past it with the best image so far.
     #[arg(long)]
     pub max_seconds: Option<f64>,
-    /// Optimise at the output size only (default: coarse-to-fine, sizes halving down to
-    /// --min-scale).
-    #[arg(long)]
+    /// Optimise at the output size only (default: the schedule chooses from the start image;
+    /// the summary says what it chose).
+    #[arg(long, conflicts_with = "multi_scale")]
     pub single_scale: bool,
+    /// Coarse-to-fine whatever the start: sizes halving down to --min-scale first.
+    #[arg(long)]
+    pub multi_scale: bool,
     /// Longest side of the coarsest scale.
     #[arg(long)]
     pub min_scale: Option<u32>,
@@ -246,7 +249,11 @@ impl EngineArgs {
             style_scale: self.style_scale.unwrap_or(d.style_scale),
             preserve_colors: d.preserve_colors || self.preserve_colors,
             max_seconds: self.max_seconds.or(d.max_seconds),
-            multiscale: d.multiscale && !self.single_scale,
+            multiscale: match (self.single_scale, self.multi_scale) {
+                (true, _) => Some(false),
+                (_, true) => Some(true),
+                _ => d.multiscale,
+            },
             min_scale: self.min_scale.unwrap_or(d.min_scale),
             tile: self.tile.or(d.tile),
             max_memory: self.max_memory.map(gib_to_bytes).or(d.max_memory),
@@ -329,7 +336,7 @@ mod tests {
         let d = serde_json::to_value(Params::default()).unwrap();
         assert_eq!(serde_json::to_value(parse(&[])).unwrap(), d, "no flags: exactly Params::default()");
         let p = parse(&["--size", "0", "--iterations", "7", "--single-scale", "--style-layers", "relu1_1,relu2_1"]);
-        assert_eq!((p.size, p.evaluations, p.multiscale), (None, 7, false));
+        assert_eq!((p.size, p.evaluations, p.multiscale), (None, 7, Some(false)));
         assert_eq!(p.style_layers, ["relu1_1", "relu2_1"]);
         // the defaults --help shows are Params::default()'s
         let shown: std::collections::HashMap<_, _> = param_defaults().into_iter().collect();

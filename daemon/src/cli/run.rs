@@ -59,6 +59,14 @@ pub struct RunArgs {
     pub device: DeviceArgs,
 }
 
+/// The bar's message: the objective and the scale being optimised.
+fn progress_message(total: f64, scale: Option<[u32; 2]>) -> String {
+    match scale {
+        Some([w, h]) => format!("{total:.4e} at {w}×{h}"),
+        None => format!("{total:.4e}"),
+    }
+}
+
 fn progress_bar(total: usize) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
@@ -171,7 +179,8 @@ fn run_local(args: &RunArgs, job: &Job, interrupted: &AtomicBool) -> anyhow::Res
     let result = engine.stylize(job, &mut |p: &Progress| {
         previews.offer(p.elapsed.as_secs_f64(), || p.image.shallow_clone());
         bar.set_position(p.evaluation as u64);
-        bar.set_message(format!("{:.4e}", p.losses.total));
+        let dims = p.image.size();
+        bar.set_message(progress_message(p.losses.total, Some([dims[3] as u32, dims[2] as u32])));
         if interrupted.load(Ordering::SeqCst) {
             Control::Stop
         } else {
@@ -213,7 +222,7 @@ fn run_remote(args: &RunArgs, mut client: Client, job: &Job, interrupted: &Atomi
                 }
             }
             Event::Started { .. } => bar.set_message("started"),
-            Event::Progress { evaluation, losses, preview, .. } => {
+            Event::Progress { evaluation, losses, preview, scale, .. } => {
                 if let Some(r) = preview {
                     let pic = Picture::from_raw(
                         r.format,
@@ -225,7 +234,7 @@ fn run_remote(args: &RunArgs, mut client: Client, job: &Job, interrupted: &Atomi
                     previews.write(&pic.rgb_tensor());
                 }
                 bar.set_position(evaluation as u64);
-                bar.set_message(format!("{:.4e}", losses.total));
+                bar.set_message(progress_message(losses.total, scale));
             }
             Event::Result { image, summary, .. } => {
                 bar.finish_and_clear();

@@ -272,7 +272,7 @@ impl Engine {
         };
         let x0 = match previous {
             None => job.inputs.start(p, w, h),
-            Some(prev) => resize(prev, w, h).clamp(0.0, 1.0),
+            Some(prev) => job.inputs.finer_start(p, prev, w, h),
         };
         let (x, stop) = ScaleRun {
             net: &self.vgg,
@@ -306,8 +306,12 @@ impl Engine {
         let inputs = &prepared.inputs;
         let (w, h) = inputs.size();
         let tiling = prepared.plan.tiling;
-        // a job stopped at a coarser scale is upsampled to the output size
-        let x = if ended.x.size()[2..] != [i64::from(h), i64::from(w)] { resize(&ended.x, w, h) } else { ended.x };
+        // a job stopped at a coarser scale is brought to the output size as a next scale would be
+        let x = if ended.x.size()[2..] != [i64::from(h), i64::from(w)] {
+            inputs.finer_start(p, &ended.x, w, h)
+        } else {
+            ended.x
+        };
         // f32 figures at the output size, comparable across precisions and schedules
         let exact = ended
             .exact
@@ -352,6 +356,7 @@ impl Engine {
             time_budget_reached: ended.stop == StopReason::OutOfTime,
             has_alpha: content.has_alpha,
             scales: ended.scales,
+            schedule: schedule::choose(p).describe(),
             memory: prepared.plan.report(),
             high_precision: content.high_precision,
         };
@@ -384,9 +389,4 @@ impl Engine {
         let exact = targets::objective(self.reporter(), &inputs.content, &inputs.styles, &job.params, None, tiling);
         Ok(exact.value_maybe_tiled(self.reporter(), &x.to_device(self.device()), tiling))
     }
-}
-
-/// Bicubic resize of an image [1,3,h,w] to `w` × `h`.
-fn resize(x: &Tensor, w: u32, h: u32) -> Tensor {
-    x.upsample_bicubic2d([i64::from(h), i64::from(w)], false, None, None)
 }

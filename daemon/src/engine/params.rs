@@ -95,8 +95,10 @@ pub struct Params {
     /// the first evaluation past the budget with the best image evaluated at the last scale
     /// reached (the evaluation budget still applies).
     pub max_seconds: Option<f64>,
-    /// Coarse-to-fine: optimise at halved sizes first (see `schedule::scales`).
-    pub multiscale: bool,
+    /// Coarse-to-fine: optimise at halved sizes first (`Some(true)`), or at the output size only
+    /// (`Some(false)`); `None` lets the schedule choose from the start image and the budget
+    /// (see `schedule::choose`).
+    pub multiscale: Option<bool>,
     /// The coarsest scale's longest side.
     pub min_scale: u32,
     /// Tile core side in px: `None` tiles only when the memory estimate exceeds the limit,
@@ -129,7 +131,7 @@ impl Default for Params {
             style_scale: 1.0,
             preserve_colors: false,
             max_seconds: None,
-            multiscale: true,
+            multiscale: None,
             min_scale: 128,
             tile: None,
             max_memory: None,

@@ -2,7 +2,7 @@
 //! its scales: pure functions of the parameters and the clock, unit-tested here.
 
 use super::image_io::MIN_SIDE;
-use super::params::Params;
+use super::params::{Init, Params};
 
 /// The share of the output size's evaluations (or of the time budget) that run on the f32
 /// network when the working precision is reduced.
@@ -22,6 +22,43 @@ pub struct Scale {
     pub evaluations: usize,
 }
 
+/// Whether a job runs coarse-to-fine, and why: asked for, or chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choice {
+    pub multiscale: bool,
+    /// The request left it to the schedule.
+    pub chosen: bool,
+    pub reason: &'static str,
+}
+
+impl Choice {
+    /// How a summary says it: `multi-scale (chosen: …)`.
+    pub fn describe(&self) -> String {
+        let what = if self.multiscale { "multi-scale" } else { "single scale" };
+        let how = if self.chosen { "chosen" } else { "asked for" };
+        format!("{what} ({how}: {})", self.reason)
+    }
+}
+
+/// What the schedule does when the request does not say (`multiscale: None`), from the start
+/// image. Measured on the suite (`neural-style bench --suite`, docs/benchmarks.md): from noise
+/// the coarse scales lay out the large structures at a quarter of the cost per evaluation; from
+/// an image (the content, or the style) the image already has them, and the upsampled coarse
+/// result loses the start's fine detail, which the output size then has to rebuild.
+pub fn choose(p: &Params) -> Choice {
+    match (p.multiscale, p.init) {
+        (Some(m), _) => Choice { multiscale: m, chosen: false, reason: "the request's multiscale" },
+        (None, Init::Noise) => {
+            Choice { multiscale: true, chosen: true, reason: "noise start: coarse scales lay out the structure cheaply" }
+        }
+        (None, Init::Content | Init::Style) => Choice {
+            multiscale: false,
+            chosen: true,
+            reason: "image start: it has the structure, coarse scales would blur its detail",
+        },
+    }
+}
+
 /// The coarse-to-fine schedule for an output of w × h, coarsest first. Sizes halve from the
 /// output down to `min_scale` (longest side; both sides stay ≥ 16 px), at most 4 scales, and
 /// only while every scale gets at least 10 evaluations. The coarser scales share half of the
@@ -31,7 +68,7 @@ pub struct Scale {
 /// `multiscale = false` (`--single-scale`) gives one scale.
 pub fn scales(p: &Params, w: u32, h: u32) -> Vec<Scale> {
     let mut sizes = vec![(w, h)];
-    if p.multiscale {
+    if choose(p).multiscale {
         let (mut sw, mut sh) = (w, h);
         while sizes.len() < 4 && sw.max(sh) / 2 >= p.min_scale.max(MIN_SIDE) && sw.min(sh) / 2 >= 16 {
             sw = (sw / 2).max(1);
@@ -126,7 +163,7 @@ mod tests {
         let big = Params { evaluations: 1000, ..Params::default() };
         assert_eq!(scales(&big, 4096, 2048).len(), 4);
         assert_eq!(scales(&big, 2048, 40).len(), 2, "1024×20 is the last with both sides ≥ 16");
-        let single = Params { multiscale: false, ..Params::default() };
+        let single = Params { multiscale: Some(false), ..Params::default() };
         assert_eq!(tuples(scales(&single, 2048, 2048)), vec![(2048, 2048, 500)]);
         // time shares: coarse scales split half the budget, the output size gets the rest
         let shares: Vec<f64> = (0..3).map(|k| time_share(3, k)).collect();
@@ -141,6 +178,24 @@ mod tests {
             let total: usize = s.iter().map(|x| x.evaluations).sum();
             assert!(total == 500 || total == 30 || total == 1000);
         }
+    }
+
+    #[test]
+    fn the_schedule_is_chosen_from_the_start_unless_asked() {
+        let noise = Params { init: Init::Noise, ..Params::default() };
+        let content = Params { init: Init::Content, ..Params::default() };
+        let style = Params { init: Init::Style, ..Params::default() };
+        assert!(choose(&noise).multiscale && choose(&noise).chosen);
+        assert!(!choose(&content).multiscale && choose(&content).chosen);
+        assert!(!choose(&style).multiscale);
+        assert_eq!(scales(&noise, 512, 384).len(), 3);
+        assert_eq!(scales(&content, 512, 384).len(), 1);
+        // asked for: kept whatever the start
+        let asked = Params { multiscale: Some(true), ..content.clone() };
+        assert!(choose(&asked).multiscale && !choose(&asked).chosen);
+        assert_eq!(scales(&asked, 512, 384).len(), 3);
+        assert!(choose(&asked).describe().starts_with("multi-scale (asked for"));
+        assert!(choose(&content).describe().starts_with("single scale (chosen: image start"));
     }
 
     #[test]

@@ -82,6 +82,23 @@ impl Inputs {
             Init::Style => self.style_pictures[0].resized(w, h).rgb_tensor().to_device(self.device),
         }
     }
+
+    /// The start of a finer scale of `w` × `h` from `coarse`, the previous scale's result. From
+    /// noise: `coarse` upsampled. From an image: the coarse scale's *change* upsampled, over the
+    /// start image at this size, so the start's fine detail (which the coarse scale never saw)
+    /// is not lost to the upsampling.
+    pub fn finer_start(&self, p: &Params, coarse: &Tensor, w: u32, h: u32) -> Tensor {
+        let up = |t: &Tensor| t.upsample_bicubic2d([i64::from(h), i64::from(w)], false, None, None);
+        let x = match p.init {
+            Init::Noise => up(coarse),
+            Init::Content | Init::Style => {
+                let [_, _, ch, cw] = coarse.size()[..] else { unreachable!("images are [1, 3, h, w]") };
+                let change = coarse - self.start(p, cw as u32, ch as u32);
+                self.start(p, w, h) + up(&change)
+            }
+        };
+        x.clamp(0.0, 1.0)
+    }
 }
 
 /// The objective of `p` for `content` and `styles` on `vgg`, in tiles when `tiling` says so.

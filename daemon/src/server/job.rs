@@ -25,7 +25,7 @@ pub enum JobEvent {
     /// The engine took it, with this memory plan.
     Started { width: u32, height: u32, plan: MemoryPlan },
     /// After an evaluation.
-    Progress { evaluation: usize, total: usize, losses: Losses, elapsed: f64, eta: f64 },
+    Progress { evaluation: usize, total: usize, losses: Losses, elapsed: f64, eta: f64, scale: [u32; 2] },
     /// Finished: the image and its summary.
     Done(Box<Stylized>),
     /// Stopped by a cancel: with the image so far when it was running.
@@ -105,6 +105,10 @@ impl QueuedJob {
             losses: Losses { content: l.content, style: l.style, tv: l.tv, total: l.total },
             elapsed,
             eta: elapsed / p.evaluation as f64 * (p.max_evaluations - p.evaluation) as f64,
+            scale: {
+                let dims = p.image.size();
+                [dims[3] as u32, dims[2] as u32]
+            },
         };
         match &self.reply {
             Reply::Client { events, output, preview_every, preview_every_s, preview_size }
@@ -157,8 +161,8 @@ fn protocol_event(job: u64, event: JobEvent, output: PixelFormat) -> Outgoing {
         JobEvent::Accepted { position } => (Event::Accepted { job, position }, none),
         JobEvent::Queued { position } => (Event::Queued { job, position }, none),
         JobEvent::Started { width, height, plan } => (Event::Started { job, width, height, memory: Some(plan) }, none),
-        JobEvent::Progress { evaluation, total, losses, elapsed, eta } => {
-            (Event::Progress { job, evaluation, total, losses, elapsed, eta, preview: None }, none)
+        JobEvent::Progress { evaluation, total, losses, elapsed, eta, scale } => {
+            (Event::Progress { job, evaluation, total, losses, elapsed, eta, scale: Some(scale), preview: None }, none)
         }
         JobEvent::Done(out) => {
             let (image, summary, bytes) = with_image(*out, output);

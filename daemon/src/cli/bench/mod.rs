@@ -1,10 +1,12 @@
 //! `neural-style bench`: performance against a PyTorch reference in the same run (benchmarks,
 //! not tests). One evaluation ([`evaluation`]), the optimisation loop around it ([`overhead`]),
-//! the daemon's latency ([`latency`]), and time to reach PyTorch's loss ([`time_to_loss`]).
+//! the daemon's latency ([`latency`]), time to reach PyTorch's loss ([`time_to_loss`]), and the
+//! same over a suite of cases for the schedule ([`suite`]).
 
 mod evaluation;
 mod latency;
 mod overhead;
+mod suite;
 mod time_to_loss;
 mod timing;
 
@@ -80,6 +82,25 @@ pub struct BenchArgs {
     /// Write a PNG plot of loss against time (needs matplotlib in the venv).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Instead: the schedule suite. Per case (content × style pair, noise or content start,
+    /// default or content-heavy weights, --sizes, default 128,256) PyTorch's L-BFGS for
+    /// --reference-evals, then the default schedule, single scale and multi-scale under
+    /// --budgets × PyTorch's time; a table (--table), a plot (--plot), JSON (--json).
+    #[arg(long)]
+    pub suite: bool,
+    /// --suite: every pair × start × weighting at every size (default: all at the first size, a
+    /// Latin square of them at the others).
+    #[arg(long)]
+    pub suite_full: bool,
+    /// --suite: only the cases whose name contains this (e.g. "content", "256px", "tubingen").
+    #[arg(long)]
+    pub only: Option<String>,
+    /// --suite: the folder with the pairs' images.
+    #[arg(long, default_value = "../shared/images")]
+    pub images: PathBuf,
+    /// --suite: write the Markdown table here.
+    #[arg(long)]
+    pub table: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -98,6 +119,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else if args.latency {
         let options = latency::Options { size: args.latency_size, evaluations: args.latency_iterations };
         Some(latency::run(&options, args.weights.clone())?)
+    } else if args.suite {
+        let layout = args.device.precision.layout(device);
+        let dir = tempfile::tempdir()?;
+        let (weights, path) = time_to_loss::weights(args.weights.as_deref(), dir.path())?;
+        let engine = Engine::with_layout(&weights, device, layout);
+        let sizes = args.sizes.clone().unwrap_or_else(|| vec![128, 256]);
+        let options = suite::Options {
+            sizes: sizes.into_iter().map(|s| u32::try_from(s).unwrap_or(u32::MAX)).collect(),
+            full: args.suite_full,
+            reference_evals: args.reference_evals,
+            budgets: args.budgets.clone(),
+            images: args.images.clone(),
+            only: args.only.clone(),
+            plot: args.plot.clone(),
+            table: args.table.clone(),
+        };
+        Some(suite::run(&options, device, &engine, &path)?)
     } else if args.time_to_loss {
         let layout = args.device.precision.layout(device);
         let dir = tempfile::tempdir()?;

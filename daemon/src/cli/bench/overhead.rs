@@ -107,7 +107,7 @@ pub fn run(args: &Options, device: Device) -> anyhow::Result<serde_json::Value> 
             let params = Params {
                 size: None,
                 evaluations: args.evaluations,
-                multiscale: false,
+                multiscale: Some(false),
                 init: Init::Noise,
                 optimizer: v.optimizer,
                 lbfgs_history: v.history,

@@ -36,7 +36,7 @@ pub struct Options {
     pub plot: Option<PathBuf>,
 }
 
-fn picture(path: Option<&Path>, draw: impl Fn() -> image::RgbImage) -> anyhow::Result<Picture> {
+pub(super) fn picture(path: Option<&Path>, draw: impl Fn() -> image::RgbImage) -> anyhow::Result<Picture> {
     match path {
         Some(p) => Ok(Picture::load(p, DecodeLimits::default())?),
         None => {
@@ -46,13 +46,14 @@ fn picture(path: Option<&Path>, draw: impl Fn() -> image::RgbImage) -> anyhow::R
     }
 }
 
-/// Runs the reference; returns its JSON report and final image.
-fn reference(
+/// Runs the reference (style weight `beta`, content weight `alpha` or the default 1/(N·M));
+/// returns its JSON report and final image.
+pub(super) fn reference(
     weights: &Path,
     content: &Tensor,
     style: &Tensor,
     x0: &Tensor,
-    evals: usize,
+    (evals, alpha, beta): (usize, Option<f64>, f64),
     dir: &Path,
 ) -> anyhow::Result<(serde_json::Value, Tensor)> {
     let input = dir.join("input.safetensors");
@@ -69,7 +70,8 @@ fn reference(
         .arg(&input)
         .arg("--out")
         .arg(&output)
-        .args(["--beta", &STYLE_WEIGHT_PER_STRENGTH.to_string(), "--evals", &evals.to_string()])
+        .args(["--beta", &beta.to_string(), "--evals", &evals.to_string()])
+        .args(alpha.map(|a| ["--alpha".to_string(), a.to_string()]).into_iter().flatten())
         .args(["--threads", &tch::get_num_threads().to_string()])
         .output()
         .with_context(|| format!("cannot run the PyTorch reference with {}", py.display()))?;
@@ -104,8 +106,9 @@ pub fn run(args: &Options, device: Device, engine: &Engine, weights_path: &Path)
         tch::get_num_threads(),
         device_name(device)
     );
+    let beta = STYLE_WEIGHT_PER_STRENGTH * base.strength;
     let (rep, x_ref) =
-        reference(weights_path, &inputs.content, &inputs.styles[0], &x0, args.reference_evals, dir.path())?;
+        reference(weights_path, &inputs.content, &inputs.styles[0], &x0, (args.reference_evals, None, beta), dir.path())?;
     let ref_seconds = rep["seconds"].as_f64().context("reference without seconds")?;
     let ref_loss = engine.exact_losses(&job, &x_ref)?.total;
     // PyTorch's own value of its last evaluation (at its final image) checks that both sides
@@ -161,17 +164,17 @@ pub fn run(args: &Options, device: Device, engine: &Engine, weights_path: &Path)
         "runs": runs, "best_time_ratio_reaching_reference": best,
     });
     if let Some(plot) = &args.plot {
-        plot_json(&v, plot)?;
+        plot_json(&v, plot, ("plot_time_to_loss", PLOT))?;
     }
     Ok(v)
 }
 
-/// Draws loss against seconds (the venv's matplotlib) into a PNG.
-fn plot_json(v: &serde_json::Value, png: &PathBuf) -> anyhow::Result<()> {
+/// Draws `v` into a PNG with one of the plotting scripts (name, source; the venv's matplotlib).
+pub(super) fn plot_json(v: &serde_json::Value, png: &Path, (name, source): (&str, &str)) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("ttl.json");
+    let data = dir.path().join("data.json");
     std::fs::write(&data, serde_json::to_vec(v)?)?;
-    let script = python::script_file("plot_time_to_loss", PLOT)?;
+    let script = python::script_file(name, source)?;
     let py = python::interpreter();
     let out = Command::new(&py).arg(&script).arg(&data).arg(png).output()?;
     anyhow::ensure!(
