@@ -246,26 +246,14 @@ class LiveLayer:
         Gimp.displays_flush()
 
     def show(self, pixels, w, h, fmt):
-        """Puts w × h pixels into the layer, scaled to its size when they differ (GEGL, no undo)."""
+        """Puts w × h pixels into the layer, scaled to its size when they differ (no undo step)."""
         layer = self.layer
         lw, lh = layer.get_width(), layer.get_height()
         buf = layer.get_buffer()
         if (w, h) == (lw, lh):
             buf.set(Gegl.Rectangle.new(0, 0, w, h), fmt, pixels)
         else:
-            src = Gegl.Buffer.new(fmt, 0, 0, w, h)
-            src.set(Gegl.Rectangle.new(0, 0, w, h), fmt, pixels)
-            graph = Gegl.Node()
-            source = graph.create_child("gegl:buffer-source")
-            source.set_property("buffer", src)
-            scale = graph.create_child("gegl:scale-size")
-            scale.set_property("x", float(lw))
-            scale.set_property("y", float(lh))
-            sink = graph.create_child("gegl:write-buffer")
-            sink.set_property("buffer", buf)
-            source.link(scale)
-            scale.link(sink)
-            sink.process()
+            buf.set(Gegl.Rectangle.new(0, 0, lw, lh), fmt, scaled(pixels, w, h, lw, lh, fmt))
         buf.flush()
         layer.update(0, 0, lw, lh)
         Gimp.displays_flush()
@@ -310,6 +298,23 @@ class LiveLayer:
         if self.grouped:
             self.image.undo_group_end()
             self.grouped = False
+
+
+def scaled(pixels, w, h, to_w, to_h, fmt):
+    """w × h RGBA pixels scaled to to_w × to_h by GIMP itself, in a scratch image without undo."""
+    scratch = Gimp.Image.new(w, h, Gimp.ImageBaseType.RGB)
+    try:
+        scratch.undo_disable()
+        layer = Gimp.Layer.new(scratch, "preview", w, h, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+        scratch.insert_layer(layer, None, 0)
+        buf = layer.get_buffer()
+        buf.set(Gegl.Rectangle.new(0, 0, w, h), fmt, pixels)
+        buf.flush()
+        layer.scale(to_w, to_h, False)
+        rect = Gegl.Rectangle.new(0, 0, to_w, to_h)
+        return bytes(layer.get_buffer().get(rect, 1.0, fmt, Gegl.AbyssPolicy.NONE))
+    finally:
+        scratch.delete()
 
 
 class Stop:

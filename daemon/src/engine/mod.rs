@@ -356,7 +356,7 @@ impl Engine {
             time_budget_reached: ended.stop == StopReason::OutOfTime,
             has_alpha: content.has_alpha,
             scales: ended.scales,
-            schedule: schedule::choose(p).describe(),
+            schedule: schedule::choose(p, w, h).describe(),
             memory: prepared.plan.report(),
             high_precision: content.high_precision,
         };

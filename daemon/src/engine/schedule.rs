@@ -1,8 +1,9 @@
 //! The coarse-to-fine schedule and how a job's budgets (evaluations, time) are shared between
 //! its scales: pure functions of the parameters and the clock, unit-tested here.
 
+use super::cost::tap_elements_per_pixel;
 use super::image_io::MIN_SIDE;
-use super::params::{Init, Params};
+use super::params::{Init, Params, STYLE_WEIGHT_PER_STRENGTH};
 
 /// The share of the output size's evaluations (or of the time budget) that run on the f32
 /// network when the working precision is reduced.
@@ -40,37 +41,65 @@ impl Choice {
     }
 }
 
-/// What the schedule does when the request does not say (`multiscale: None`), from the start
-/// image. Measured on the suite (`neural-style bench --suite`, docs/benchmarks.md): from noise
-/// the coarse scales lay out the large structures at a quarter of the cost per evaluation; from
-/// an image (the content, or the style) the image already has them, and the upsampled coarse
-/// result loses the start's fine detail, which the output size then has to rebuild.
-pub fn choose(p: &Params) -> Choice {
-    match (p.multiscale, p.init) {
-        (Some(m), _) => Choice { multiscale: m, chosen: false, reason: "the request's multiscale" },
-        (None, Init::Noise) => {
+/// The content emphasis ([`content_emphasis`]) from which a job that starts from an image runs at
+/// the output size only.
+pub const SINGLE_SCALE_EMPHASIS: f64 = 100.0;
+
+/// How much more a job's objective weighs the content than the defaults do: α·N·M ÷ (β / β₁),
+/// with N·M the content layers' size at the output (α's default is 1/(N·M)) and β₁ the style
+/// weight of strength 1. 1/strength with default weights; `--content-weight 1 --style-weight
+/// 1e5` at 256 px is about 2000.
+pub fn content_emphasis(p: &Params, w: u32, h: u32) -> f64 {
+    let content_only = Params { style_layers: Vec::new(), ..p.clone() };
+    let elements = tap_elements_per_pixel(&content_only) * f64::from(w) * f64::from(h);
+    let c = p.coefficients(elements);
+    c.alpha * elements * STYLE_WEIGHT_PER_STRENGTH / c.beta.max(f64::MIN_POSITIVE)
+}
+
+/// What the schedule does for an output of `w` × `h` when the request does not say
+/// (`multiscale: None`). Measured on the suite (`neural-style bench --suite`, docs/benchmarks.md,
+/// seeded random weights): coarse to fine won every case from noise (the coarse scales lay out
+/// the large structures at a quarter of the cost per evaluation), and from the content with the
+/// default weights (the finer scales start from the content plus the coarse scales' upsampled
+/// change, see `Inputs::finer_start`); from the content with a content-heavy objective
+/// (emphasis ≥ [`SINGLE_SCALE_EMPHASIS`]) the optimum is close to the start and the coarse
+/// scales' share of the budget is better spent at the output size.
+pub fn choose(p: &Params, w: u32, h: u32) -> Choice {
+    if let Some(m) = p.multiscale {
+        return Choice { multiscale: m, chosen: false, reason: "the request's multiscale" };
+    }
+    match p.init {
+        Init::Noise => {
             Choice { multiscale: true, chosen: true, reason: "noise start: coarse scales lay out the structure cheaply" }
         }
-        (None, Init::Content | Init::Style) => Choice {
+        Init::Content | Init::Style if content_emphasis(p, w, h) >= SINGLE_SCALE_EMPHASIS => Choice {
             multiscale: false,
             chosen: true,
-            reason: "image start: it has the structure, coarse scales would blur its detail",
+            reason: "image start, content-heavy weights: the optimum is near the start",
+        },
+        Init::Content | Init::Style => Choice {
+            multiscale: true,
+            chosen: true,
+            reason: "image start, style-led weights: coarse scales move the structure cheaply",
         },
     }
 }
 
 /// The coarse-to-fine schedule for an output of w × h, coarsest first. Sizes halve from the
-/// output down to `min_scale` (longest side; both sides stay ≥ 16 px), at most 4 scales, and
-/// only while every scale gets at least 10 evaluations. The coarser scales share half of the
-/// evaluation budget equally and the output size gets the other half; a coarse evaluation costs
-/// ¼, 1/16, … of a full one. Each scale starts from the previous result upsampled (bicubic);
-/// style targets are recomputed per scale from the style resized by the same factor.
-/// `multiscale = false` (`--single-scale`) gives one scale.
+/// output down to `min_scale` or half the output, whichever is smaller (longest side; both sides
+/// stay ≥ 16 px), at most 4 scales, and only while every scale gets at least 10 evaluations. The
+/// coarser scales share half of the evaluation budget equally and the output size gets the
+/// other half; a coarse evaluation costs ¼, 1/16, … of a full one. Each scale starts from the
+/// previous one's result (see `Inputs::finer_start`); style targets are recomputed per scale
+/// from the style resized by the same factor. One scale when [`choose`] says so.
 pub fn scales(p: &Params, w: u32, h: u32) -> Vec<Scale> {
     let mut sizes = vec![(w, h)];
-    if choose(p).multiscale {
+    if choose(p, w, h).multiscale {
+        // never coarser than min_scale, but at least one coarse scale (half the output) where
+        // the output is small: at 128 px a 64 px scale won every noise case of the suite
+        let coarsest = p.min_scale.min(w.max(h) / 2).max(MIN_SIDE);
         let (mut sw, mut sh) = (w, h);
-        while sizes.len() < 4 && sw.max(sh) / 2 >= p.min_scale.max(MIN_SIDE) && sw.min(sh) / 2 >= 16 {
+        while sizes.len() < 4 && sw.max(sh) / 2 >= coarsest && sw.min(sh) / 2 >= 16 {
             sw = (sw / 2).max(1);
             sh = (sh / 2).max(1);
             sizes.push((sw, sh));
@@ -153,8 +182,9 @@ mod tests {
         let p = Params { evaluations: 500, ..Params::default() };
         // 512×384: 128×96, 256×192, 512×384; half the budget to the output size
         assert_eq!(tuples(scales(&p, 512, 384)), vec![(128, 96, 125), (256, 192, 125), (512, 384, 250)]);
-        // small images and small budgets: one scale
-        assert_eq!(tuples(scales(&p, 200, 150)), vec![(200, 150, 500)]);
+        // small images: one coarse scale at half the output, below min_scale
+        assert_eq!(tuples(scales(&p, 200, 150)), vec![(100, 75, 250), (200, 150, 250)]);
+        assert_eq!(tuples(scales(&p, 24, 20)), vec![(24, 20, 500)], "both sides stay ≥ 16");
         let few = Params { evaluations: 30, ..Params::default() };
         assert_eq!(tuples(scales(&few, 512, 512)), vec![(256, 256, 15), (512, 512, 15)]);
         let one = Params { evaluations: 1, ..Params::default() };
@@ -181,21 +211,30 @@ mod tests {
     }
 
     #[test]
-    fn the_schedule_is_chosen_from_the_start_unless_asked() {
+    fn the_schedule_is_chosen_from_the_start_and_the_weights_unless_asked() {
         let noise = Params { init: Init::Noise, ..Params::default() };
         let content = Params { init: Init::Content, ..Params::default() };
-        let style = Params { init: Init::Style, ..Params::default() };
-        assert!(choose(&noise).multiscale && choose(&noise).chosen);
-        assert!(!choose(&content).multiscale && choose(&content).chosen);
-        assert!(!choose(&style).multiscale);
-        assert_eq!(scales(&noise, 512, 384).len(), 3);
-        assert_eq!(scales(&content, 512, 384).len(), 1);
+        // the suite's content-heavy case (issue #12): α = 1, β = 1e5
+        let heavy = Params { content_weight: Some(1.0), style_weight: Some(1e5), ..content.clone() };
+        let (w, h) = (256, 192);
+        // default weights: emphasis 1 (1/strength); α = 1, β = 1e5 at 256×192: 512·32·24/200
+        assert!((content_emphasis(&content, w, h) - 1.0).abs() < 1e-9);
+        assert!((content_emphasis(&Params { strength: 0.2, ..content.clone() }, w, h) - 5.0).abs() < 1e-9);
+        let e = content_emphasis(&heavy, w, h);
+        assert!((e - 512.0 * 32.0 * 24.0 / 200.0).abs() < 1e-6, "{e}");
+        assert!(choose(&noise, w, h).multiscale && choose(&noise, w, h).chosen);
+        assert!(choose(&content, w, h).multiscale);
+        assert!(!choose(&heavy, w, h).multiscale && choose(&heavy, w, h).chosen);
+        // from noise even content-heavy weights go coarse to fine: noise has no structure
+        assert!(choose(&Params { init: Init::Noise, ..heavy.clone() }, w, h).multiscale);
+        assert_eq!(scales(&content, 512, 384).len(), 3);
+        assert_eq!(scales(&heavy, 512, 384).len(), 1);
         // asked for: kept whatever the start
-        let asked = Params { multiscale: Some(true), ..content.clone() };
-        assert!(choose(&asked).multiscale && !choose(&asked).chosen);
+        let asked = Params { multiscale: Some(true), ..heavy.clone() };
+        assert!(choose(&asked, w, h).multiscale && !choose(&asked, w, h).chosen);
         assert_eq!(scales(&asked, 512, 384).len(), 3);
-        assert!(choose(&asked).describe().starts_with("multi-scale (asked for"));
-        assert!(choose(&content).describe().starts_with("single scale (chosen: image start"));
+        assert!(choose(&asked, w, h).describe().starts_with("multi-scale (asked for"));
+        assert!(choose(&heavy, w, h).describe().starts_with("single scale (chosen: image start, content-heavy"));
     }
 
     #[test]
