@@ -27,8 +27,9 @@ enum Command {
     /// Manage VGG19 weights: fetch the pretrained ones, make random ones, inspect a file.
     #[command(subcommand)]
     Weights(weights::WeightsCommand),
-    /// Time one objective evaluation against PyTorch eager (the venv's torch) in the same run.
-    Bench(bench::BenchArgs),
+    /// Benchmarks against PyTorch in the same run: one evaluation, the loop, the daemon, time to
+    /// loss, the schedule suite.
+    Bench(Box<bench::BenchArgs>),
     /// Draw a sample content and style image (for trying things out without images at hand).
     Samples(samples::SamplesArgs),
     /// Run the daemon: VGG19 stays loaded and serves jobs over a local socket.
@@ -58,7 +59,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Weights(cmd) => weights::run(cmd),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(*args),
         Command::Samples(args) => samples::run(args),
         Command::Serve(args) => server::serve(*args),
         Command::Status(args) => server::status(args),

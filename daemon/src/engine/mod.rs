@@ -257,7 +257,8 @@ impl Engine {
         let Scale { width: w, height: h, .. } = job.schedule[k];
         let last = k + 1 == job.schedule.len();
         let budget = schedule::evaluation_budget(&job.schedule, k, p.evaluations - run.evaluations);
-        let deadline = schedule::deadline(p.max_seconds, run.elapsed(), job.schedule.len(), k);
+        let deadline =
+            schedule::deadline(p.max_seconds, run.elapsed(), (job.schedule.len(), k), schedule::coarse_share(p));
         let plan = if last {
             job.plan.clone()
         } else {

@@ -69,9 +69,11 @@ pub fn choose(p: &Params, w: u32, h: u32) -> Choice {
         return Choice { multiscale: m, chosen: false, reason: "the request's multiscale" };
     }
     match p.init {
-        Init::Noise => {
-            Choice { multiscale: true, chosen: true, reason: "noise start: coarse scales lay out the structure cheaply" }
-        }
+        Init::Noise => Choice {
+            multiscale: true,
+            chosen: true,
+            reason: "noise start: coarse scales lay out the structure cheaply",
+        },
         Init::Content | Init::Style if content_emphasis(p, w, h) >= SINGLE_SCALE_EMPHASIS => Choice {
             multiscale: false,
             chosen: true,
@@ -104,13 +106,14 @@ pub fn scales(p: &Params, w: u32, h: u32) -> Vec<Scale> {
             sh = (sh / 2).max(1);
             sizes.push((sw, sh));
         }
-        while sizes.len() > 1 && p.evaluations / (2 * (sizes.len() - 1)).max(1) < 10 {
+        let per_coarse = |n: usize| (p.evaluations as f64 * coarse_share(p) / (n - 1) as f64) as usize;
+        while sizes.len() > 1 && per_coarse(sizes.len()) < 10 {
             sizes.pop();
         }
     }
     sizes.reverse();
     let n = sizes.len();
-    let coarse = if n == 1 { 0 } else { p.evaluations / (2 * (n - 1)) };
+    let coarse = if n == 1 { 0 } else { (p.evaluations as f64 * coarse_share(p) / (n - 1) as f64) as usize };
     let last = p.evaluations - coarse * (n - 1);
     sizes
         .iter()
@@ -126,23 +129,34 @@ pub fn evaluation_budget(schedule: &[Scale], k: usize, left: usize) -> usize {
     left.saturating_sub(later).max(1)
 }
 
+/// The share of a job's budget (evaluations and time) that its coarser scales split: half from
+/// noise, where they build the whole structure; a quarter from an image, which has it already
+/// (on the suite, from the content at 128 px and 0.1× PyTorch's time, halves starved the output
+/// size: 1.46–1.68× PyTorch's loss against 1.13–1.18× single scale).
+pub fn coarse_share(p: &Params) -> f64 {
+    match p.init {
+        Init::Noise => 0.5,
+        Init::Content | Init::Style => 0.25,
+    }
+}
+
 /// The fraction of the remaining time budget that scale `k` of `n` gets: the coarser scales
-/// share half of the budget equally and the output size gets the other half, as with
+/// split `share` of the budget equally and the output size gets the rest, as with
 /// evaluations; time a scale leaves unused (it converged or ran out of evaluations) rolls over
 /// to the later ones, because each share is taken of what remains.
-pub fn time_share(n: usize, k: usize) -> f64 {
+pub fn time_share(n: usize, k: usize, share: f64) -> f64 {
     if k + 1 >= n {
         return 1.0;
     }
-    let coarse = 0.5 / (n - 1) as f64;
-    let remaining_weight = coarse * (n - 1 - k) as f64 + 0.5;
+    let coarse = share / (n - 1) as f64;
+    let remaining_weight = coarse * (n - 1 - k) as f64 + (1.0 - share);
     coarse / remaining_weight
 }
 
 /// When scale `k` of `n` must hand on (seconds since the job started), `now` seconds into a job
-/// with a time budget of `max_seconds`.
-pub fn deadline(max_seconds: Option<f64>, now: f64, n: usize, k: usize) -> Option<f64> {
-    max_seconds.map(|t| now + time_share(n, k) * (t - now).max(0.0))
+/// with a time budget of `max_seconds` whose coarse scales split `share` of it.
+pub fn deadline(max_seconds: Option<f64>, now: f64, (n, k): (usize, usize), share: f64) -> Option<f64> {
+    max_seconds.map(|t| now + time_share(n, k, share) * (t - now).max(0.0))
 }
 
 /// With a reduced-precision network, the job-wide evaluation count from which the output scale
@@ -196,9 +210,14 @@ mod tests {
         let single = Params { multiscale: Some(false), ..Params::default() };
         assert_eq!(tuples(scales(&single, 2048, 2048)), vec![(2048, 2048, 500)]);
         // time shares: coarse scales split half the budget, the output size gets the rest
-        let shares: Vec<f64> = (0..3).map(|k| time_share(3, k)).collect();
+        let shares: Vec<f64> = (0..3).map(|k| time_share(3, k, 0.5)).collect();
         assert!((shares[0] - 0.25).abs() < 1e-12 && (shares[1] - 1.0 / 3.0).abs() < 1e-12 && shares[2] == 1.0);
-        assert_eq!(time_share(1, 0), 1.0);
+        assert_eq!(time_share(1, 0, 0.5), 1.0);
+        // from an image the coarse scales split a quarter: 1/8 each of 3 scales, then 1/7 of the rest
+        let content = Params { init: Init::Content, evaluations: 500, ..Params::default() };
+        assert_eq!(coarse_share(&content), 0.25);
+        assert_eq!(tuples(scales(&content, 512, 384)), vec![(128, 96, 62), (256, 192, 62), (512, 384, 376)]);
+        assert!((time_share(3, 0, 0.25) - 0.125).abs() < 1e-12 && (time_share(3, 1, 0.25) - 1.0 / 7.0).abs() < 1e-12);
         // unused evaluations roll over, later scales keep theirs
         let s = scales(&p, 512, 384);
         assert_eq!(evaluation_budget(&s, 0, 500), 125);
@@ -240,9 +259,9 @@ mod tests {
     #[test]
     fn deadlines_refinement_and_stalls() {
         // 10 s budget, 3 scales, 2 s already spent: the first scale gets a quarter of the 8 left
-        assert_eq!(deadline(Some(10.0), 2.0, 3, 0), Some(4.0));
-        assert_eq!(deadline(Some(10.0), 2.0, 3, 2), Some(10.0));
-        assert_eq!(deadline(None, 2.0, 3, 0), None);
+        assert_eq!(deadline(Some(10.0), 2.0, (3, 0), 0.5), Some(4.0));
+        assert_eq!(deadline(Some(10.0), 2.0, (3, 2), 0.5), Some(10.0));
+        assert_eq!(deadline(None, 2.0, (3, 0), 0.5), None);
         // the last 30% of a 100-evaluation output scale that starts after 50 evaluations
         assert_eq!(refine_from(50, 100), 120);
         assert_eq!(refine_from(0, 1), 0, "a one-evaluation scale refines at once");

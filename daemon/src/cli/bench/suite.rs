@@ -34,10 +34,8 @@ pub const PAIRS: [(&str, &str); 4] = [
 /// The weightings: the defaults (strength 1), and the content-heavy α = 1, β = 1e5 of the
 /// case that showed the single-scale path beating the default (issue #12: ~2000× the defaults'
 /// content emphasis at 256 px).
-pub const WEIGHTINGS: [Weighting; 2] = [
-    Weighting { label: "default", weights: None },
-    Weighting { label: "α1 β1e5", weights: Some((1.0, 1e5)) },
-];
+pub const WEIGHTINGS: [Weighting; 2] =
+    [Weighting { label: "default", weights: None }, Weighting { label: "α1 β1e5", weights: Some((1.0, 1e5)) }];
 
 /// Content and style weights of a case: `None` is the defaults (α = 1/(N·M), β = 500).
 #[derive(Clone, Copy, Debug)]

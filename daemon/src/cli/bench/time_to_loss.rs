@@ -107,8 +107,14 @@ pub fn run(args: &Options, device: Device, engine: &Engine, weights_path: &Path)
         device_name(device)
     );
     let beta = STYLE_WEIGHT_PER_STRENGTH * base.strength;
-    let (rep, x_ref) =
-        reference(weights_path, &inputs.content, &inputs.styles[0], &x0, (args.reference_evals, None, beta), dir.path())?;
+    let (rep, x_ref) = reference(
+        weights_path,
+        &inputs.content,
+        &inputs.styles[0],
+        &x0,
+        (args.reference_evals, None, beta),
+        dir.path(),
+    )?;
     let ref_seconds = rep["seconds"].as_f64().context("reference without seconds")?;
     let ref_loss = engine.exact_losses(&job, &x_ref)?.total;
     // PyTorch's own value of its last evaluation (at its final image) checks that both sides
