@@ -98,8 +98,9 @@ pub fn scales(p: &Params, w: u32, h: u32) -> Vec<Scale> {
     let mut sizes = vec![(w, h)];
     if choose(p, w, h).multiscale {
         // never coarser than min_scale, but at least one coarse scale (half the output) where
-        // the output is small: at 128 px a 64 px scale won every noise case of the suite
-        let coarsest = p.min_scale.min(w.max(h) / 2).max(MIN_SIDE);
+        // the output is small: at 128 px a 64 px scale won every noise case of the suite; not
+        // below 64 px unless min_scale says so (VGG's deepest taps are 4×4 there)
+        let coarsest = p.min_scale.min(w.max(h) / 2).max(p.min_scale.min(64)).max(MIN_SIDE);
         let (mut sw, mut sh) = (w, h);
         while sizes.len() < 4 && sw.max(sh) / 2 >= coarsest && sw.min(sh) / 2 >= 16 {
             sw = (sw / 2).max(1);
@@ -198,7 +199,10 @@ mod tests {
         assert_eq!(tuples(scales(&p, 512, 384)), vec![(128, 96, 125), (256, 192, 125), (512, 384, 250)]);
         // small images: one coarse scale at half the output, below min_scale
         assert_eq!(tuples(scales(&p, 200, 150)), vec![(100, 75, 250), (200, 150, 250)]);
-        assert_eq!(tuples(scales(&p, 24, 20)), vec![(24, 20, 500)], "both sides stay ≥ 16");
+        assert_eq!(tuples(scales(&p, 120, 90)), vec![(120, 90, 500)], "no coarse scale below 64 px");
+        let tiny = Params { min_scale: 16, ..p.clone() };
+        assert_eq!(scales(&tiny, 120, 90).len(), 3, "unless min_scale says so");
+        assert_eq!(tuples(scales(&tiny, 24, 20)), vec![(24, 20, 500)], "both sides stay ≥ 16");
         let few = Params { evaluations: 30, ..Params::default() };
         assert_eq!(tuples(scales(&few, 512, 512)), vec![(256, 256, 15), (512, 512, 15)]);
         let one = Params { evaluations: 1, ..Params::default() };

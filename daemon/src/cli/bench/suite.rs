@@ -113,19 +113,20 @@ pub fn run(o: &Options, device: Device, engine: &Engine, weights: &Path) -> anyh
         o.budgets,
         tch::get_num_threads()
     );
+    let precision = engine.layout().name();
+    // the budget by which the default must reach PyTorch's loss: 0.2T on a bf16 network, 0.35T on fp32
+    let target_budget = if precision.starts_with("fp32") { 0.35 } else { 0.2 };
     let mut results = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         eprintln!("[{}/{}] {}", i + 1, cases.len(), case.name());
         results.push(run_case(o, case, engine, weights)?);
+        // the table so far, rewritten after every case (a long run stopped early keeps its cases)
+        if let Some(path) = &o.table {
+            let table = table(&results, &o.budgets, target_budget);
+            std::fs::write(path, &table).with_context(|| format!("writing {}", path.display()))?;
+        }
     }
-    let precision = engine.layout().name();
-    // the budget by which the default must reach PyTorch's loss: 0.2T on a bf16 network, 0.35T on fp32
-    let target_budget = if precision.starts_with("fp32") { 0.35 } else { 0.2 };
-    let table = table(&results, &o.budgets, target_budget);
-    eprintln!("\n{table}");
-    if let Some(path) = &o.table {
-        std::fs::write(path, &table).with_context(|| format!("writing {}", path.display()))?;
-    }
+    eprintln!("\n{}", table(&results, &o.budgets, target_budget));
     let v = serde_json::json!({
         "device": device_name(device), "precision": precision, "threads": tch::get_num_threads(),
         "pretrained": engine.weights().pretrained, "reference_evals": o.reference_evals, "budgets": o.budgets,
