@@ -88,10 +88,11 @@ pub fn choose(p: &Params, w: u32, h: u32) -> Choice {
 }
 
 /// The coarse-to-fine schedule for an output of w × h, coarsest first. Sizes halve from the
-/// output down to `min_scale` or half the output, whichever is smaller (longest side; both sides
-/// stay ≥ 16 px), at most 4 scales, and only while every scale gets at least 10 evaluations. The
-/// coarser scales share half of the evaluation budget equally and the output size gets the
-/// other half; a coarse evaluation costs ¼, 1/16, … of a full one. Each scale starts from the
+/// output down to `min_scale` or half the output, whichever is smaller, not below 64 px unless
+/// `min_scale` is (longest side; both sides stay ≥ 16 px), at most 4 scales, and only while every
+/// scale gets at least 10 evaluations. The coarser scales share [`coarse_share`] of the
+/// evaluation budget equally and the output size gets the rest; a coarse evaluation costs ¼,
+/// 1/16, … of a full one. Each scale starts from the
 /// previous one's result (see `Inputs::finer_start`); style targets are recomputed per scale
 /// from the style resized by the same factor. One scale when [`choose`] says so.
 pub fn scales(p: &Params, w: u32, h: u32) -> Vec<Scale> {
