@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use tch::Device;
 
-use super::time_to_loss::{picture, plot_json, reference};
-use crate::engine::image_io::Picture;
+use super::time_to_loss::{plot_json, reference};
+use crate::engine::image_io::{DecodeLimits, Picture};
 use crate::engine::schedule;
 use crate::engine::targets::Inputs;
 use crate::engine::{device_name, Control, Engine, Init, Job, Params, Progress, STYLE_WEIGHT_PER_STRENGTH};
@@ -140,7 +140,7 @@ pub fn run(o: &Options, device: Device, engine: &Engine, weights: &Path) -> anyh
 
 fn load(dir: &Path, name: &str) -> anyhow::Result<Picture> {
     let path = dir.join(name);
-    picture(Some(&path), || unreachable!()).with_context(|| format!("suite image {}", path.display()))
+    Picture::load(&path, DecodeLimits::default()).with_context(|| format!("suite image {}", path.display()))
 }
 
 fn run_case(o: &Options, case: &Case, engine: &Engine, weights: &Path) -> anyhow::Result<serde_json::Value> {

@@ -36,7 +36,7 @@ pub struct Options {
     pub plot: Option<PathBuf>,
 }
 
-pub(super) fn picture(path: Option<&Path>, draw: impl Fn() -> image::RgbImage) -> anyhow::Result<Picture> {
+fn picture(path: Option<&Path>, draw: impl Fn() -> image::RgbImage) -> anyhow::Result<Picture> {
     match path {
         Some(p) => Ok(Picture::load(p, DecodeLimits::default())?),
         None => {

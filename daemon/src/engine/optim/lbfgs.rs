@@ -61,7 +61,7 @@ impl Default for LbfgsConfig {
 }
 
 /// The L-BFGS history on the device: pairs s_i = x_{i+1} − x_i, y_i = g_{i+1} − g_i stored
-/// interleaved as rows of one [m, 2, n] f32 tensor (a ring buffer, allocated once and
+/// interleaved as rows of one [m, 2, n] f32 (or bf16) tensor (a ring buffer, allocated once and
 /// uninitialised: no copies as it fills, and on the CPU its pages become resident only as rows
 /// are written; the memory plan counts the full history),
 /// so that every product with S and Y together is one pass over the history; SᵀY and YᵀY are
@@ -161,7 +161,7 @@ impl History {
             return None;
         }
         let first_pair_column = i64::from(g.is_some());
-        let products = self.forward(&held, &Tensor::stack(&columns, 1)).view([k, 2, -1]);
+        let products = forward(&held, &Tensor::stack(&columns, 1)).view([k, 2, -1]);
         let (s_dot, y_dot) = (products.select(1, 0), products.select(1, 1));
         if let Some(p) = pending {
             let (s_new, y_new) = (first_pair_column, first_pair_column + 1);
@@ -204,40 +204,36 @@ impl History {
         let w = r.transpose(0, 1).linalg_solve_triangular(&inner, false, true, false);
         // one pass back: S w − γ Y u as [s_0; y_0; …]ᵀ · [w_0, −γu_0, w_1, −γu_1, …]
         let coefficients = Tensor::stack(&[rows(w.squeeze_dim(1)), rows(u.squeeze_dim(1)) * (-gamma)], 1);
-        let back = self.back(&held, &coefficients.view([2 * k]).to_kind(Kind::Float));
+        let back = back(&held, &coefficients.view([2 * k]).to_kind(Kind::Float));
         (g * gamma + back).neg()
     }
+}
 
-    /// The [2k, n] held rows times [n, c] columns, as [2k, c] f64.
-    fn forward(&self, held: &Tensor, columns: &Tensor) -> Tensor {
-        if held.kind() == Kind::Float {
-            return held.matmul(columns).to_kind(Kind::Double);
-        }
-        let columns = columns.to_kind(Kind::Float);
-        let mut sum: Option<Tensor> = None;
-        for (start, len) in slices(held.size()[1]) {
-            let part = held.narrow(1, start, len).to_kind(Kind::Float).matmul(&columns.narrow(0, start, len));
-            let part = part.to_kind(Kind::Double);
-            sum = Some(match sum {
-                None => part,
-                Some(acc) => acc + part,
-            });
-        }
-        sum.expect("n > 0")
+/// The [2k, n] held rows times [n, c] columns, as [2k, c] f64 (a bf16 history slice by slice).
+fn forward(held: &Tensor, columns: &Tensor) -> Tensor {
+    if held.kind() == Kind::Float {
+        return held.matmul(columns).to_kind(Kind::Double);
     }
+    let columns = columns.to_kind(Kind::Float);
+    slices(held.size()[1])
+        .map(|(start, len)| {
+            held.narrow(1, start, len).to_kind(Kind::Float).matmul(&columns.narrow(0, start, len)).to_kind(Kind::Double)
+        })
+        .reduce(|acc, part| acc + part)
+        .expect("n > 0")
+}
 
-    /// The held rows' combination heldᵀ·c ([n], f32) for coefficients `c` ([2k]).
-    fn back(&self, held: &Tensor, c: &Tensor) -> Tensor {
-        if held.kind() == Kind::Float {
-            return held.transpose(0, 1).mv(c);
-        }
-        let n = held.size()[1];
-        let out = Tensor::empty([n], (Kind::Float, held.device()));
-        for (start, len) in slices(n) {
-            out.narrow(0, start, len).copy_(&held.narrow(1, start, len).to_kind(Kind::Float).transpose(0, 1).mv(c));
-        }
-        out
+/// The held rows' combination heldᵀ·c ([n], f32) for coefficients `c` ([2k]).
+fn back(held: &Tensor, c: &Tensor) -> Tensor {
+    if held.kind() == Kind::Float {
+        return held.transpose(0, 1).mv(c);
     }
+    let n = held.size()[1];
+    let out = Tensor::empty([n], (Kind::Float, held.device()));
+    for (start, len) in slices(n) {
+        out.narrow(0, start, len).copy_(&held.narrow(1, start, len).to_kind(Kind::Float).transpose(0, 1).mv(c));
+    }
+    out
 }
 
 /// [`BF16_SLICES`] (start, length) slices covering 0..n.
