@@ -1,70 +1,122 @@
 #!/usr/bin/env bash
-# GPU check (issues #6 and #11), to run on a machine with a CUDA device: the evaluation
-# benchmark against PyTorch on the GPU, the optimisation loop per evaluation against the bare
-# evaluation (with host reads per evaluation), 512 px / 500-evaluation runs in process and
-# through a warm daemon (same size twice, then a size it has not seen), 3840 px x 100, and
-# peak device memory (nvidia-smi sampled every 50 ms). Writes JSON and logs into $OUT (default
-# docs/bench/gpu). Each step has its own timeout; a failed step is reported and the rest run.
-# Usage: scripts/gpu-check.sh [path/to/neural-style]
-# The binary finds libtorch through its rpath (the venv's torch); elsewhere set LD_LIBRARY_PATH
-# to a torch 2.11 lib folder.
+# GPU check (issue #11), one run on a machine with a CUDA device, every step under its own
+# timeout and the whole under a deadline (a step that would start past it is skipped and says
+# so). Records, as JSON and logs in $RESULTS (default docs/bench/gpu):
+#   evaluation.json   one evaluation at 256/512/1024 against PyTorch eager (same run)
+#   graph-probe.json  PyTorch: one evaluation eager against a replayed CUDA graph, 128/256/512
+#   loop.json         the optimisation loop per evaluation against the bare evaluation
+#   ttl-auto.json     512 px: PyTorch torch.optim.LBFGS (fp32, cudnn.benchmark, warm, 500
+#                     evaluations) from our start image, then ours with the default settings
+#                     under 0.1/0.2/0.35 of its time and for the same 500 evaluations (first
+#                     at the size, repeated, single scale); both images scored by one objective
+#   ttl-fp32.json     the same with our network in fp32 (the single-scale fp32 ratio)
+#   daemon-*.json     a warm daemon: 512 px × 500 twice, then two sizes it has not seen, with
+#                     cuDNN benchmark mode on and off
+#   run-3840.json     3840 px × 100 evaluations, default settings, peak device memory
+# Usage: scripts/gpu-check.sh [path/to/neural-style]; CONTENT, STYLE: images (default: drawn
+# samples); DEADLINE: seconds for the whole (default 540); DEVICE (default cuda; `cpu` with
+# QUICK=1 is a dry run of the plumbing at tiny sizes).
+# The binary finds libtorch through its rpath (this machine's venv); elsewhere set
+# LD_LIBRARY_PATH to a torch 2.11 lib folder.
 set -uo pipefail
 BIN=${1:-target/release/neural-style}
-OUT=${OUT:-docs/bench/gpu}
-mkdir -p "$OUT"
-export NEURAL_STYLE_PYTHON=${NEURAL_STYLE_PYTHON:-python3}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
-W="$OUT/w.safetensors"
-"$BIN" weights random --seed 0 --out "$W" >/dev/null
-"$BIN" samples "$OUT/img" >/dev/null
+RESULTS=${RESULTS:-docs/bench/gpu}
+DEVICE=${DEVICE:-cuda}
+QUICK=${QUICK:-0}
+DEADLINE=${DEADLINE:-540}
+PY=${NEURAL_STYLE_PYTHON:-python3}
+export NEURAL_STYLE_PYTHON=$PY
+mkdir -p "$RESULTS"
+START=$SECONDS
 
-sample() { # peak memory.used (MiB) while "$@" runs
-    local log="$OUT/mem.$$"
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 >"$log" &
-    local smi=$!
-    "$@"
+if [ "$QUICK" = 1 ]; then
+    EVAL_SIZES=64,96; PROBE_SIZES=64; LOOP_SIZES=64; TTL_SIZE=96; TTL_EVALS=30; BIG=256; BIG_EVALS=5
+    JOB=96; NEW1=80; NEW2=112; JOB_EVALS=20
+else
+    EVAL_SIZES=256,512,1024; PROBE_SIZES=128,256,512; LOOP_SIZES=128,256,512; TTL_SIZE=512; TTL_EVALS=500
+    BIG=3840; BIG_EVALS=100; JOB=512; NEW1=600; NEW2=448; JOB_EVALS=500
+fi
+
+# step NAME TIMEOUT CMD...: runs CMD under min(TIMEOUT, time left); stdout/stderr → NAME.{out,err}
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local left=$((DEADLINE - (SECONDS - START)))
+    if [ "$left" -lt 20 ]; then
+        echo "== $name: skipped (deadline: ${left} s left)"
+        return 1
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo "== $name (limit ${limit} s, at $((SECONDS - START)) s)"
+    local t0=$SECONDS
+    timeout -k 5 "$limit" "$@" >"$RESULTS/$name.out" 2>"$RESULTS/$name.err"
     local rc=$?
-    kill "$smi" 2>/dev/null; wait "$smi" 2>/dev/null
-    echo "peak device memory (MiB, whole device): $(sort -n "$log" | tail -1)"
-    rm -f "$log"
+    echo "   rc $rc in $((SECONDS - t0)) s"
+    grep -v '^\s*$' "$RESULTS/$name.err" | grep -v 'INFO\|DEBUG' | tail -n 25
     return $rc
 }
 
-echo "== one evaluation vs PyTorch (cuda) =="
-timeout 300 "$BIN" bench --device cuda --sizes 256,512,1024 --repeats 20 --warmup 5 --json >"$OUT/evaluation.json" || exit 1
-echo "== the loop per evaluation vs the bare evaluation (fp32; L-BFGS m=100, m=5, Adam) =="
-timeout 300 "$BIN" bench --loop --device cuda --sizes 256,512 --loop-evaluations 200 --json >"$OUT/loop.json" \
-    || echo "loop bench failed"
-echo "== 512 px, 500 evaluations, default settings (bf16 + channels-last, multi-scale) =="
-sample "$BIN" run --local --device cuda --weights "$W" -c "$OUT/img/content.png" -s "$OUT/img/style.png" \
-    -o "$OUT/512.png" --size 512 --iterations 500 --json >"$OUT/run-512-500.json"
-python3 - "$OUT/run-512-500.json" <<'PY'
-import json, sys
-s = json.load(open(sys.argv[1]))
-print(f"512 px x 500 evaluations: {s['seconds']:.2f} s of optimisation ({s['precision']}, {s['device']}), "
-      f"objective {s['initial_loss']:.3e} -> {s['total_loss']:.3e}")
-PY
-echo "== the same, single scale, fp32 =="
-sample "$BIN" run --local --device cuda --precision fp32 --single-scale --weights "$W" -c "$OUT/img/content.png" \
-    -s "$OUT/img/style.png" -o "$OUT/512-fp32.png" --size 512 --iterations 500 --json >"$OUT/run-512-500-fp32.json"
-echo "== warm daemon: 512 px x 500 twice, then a size it has not seen (cold: cuDNN autotune) =="
-SOCK="$OUT/d.sock"
-"$BIN" serve --device cuda --socket "$SOCK" --weights "$W" 2>"$OUT/daemon.log" &
-DAEMON=$!
-for _ in $(seq 60); do "$BIN" status --socket "$SOCK" >/dev/null 2>&1 && break; sleep 1; done
-for run in warm-1:512 warm-2:512 cold:600; do
-    name=${run%%:*}; size=${run##*:}
-    timeout 300 "$BIN" run --socket "$SOCK" -c "$OUT/img/content.png" -s "$OUT/img/style.png" \
-        -o "$OUT/daemon-$name.png" --size "$size" --iterations 500 --json >"$OUT/daemon-$name.json" \
-        && python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print(sys.argv[2], s['width'], 'x', s['height'], \
-            f\"{s['seconds']:.2f} s, {s['evaluations']} evaluations, stop {s['stop_reason']}, loss {s['total_loss']:.4e}\")" \
-            "$OUT/daemon-$name.json" "$name" || echo "daemon job $name failed"
+# peak device memory (MiB, whole device) while "$@" runs, sampled every 50 ms
+with_memory() {
+    local log="$RESULTS/memory.samples"
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 >"$log" 2>/dev/null &
+    local smi=$!
+    "$@"
+    local rc=$?
+    kill "$smi" 2>/dev/null
+    wait "$smi" 2>/dev/null
+    echo "   peak device memory (MiB, whole device): $(sort -n "$log" | tail -1)"
+    return $rc
+}
+
+{
+    date -u +%FT%TZ
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+    "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" 2>&1
+    "$BIN" --version 2>&1
+    nproc
+} | tee "$RESULTS/device.txt"
+
+W="$RESULTS/w.safetensors"
+"$BIN" weights random --seed 0 --out "$W" >/dev/null || { echo "the binary does not run"; exit 1; }
+if [ -z "${CONTENT:-}" ]; then
+    "$BIN" samples "$RESULTS/img" >/dev/null
+    CONTENT="$RESULTS/img/content.png"
+    STYLE="$RESULTS/img/style.png"
+fi
+IMAGES=(--content "$CONTENT" --style "$STYLE")
+RUN_IMAGES=(-c "$CONTENT" -s "$STYLE")
+COMMON=(--device "$DEVICE" --weights "$W")
+
+step ttl-auto 120 "$BIN" bench --time-to-loss "${COMMON[@]}" "${IMAGES[@]}" --ttl-size "$TTL_SIZE" \
+    --reference-evals "$TTL_EVALS" --budgets 0.1,0.2,0.35 --same-evaluations --json
+
+for bm in true false; do
+    SOCK="$RESULTS/d-$bm.sock"
+    "$BIN" serve --device "$DEVICE" --socket "$SOCK" --weights "$W" --cudnn-benchmark "$bm" \
+        2>"$RESULTS/daemon-$bm.log" &
+    DAEMON=$!
+    for _ in $(seq 90); do "$BIN" status --socket "$SOCK" >/dev/null 2>&1 && break; sleep 0.5; done
+    for run in warm1:$JOB warm2:$JOB new1:$NEW1 new2:$NEW2 again1:$NEW1; do
+        name=${run%%:*}
+        size=${run##*:}
+        step "daemon-$bm-$name" 60 "$BIN" run --socket "$SOCK" "${RUN_IMAGES[@]}" -o "$RESULTS/daemon-$bm-$name.png" \
+            --size "$size" --iterations "$JOB_EVALS" --json
+        "$PY" -c "import json,sys; s=json.load(open(sys.argv[1])); print('  ', sys.argv[2], s['width'], 'x', s['height'], \
+f\"{s['seconds']:.2f} s, {s['evaluations']} evaluations, stop {s['stop_reason']}, loss {s['total_loss']:.4e}, {s['precision']}\")" \
+            "$RESULTS/daemon-$bm-$name.out" "cudnn_benchmark=$bm $name" 2>/dev/null
+    done
+    "$BIN" stop --socket "$SOCK" >/dev/null 2>&1
+    wait "$DAEMON"
 done
-"$BIN" stop --socket "$SOCK" >/dev/null 2>&1; wait "$DAEMON"
-echo "== 3840 px, 100 evaluations (memory plan, default settings) =="
-sample timeout 300 "$BIN" run --local --device cuda --weights "$W" -c "$OUT/img/content.png" -s "$OUT/img/style.png" \
-    -o "$OUT/3840.png" --size 3840 --iterations 100 --json >"$OUT/run-3840-100.json" || echo "3840 px run failed"
-echo "== 2048 px, 20 evaluations (memory plan) =="
-sample "$BIN" run --local --device cuda --weights "$W" -c "$OUT/img/content.png" -s "$OUT/img/style.png" \
-    -o "$OUT/2048.png" --size 2048 --iterations 20 --single-scale --json >"$OUT/run-2048.json"
-rm -f "$W"
+
+step loop 100 "$BIN" bench --loop --device "$DEVICE" --sizes "$LOOP_SIZES" --loop-evaluations 200 --loop-runs 3 --json
+step evaluation 90 "$BIN" bench --device "$DEVICE" --sizes "$EVAL_SIZES" --repeats 20 --warmup 5 --json
+[ "$DEVICE" = cuda ] &&
+    step graph-probe 60 "$PY" daemon/python/bench_reference.py graph-probe --sizes "$PROBE_SIZES"
+with_memory step run-3840 90 "$BIN" run --local "${COMMON[@]}" "${RUN_IMAGES[@]}" -o "$RESULTS/3840.png" \
+    --size "$BIG" --iterations "$BIG_EVALS" --json
+step ttl-fp32 90 "$BIN" bench --time-to-loss "${COMMON[@]}" "${IMAGES[@]}" --precision fp32 --ttl-size "$TTL_SIZE" \
+    --reference-evals "$TTL_EVALS" --budgets 0.2 --same-evaluations --json
+rm -f "$W" "$RESULTS"/*.png "$RESULTS"/*.sock "$RESULTS/memory.samples"
+echo "== done in $((SECONDS - START)) s"

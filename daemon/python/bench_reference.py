@@ -7,6 +7,7 @@ alpha = 1/(N*M) of the content layer, the image clamped to [0,1] inside the obje
   evaluation    one forward + backward to the input, timed (random image, seeded weights)
   time-to-loss  torch.optim.LBFGS + strong Wolfe, fp32, NCHW, single scale, from a given start;
                 (seconds, loss) after every evaluation, the final image written out
+  graph-probe   (CUDA) one evaluation eager against a replayed CUDA graph of it, per size
 
 Prints one JSON object.
 """
@@ -104,6 +105,28 @@ def evaluation(a):
             torch.cuda.synchronize()
         return xi.grad
 
+    if a.cuda_graph:
+        # the whole evaluation (forward, loss, backward) captured once and replayed: what a CUDA
+        # graph would save of the launch cost (warm-up on a side stream first, as PyTorch asks)
+        static_x = x.detach().clone().requires_grad_(True)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                static_x.grad = None
+                problem.loss(static_x).backward()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        static_x.grad = None
+        with torch.cuda.graph(graph):
+            problem.loss(static_x).backward()
+
+        def evaluate():
+            static_x.data.copy_(x)
+            graph.replay()
+            torch.cuda.synchronize()
+            return static_x.grad
+
     for _ in range(a.warmup):
         evaluate()
     times = []
@@ -112,14 +135,41 @@ def evaluation(a):
         evaluate()
         times.append(time.perf_counter() - t0)
     return {"size": a.size, "median": statistics.median(times), "times": times, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "dtype": str(dtype), "channels_last": a.channels_last}
+            "threads": torch.get_num_threads(), "dtype": str(dtype), "channels_last": a.channels_last,
+            "cuda_graph": a.cuda_graph}
+
+
+def graph_probe(a):
+    """Eager against CUDA-graph replay of one evaluation, per size, fp32 NCHW and bf16 NHWC."""
+    rows = []
+    for size in a.sizes:
+        for bf16 in (False, True):
+            row = {"size": size, "dtype": "bf16+nhwc" if bf16 else "fp32"}
+            for graph in (False, True):
+                e = argparse.Namespace(size=size, repeats=a.repeats, warmup=a.warmup, device="cuda", bf16=bf16,
+                                       fp16=False, channels_last=bf16, cuda_graph=graph)
+                row["graph" if graph else "eager"] = evaluation(e)["median"]
+            row["graph_over_eager"] = row["graph"] / row["eager"]
+            print(f"{size} px {row['dtype']}: eager {row['eager'] * 1e3:.2f} ms, graph {row['graph'] * 1e3:.2f} ms",
+                  file=sys.stderr)
+            rows.append(row)
+    return {"rows": rows, "torch": torch.__version__, "device": torch.cuda.get_device_name()}
 
 
 def time_to_loss(a):
     from safetensors.torch import load_file, save_file
 
-    t = load_file(a.input)
-    net = build(torch.device("cpu"), torch.float32, False, a.weights)
+    dev = torch.device(a.device)
+    t = {k: v.to(dev) for k, v in load_file(a.input).items()}
+    net = build(dev, torch.float32, False, a.weights)
+    if dev.type == "cuda":
+        # plain PyTorch at its best: cuDNN's fastest algorithms, found before the clock starts
+        torch.backends.cudnn.benchmark = True
+        warm = Problem(net, t["content"], t["style"], a.beta, torch.float32, False, a.alpha)
+        for _ in range(3):
+            xi = t["x0"].clone().requires_grad_(True)
+            warm.loss(xi).backward()
+        torch.cuda.synchronize()
     start = time.perf_counter()
     problem = Problem(net, t["content"], t["style"], a.beta, torch.float32, False, a.alpha)
     x = t["x0"].clone().requires_grad_(True)
@@ -137,9 +187,9 @@ def time_to_loss(a):
                             tolerance_grad=0, tolerance_change=0, line_search_fn="strong_wolfe")
     opt.step(closure)
     seconds = time.perf_counter() - start
-    save_file({"x": x.detach().contiguous()}, a.out)
+    save_file({"x": x.detach().cpu().contiguous()}, a.out)
     return {"seconds": seconds, "evaluations": len(trace), "trace": trace, "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+            "torch": torch.__version__, "device": str(dev)}
 
 
 def main():
@@ -153,6 +203,7 @@ def main():
     ev.add_argument("--bf16", action="store_true")
     ev.add_argument("--fp16", action="store_true")
     ev.add_argument("--channels-last", action="store_true")
+    ev.add_argument("--cuda-graph", action="store_true", help="time replays of one captured evaluation")
     tl = sub.add_parser("time-to-loss")
     tl.add_argument("--weights", required=True)
     tl.add_argument("--input", required=True, help="safetensors with content, style, x0")
@@ -161,12 +212,18 @@ def main():
     tl.add_argument("--alpha", type=float, help="content weight (default 1/(N*M) of the content layer)")
     tl.add_argument("--evals", type=int, default=300)
     tl.add_argument("--history", type=int, default=100)
-    for p in (ev, tl):
+    tl.add_argument("--device", default="cpu")
+    gp = sub.add_parser("graph-probe")
+    gp.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[128, 256, 512])
+    gp.add_argument("--repeats", type=int, default=20)
+    gp.add_argument("--warmup", type=int, default=5)
+    for p in (ev, tl, gp):
         p.add_argument("--threads", type=int)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(json.dumps(evaluation(a) if a.command == "evaluation" else time_to_loss(a)))
+    run = {"evaluation": evaluation, "time-to-loss": time_to_loss, "graph-probe": graph_probe}[a.command]
+    print(json.dumps(run(a)))
     return 0
 
 

@@ -62,6 +62,10 @@ pub struct DeviceArgs {
     /// bf16. The image, Gram matrices and loss sums are always f32.
     #[arg(long, value_enum, default_value_t = Config::default().precision)]
     pub precision: Precision,
+    /// cuDNN benchmark mode (CUDA): time every convolution algorithm per new image size (true)
+    /// or take cuDNN's heuristics (false).
+    #[arg(long, default_value_t = Config::default().cudnn_benchmark, action = clap::ArgAction::Set)]
+    pub cudnn_benchmark: bool,
 }
 
 impl DeviceArgs {
@@ -71,6 +75,11 @@ impl DeviceArgs {
             tch::set_num_threads(n);
         }
         parse_device(&self.device).map_err(anyhow::Error::msg)
+    }
+
+    /// The engine for these flags (device from [`DeviceArgs::apply`]).
+    pub fn engine(&self, weights: &Weights, device: tch::Device) -> crate::engine::Engine {
+        crate::engine::Engine::with_options(weights, device, self.precision.layout(device), self.cudnn_benchmark)
     }
 }
 

@@ -17,7 +17,7 @@ use tch::Tensor;
 
 use super::args::{request_params, DeviceArgs, EngineArgs, SocketArg, WeightsArg};
 use crate::engine::image_io::{DecodeLimits, Output, OutputFormat, Picture};
-use crate::engine::{device_name, Control, Engine, Job, Progress};
+use crate::engine::{device_name, Control, Job, Progress};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -171,7 +171,7 @@ fn run_local(args: &RunArgs, job: &Job, interrupted: &AtomicBool) -> anyhow::Res
     let device = args.device.apply()?;
     let weights = args.weights.load()?;
     let layout = args.device.precision.layout(device);
-    let engine = Engine::with_layout(&weights, device, layout);
+    let engine = args.device.engine(&weights, device);
     drop(weights);
     tracing::info!(device = %device_name(device), precision = %layout.name(), "model loaded");
     let bar = progress_bar(job.params().evaluations);

@@ -28,6 +28,10 @@ pub struct ServeArgs {
     pub precision: Option<Precision>,
     #[arg(long)]
     pub threads: Option<i32>,
+    /// cuDNN benchmark mode: time every convolution algorithm per new image size (true) or take
+    /// cuDNN's heuristics (false). CUDA only.
+    #[arg(long)]
+    pub cudnn_benchmark: Option<bool>,
     /// Largest output in pixels per job.
     #[arg(long)]
     pub max_pixels: Option<u64>,
@@ -88,7 +92,8 @@ impl ServeArgs {
             max_clients,
             max_queue,
             cache_mb,
-            on_signal
+            on_signal,
+            cudnn_benchmark
         );
         if self.threads.is_some() {
             c.threads = self.threads;

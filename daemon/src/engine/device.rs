@@ -2,6 +2,18 @@
 
 use tch::Device;
 
+/// Whether cuDNN times every convolution algorithm the first time it meets a shape (benchmark
+/// mode) instead of taking its heuristics' choice. Measured on an H100 (docs/benchmarks.md,
+/// "GPU"): see [`set_cudnn_benchmark`].
+pub const CUDNN_BENCHMARK: bool = true;
+
+/// Sets cuDNN's benchmark mode (process-wide; a no-op without CUDA). Benchmark mode can pick
+/// faster kernels, but every image size the process has not seen pays the timing of every
+/// algorithm of every layer first.
+pub fn set_cudnn_benchmark(on: bool) {
+    tch::Cuda::cudnn_set_benchmark(on);
+}
+
 /// A device name as users write it.
 pub fn device_name(d: Device) -> String {
     match d {

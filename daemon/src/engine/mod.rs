@@ -136,8 +136,14 @@ impl Engine {
     }
 
     pub fn with_layout(weights: &Weights, device: Device, layout: Layout) -> Self {
+        Self::with_options(weights, device, layout, device::CUDNN_BENCHMARK)
+    }
+
+    /// [`Engine::with_layout`] with cuDNN's benchmark mode on or off (CUDA only; see
+    /// [`device::set_cudnn_benchmark`]).
+    pub fn with_options(weights: &Weights, device: Device, layout: Layout, cudnn_benchmark: bool) -> Self {
         if device.is_cuda() {
-            tch::Cuda::cudnn_set_benchmark(true);
+            device::set_cudnn_benchmark(cudnn_benchmark);
         }
         let reference = (layout != Layout::FP32).then(|| Vgg19::load(weights, device, Layout::FP32));
         Self { vgg: Vgg19::load(weights, device, layout), reference, weights: weights.info() }

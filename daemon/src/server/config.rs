@@ -30,6 +30,9 @@ pub struct Config {
     pub device: String,
     pub precision: Precision,
     pub threads: Option<i32>,
+    /// cuDNN benchmark mode (CUDA): time every convolution algorithm per new image size, or
+    /// take cuDNN's heuristics.
+    pub cudnn_benchmark: bool,
     /// Largest working image (output) in pixels.
     pub max_pixels: u64,
     /// Largest input image (decode limit) in pixels.
@@ -58,6 +61,7 @@ impl Default for Config {
             device: "auto".into(),
             precision: Precision::Auto,
             threads: None,
+            cudnn_benchmark: crate::engine::device::CUDNN_BENCHMARK,
             max_pixels: 4096 * 4096,
             max_input_pixels: DecodeLimits::default().max_pixels,
             max_iterations: 10_000,

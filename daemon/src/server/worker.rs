@@ -59,7 +59,7 @@ fn serve(state: &State, weights: Weights) -> anyhow::Result<()> {
     let device = parse_device(&cfg.device).map_err(anyhow::Error::msg)?;
     let layout = cfg.precision.layout(device);
     let t0 = Instant::now();
-    let engine = Engine::with_layout(&weights, device, layout);
+    let engine = Engine::with_options(&weights, device, layout, cfg.cudnn_benchmark);
     drop(weights);
     if cfg.warmup {
         warm_up(&engine)?;

@@ -16,7 +16,6 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::args::DeviceArgs;
-use crate::engine::Engine;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -70,6 +69,10 @@ pub struct BenchArgs {
     /// Evaluations of the PyTorch reference run.
     #[arg(long, default_value_t = 300)]
     pub reference_evals: usize,
+    /// --time-to-loss: also run neural-style for the reference's number of evaluations (default
+    /// settings twice, then single scale) against the reference's time and loss.
+    #[arg(long)]
+    pub same_evaluations: bool,
     /// neural-style's time budgets as fractions of the reference's time.
     #[arg(long, value_delimiter = ',', default_value = "0.1,0.2,0.35")]
     pub budgets: Vec<f64>,
@@ -120,10 +123,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let options = latency::Options { size: args.latency_size, evaluations: args.latency_iterations };
         Some(latency::run(&options, args.weights.clone())?)
     } else if args.suite {
-        let layout = args.device.precision.layout(device);
         let dir = tempfile::tempdir()?;
         let (weights, path) = time_to_loss::weights(args.weights.as_deref(), dir.path())?;
-        let engine = Engine::with_layout(&weights, device, layout);
+        let engine = args.device.engine(&weights, device);
         let sizes = args.sizes.clone().unwrap_or_else(|| vec![128, 256]);
         let options = suite::Options {
             sizes: sizes.into_iter().map(|s| u32::try_from(s).unwrap_or(u32::MAX)).collect(),
@@ -137,10 +139,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         };
         Some(suite::run(&options, device, &engine, &path)?)
     } else if args.time_to_loss {
-        let layout = args.device.precision.layout(device);
         let dir = tempfile::tempdir()?;
         let (weights, path) = time_to_loss::weights(args.weights.as_deref(), dir.path())?;
-        let engine = Engine::with_layout(&weights, device, layout);
+        let engine = args.device.engine(&weights, device);
         let options = time_to_loss::Options {
             size: args.ttl_size,
             reference_evals: args.reference_evals,
@@ -148,6 +149,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             content: args.content.clone(),
             style: args.style.clone(),
             plot: args.plot.clone(),
+            same_evaluations: args.same_evaluations,
         };
         Some(time_to_loss::run(&options, device, &engine, &path)?)
     } else {

@@ -34,6 +34,10 @@ pub struct Options {
     pub style: Option<PathBuf>,
     /// Write a PNG plot of loss against time.
     pub plot: Option<PathBuf>,
+    /// Also run neural-style for the reference's number of evaluations (no time budget):
+    /// default settings twice (the first run is the first at this size in the process), and
+    /// single scale.
+    pub same_evaluations: bool,
 }
 
 fn picture(path: Option<&Path>, draw: impl Fn() -> image::RgbImage) -> anyhow::Result<Picture> {
@@ -46,9 +50,10 @@ fn picture(path: Option<&Path>, draw: impl Fn() -> image::RgbImage) -> anyhow::R
     }
 }
 
-/// Runs the reference (style weight `beta`, content weight `alpha` or the default 1/(N·M));
-/// returns its JSON report and final image.
+/// Runs the reference on `device` (style weight `beta`, content weight `alpha` or the default
+/// 1/(N·M)); returns its JSON report and final image.
 pub(super) fn reference(
+    device: Device,
     weights: &Path,
     content: &Tensor,
     style: &Tensor,
@@ -72,7 +77,7 @@ pub(super) fn reference(
         .arg(&output)
         .args(["--beta", &beta.to_string(), "--evals", &evals.to_string()])
         .args(alpha.map(|a| ["--alpha".to_string(), a.to_string()]).into_iter().flatten())
-        .args(["--threads", &tch::get_num_threads().to_string()])
+        .args(["--threads", &tch::get_num_threads().to_string(), "--device", &device_name(device)])
         .output()
         .with_context(|| format!("cannot run the PyTorch reference with {}", py.display()))?;
     anyhow::ensure!(
@@ -108,6 +113,7 @@ pub fn run(args: &Options, device: Device, engine: &Engine, weights_path: &Path)
     );
     let beta = STYLE_WEIGHT_PER_STRENGTH * base.strength;
     let (rep, x_ref) = reference(
+        device,
         weights_path,
         &inputs.content,
         &inputs.styles[0],
@@ -153,6 +159,7 @@ pub fn run(args: &Options, device: Device, engine: &Engine, weights_path: &Path)
             "precision": r.summary.precision, "scales": r.summary.scales, "trace": trace,
         }));
     }
+    let same = if args.same_evaluations { same_evaluations(engine, &job, &base, args, (ref_seconds, ref_loss))? } else { vec![] };
     let best = runs
         .iter()
         .filter(|r| r["reached_reference_loss"] == true)
@@ -167,12 +174,45 @@ pub fn run(args: &Options, device: Device, engine: &Engine, weights_path: &Path)
         "pretrained": engine.weights().pretrained,
         "reference": {"seconds": ref_seconds, "final_loss": ref_loss, "evaluations": rep["evaluations"],
                       "torch": rep["torch"], "trace": rep["trace"]},
-        "runs": runs, "best_time_ratio_reaching_reference": best,
+        "runs": runs, "best_time_ratio_reaching_reference": best, "same_evaluations": same,
     });
     if let Some(plot) = &args.plot {
         plot_json(&v, plot, ("plot_time_to_loss", PLOT))?;
     }
     Ok(v)
+}
+
+/// neural-style for the reference's number of evaluations: default settings (first and repeated)
+/// and single scale, each against the reference's time and loss.
+fn same_evaluations(
+    engine: &Engine,
+    job: &Job,
+    base: &Params,
+    args: &Options,
+    (ref_seconds, ref_loss): (f64, f64),
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let default = Params { evaluations: args.reference_evals, ..base.clone() };
+    let single = Params { multiscale: Some(false), ..default.clone() };
+    let mut out = Vec::new();
+    for (name, params) in [("default (first)", &default), ("default (repeated)", &default), ("single scale", &single)] {
+        let r = engine.stylize(&job.with_params(params.clone())?, &mut |_: &Progress| Control::Continue)?;
+        let s = &r.summary;
+        eprintln!(
+            "  neural-style {name}, {} evaluations ({}): {:.2} s = {:.3}× PyTorch's time, objective {:.4e} = {:.3}× PyTorch's",
+            s.evaluations,
+            s.precision,
+            s.seconds,
+            s.seconds / ref_seconds,
+            s.total_loss,
+            s.total_loss / ref_loss
+        );
+        out.push(serde_json::json!({
+            "run": name, "seconds": s.seconds, "time_ratio": s.seconds / ref_seconds,
+            "final_loss": s.total_loss, "loss_ratio": s.total_loss / ref_loss, "evaluations": s.evaluations,
+            "precision": s.precision, "schedule": s.schedule, "stop_reason": s.stop_reason, "scales": s.scales,
+        }));
+    }
+    Ok(out)
 }
 
 /// Draws `v` into a PNG with one of the plotting scripts (name, source; the venv's matplotlib).
