@@ -1,11 +1,18 @@
 //! Give the binary (and every test binary of this crate) an rpath to the libtorch it was built
 //! against, so it runs without LD_LIBRARY_PATH, and keep libtorch linked even though nothing
 //! references it directly (otherwise `tch::Cuda::is_available()` is false on CUDA machines).
+//! Where libtorch has CUDA and the CUDA runtime headers are at hand, also build the small C++
+//! shim over libtorch's CUDA graphs (cpp/cuda_graph.cpp; `cfg(cuda_graph)`), which tch does not
+//! bind.
 use std::env;
+use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=NEURAL_STYLE_PYTHON");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo:rerun-if-changed=cpp/cuda_graph.cpp");
+    println!("cargo::rustc-check-cfg=cfg(cuda_graph)");
     let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if let Ok(dir) = env::var("DEP_TCH_LIBTORCH_LIB") {
         if os == "linux" || os == "macos" {
@@ -16,10 +23,58 @@ fn main() {
             println!("cargo:rustc-link-arg=-L{dir}");
             println!("cargo:rustc-link-arg=-ltorch");
             println!("cargo:rustc-link-arg=-Wl,--as-needed");
+            cuda_graph_shim(Path::new(&dir));
         }
     }
     // The python interpreter that provided libtorch (LIBTORCH_USE_PYTORCH=1): used at run time
     // to fetch/convert weights when NEURAL_STYLE_PYTHON is not set.
     let python = env::var("NEURAL_STYLE_PYTHON").unwrap_or_else(|_| "python3".to_string());
     println!("cargo:rustc-env=NEURAL_STYLE_BUILD_PYTHON={python}");
+}
+
+/// CUDA runtime headers: $CUDA_HOME/include, or those of the pip wheels beside torch
+/// (nvidia-cuda-runtime + nvidia-cuda-crt, which the Makefile's venv installs).
+fn cuda_include(torch: &Path) -> Option<PathBuf> {
+    let complete = |d: &Path| d.join("cuda_runtime_api.h").is_file() && d.join("crt/host_config.h").is_file();
+    let mut candidates: Vec<PathBuf> = env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("include")).into_iter().collect();
+    if let Some(site) = torch.parent() {
+        candidates.extend(["cu13", "cuda_runtime"].iter().map(|v| site.join("nvidia").join(v).join("include")));
+    }
+    candidates.push(PathBuf::from("/usr/local/cuda/include"));
+    candidates.into_iter().find(|d| complete(d))
+}
+
+/// Builds cpp/cuda_graph.cpp against libtorch (lib folder `lib`) when it can; says why not.
+fn cuda_graph_shim(lib: &Path) {
+    let Some(torch) = lib.parent() else { return };
+    let include = torch.join("include");
+    let missing = if !lib.join("libtorch_cuda.so").is_file() {
+        Some("libtorch has no CUDA (no libtorch_cuda.so)".to_string())
+    } else if !include.join("ATen/cuda/CUDAGraph.h").is_file() {
+        Some(format!("no ATen/cuda/CUDAGraph.h under {}", include.display()))
+    } else {
+        None
+    };
+    let cuda = cuda_include(torch);
+    if let Some(why) = missing.or_else(|| cuda.is_none().then(|| "no CUDA runtime headers (install nvidia-cuda-crt or set CUDA_HOME)".into())) {
+        println!("cargo:warning=CUDA graphs not built ({why}): evaluations run eagerly on CUDA");
+        return;
+    }
+    let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .file("cpp/cuda_graph.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .include(cuda.expect("checked above"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        .warnings(false)
+        .compile("ns_cuda_graph");
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    for l in ["torch_cuda", "c10_cuda", "torch_cpu", "c10"] {
+        println!("cargo:rustc-link-lib=dylib={l}");
+    }
+    println!("cargo:rustc-cfg=cuda_graph");
 }

@@ -2,20 +2,23 @@
 # GPU check (issue #11), one run on a machine with a CUDA device, every step under its own
 # timeout and the whole under a deadline (a step that would start past it is skipped and says
 # so). Records, as JSON and logs in $RESULTS (default docs/bench/gpu):
-#   evaluation.json   one evaluation at 256/512/1024 against PyTorch eager (same run)
-#   graph-probe.json  PyTorch: one evaluation eager against a replayed CUDA graph, 128/256/512
-#   loop.json         the optimisation loop per evaluation against the bare evaluation
-#   ttl-auto.json     512 px: PyTorch torch.optim.LBFGS (fp32, cudnn.benchmark, warm, 500
+#   evaluation        one evaluation at 128/256/512/1024 against PyTorch eager (same run), and
+#                     replayed as a CUDA graph (time, and its value and gradient against eager)
+#   graph-probe       PyTorch: one evaluation eager against a replayed CUDA graph, 128/256/512
+#   loop              the optimisation loop per evaluation against the bare evaluation
+#   ttl-auto          512 px: PyTorch torch.optim.LBFGS (fp32, cudnn.benchmark, warm, 500
 #                     evaluations) from our start image, then ours with the default settings
 #                     under 0.1/0.2/0.35 of its time and for the same 500 evaluations (first
 #                     at the size, repeated, single scale); both images scored by one objective
-#   ttl-fp32.json     the same with our network in fp32 (the single-scale fp32 ratio)
-#   daemon-*.json     a warm daemon: 512 px × 500 twice, then two sizes it has not seen, with
-#                     cuDNN benchmark mode on and off
-#   run-3840.json     3840 px × 100 evaluations, default settings, peak device memory
-# Usage: scripts/gpu-check.sh [path/to/neural-style]; CONTENT, STYLE: images (default: drawn
-# samples); DEADLINE: seconds for the whole (default 540); DEVICE (default cuda; `cpu` with
-# QUICK=1 is a dry run of the plumbing at tiny sizes).
+#   ttl-eager         the same without CUDA graphs
+#   ttl-fp32          the same with our network in fp32 (the single-scale fp32 ratio)
+#   daemon-*.out      a warm daemon: 512 px × 500 twice, then two sizes it has not seen; with
+#                     the defaults, cuDNN benchmark mode, no CUDA graphs, cuDNN's v7 API
+#   run-3840.out      3840 px × 100 evaluations, default settings, peak device memory
+# (each as NAME.out, its log as NAME.err). Usage: scripts/gpu-check.sh [path/to/neural-style];
+# CONTENT, STYLE: images (default: drawn samples); DEADLINE: seconds for the whole (default
+# 540); ONLY: the steps to run (default all); DEVICE (default cuda; `cpu` with QUICK=1 is a dry
+# run of the plumbing at tiny sizes).
 # The binary finds libtorch through its rpath (this machine's venv); elsewhere set
 # LD_LIBRARY_PATH to a torch 2.11 lib folder.
 set -uo pipefail
@@ -33,7 +36,7 @@ if [ "$QUICK" = 1 ]; then
     EVAL_SIZES=64,96; PROBE_SIZES=64; LOOP_SIZES=64; TTL_SIZE=96; TTL_EVALS=30; BIG=256; BIG_EVALS=5
     JOB=96; NEW1=80; NEW2=112; JOB_EVALS=20
 else
-    EVAL_SIZES=256,512,1024; PROBE_SIZES=128,256,512; LOOP_SIZES=128,256,512; TTL_SIZE=512; TTL_EVALS=500
+    EVAL_SIZES=128,256,512,1024; PROBE_SIZES=128,256,512; LOOP_SIZES=128,256,512; TTL_SIZE=512; TTL_EVALS=500
     BIG=3840; BIG_EVALS=100; JOB=512; NEW1=600; NEW2=448; JOB_EVALS=500
 fi
 
@@ -88,35 +91,48 @@ IMAGES=(--content "$CONTENT" --style "$STYLE")
 RUN_IMAGES=(-c "$CONTENT" -s "$STYLE")
 COMMON=(--device "$DEVICE" --weights "$W")
 
-step ttl-auto 120 "$BIN" bench --time-to-loss "${COMMON[@]}" "${IMAGES[@]}" --ttl-size "$TTL_SIZE" \
-    --reference-evals "$TTL_EVALS" --budgets 0.1,0.2,0.35 --same-evaluations --json
+# wanted NAME: whether step NAME runs (ONLY: space-separated names; empty: every step)
+wanted() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
-for bm in true false; do
-    SOCK="$RESULTS/d-$bm.sock"
-    "$BIN" serve --device "$DEVICE" --socket "$SOCK" --weights "$W" --cudnn-benchmark "$bm" \
-        2>"$RESULTS/daemon-$bm.log" &
-    DAEMON=$!
-    for _ in $(seq 90); do "$BIN" status --socket "$SOCK" >/dev/null 2>&1 && break; sleep 0.5; done
+# daemon_jobs NAME [serve flags...]: a daemon (env from DAEMON_ENV), 512 px × 500 twice, then
+# two sizes it has not seen, then the first of them again
+daemon_jobs() {
+    local name=$1
+    shift
+    local sock="$RESULTS/d-$name.sock"
+    env ${DAEMON_ENV:-} "$BIN" serve --device "$DEVICE" --socket "$sock" --weights "$W" "$@" 2>"$RESULTS/daemon-$name.log" &
+    local daemon=$!
+    for _ in $(seq 90); do "$BIN" status --socket "$sock" >/dev/null 2>&1 && break; sleep 0.5; done
     for run in warm1:$JOB warm2:$JOB new1:$NEW1 new2:$NEW2 again1:$NEW1; do
-        name=${run%%:*}
-        size=${run##*:}
-        step "daemon-$bm-$name" 60 "$BIN" run --socket "$SOCK" "${RUN_IMAGES[@]}" -o "$RESULTS/daemon-$bm-$name.png" \
+        local job=${run%%:*} size=${run##*:}
+        step "daemon-$name-$job" 60 "$BIN" run --socket "$sock" "${RUN_IMAGES[@]}" -o "$RESULTS/daemon-$name-$job.png" \
             --size "$size" --iterations "$JOB_EVALS" --json
         "$PY" -c "import json,sys; s=json.load(open(sys.argv[1])); print('  ', sys.argv[2], s['width'], 'x', s['height'], \
-f\"{s['seconds']:.2f} s, {s['evaluations']} evaluations, stop {s['stop_reason']}, loss {s['total_loss']:.4e}, {s['precision']}\")" \
-            "$RESULTS/daemon-$bm-$name.out" "cudnn_benchmark=$bm $name" 2>/dev/null
+f\"{s['seconds']:.2f} s, {s['evaluations']} evaluations, stop {s['stop_reason']}, loss {s['total_loss']:.4e}, {s['precision']};\", \
+' '.join(f\"{x['width']}px {x['evaluations']} ev {x['seconds']:.2f} s\" for x in s['scales']))" \
+            "$RESULTS/daemon-$name-$job.out" "$name $job" 2>/dev/null
     done
-    "$BIN" stop --socket "$SOCK" >/dev/null 2>&1
-    wait "$DAEMON"
-done
+    "$BIN" stop --socket "$sock" >/dev/null 2>&1
+    wait "$daemon"
+}
 
-step loop 100 "$BIN" bench --loop --device "$DEVICE" --sizes "$LOOP_SIZES" --loop-evaluations 200 --loop-runs 3 --json
-step evaluation 90 "$BIN" bench --device "$DEVICE" --sizes "$EVAL_SIZES" --repeats 20 --warmup 5 --json
-[ "$DEVICE" = cuda ] &&
+wanted evaluation && step evaluation 90 "$BIN" bench --device "$DEVICE" --sizes "$EVAL_SIZES" --repeats 20 --warmup 5 \
+    ${EVAL_FLAGS:-} --json
+wanted ttl-auto && step ttl-auto 120 "$BIN" bench --time-to-loss "${COMMON[@]}" "${IMAGES[@]}" --ttl-size "$TTL_SIZE" \
+    --reference-evals "$TTL_EVALS" --budgets 0.1,0.2,0.35 --same-evaluations --json
+wanted ttl-eager && step ttl-eager 120 "$BIN" bench --time-to-loss "${COMMON[@]}" "${IMAGES[@]}" --ttl-size "$TTL_SIZE" \
+    --reference-evals "$TTL_EVALS" --budgets 0.2 --same-evaluations --cuda-graphs false --json
+wanted daemon && daemon_jobs default
+wanted daemon-benchmark && daemon_jobs benchmark --cudnn-benchmark true
+wanted daemon-eager && daemon_jobs eager --cuda-graphs false
+wanted daemon-v7 && DAEMON_ENV=TORCH_CUDNN_V8_API_DISABLED=1 daemon_jobs v7
+wanted loop && step loop 100 "$BIN" bench --loop --device "$DEVICE" --sizes "$LOOP_SIZES" --loop-evaluations 200 \
+    --loop-runs 3 --json
+wanted graph-probe && [ "$DEVICE" = cuda ] &&
     step graph-probe 60 "$PY" daemon/python/bench_reference.py graph-probe --sizes "$PROBE_SIZES"
-with_memory step run-3840 90 "$BIN" run --local "${COMMON[@]}" "${RUN_IMAGES[@]}" -o "$RESULTS/3840.png" \
+wanted run-3840 && with_memory step run-3840 90 "$BIN" run --local "${COMMON[@]}" "${RUN_IMAGES[@]}" -o "$RESULTS/3840.png" \
     --size "$BIG" --iterations "$BIG_EVALS" --json
-step ttl-fp32 90 "$BIN" bench --time-to-loss "${COMMON[@]}" "${IMAGES[@]}" --precision fp32 --ttl-size "$TTL_SIZE" \
-    --reference-evals "$TTL_EVALS" --budgets 0.2 --same-evaluations --json
+wanted ttl-fp32 && step ttl-fp32 90 "$BIN" bench --time-to-loss "${COMMON[@]}" "${IMAGES[@]}" --precision fp32 \
+    --ttl-size "$TTL_SIZE" --reference-evals "$TTL_EVALS" --budgets 0.2 --same-evaluations --json
 rm -f "$W" "$RESULTS"/*.png "$RESULTS"/*.sock "$RESULTS/memory.samples"
 echo "== done in $((SECONDS - START)) s"

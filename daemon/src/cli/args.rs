@@ -66,6 +66,9 @@ pub struct DeviceArgs {
     /// or take cuDNN's heuristics (false).
     #[arg(long, default_value_t = Config::default().cudnn_benchmark, action = clap::ArgAction::Set)]
     pub cudnn_benchmark: bool,
+    /// Evaluate small scales through CUDA graphs (one launch per evaluation).
+    #[arg(long, default_value_t = Config::default().cuda_graphs, action = clap::ArgAction::Set)]
+    pub cuda_graphs: bool,
 }
 
 impl DeviceArgs {
@@ -79,7 +82,12 @@ impl DeviceArgs {
 
     /// The engine for these flags (device from [`DeviceArgs::apply`]).
     pub fn engine(&self, weights: &Weights, device: tch::Device) -> crate::engine::Engine {
-        crate::engine::Engine::with_options(weights, device, self.precision.layout(device), self.cudnn_benchmark)
+        crate::engine::Engine::with_options(weights, device, self.precision.layout(device), self.cuda())
+    }
+
+    /// The CUDA settings of these flags.
+    pub fn cuda(&self) -> crate::engine::CudaOptions {
+        crate::engine::CudaOptions { cudnn_benchmark: self.cudnn_benchmark, graphs: self.cuda_graphs }
     }
 }
 

@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// cuDNN's heuristics (false). CUDA only.
     #[arg(long)]
     pub cudnn_benchmark: Option<bool>,
+    /// Evaluate small scales through CUDA graphs (one launch per evaluation). CUDA only.
+    #[arg(long)]
+    pub cuda_graphs: Option<bool>,
     /// Largest output in pixels per job.
     #[arg(long)]
     pub max_pixels: Option<u64>,
@@ -93,7 +96,8 @@ impl ServeArgs {
             max_queue,
             cache_mb,
             on_signal,
-            cudnn_benchmark
+            cudnn_benchmark,
+            cuda_graphs
         );
         if self.threads.is_some() {
             c.threads = self.threads;

@@ -2,10 +2,28 @@
 
 use tch::Device;
 
+/// How the engine uses a CUDA device (ignored elsewhere). Defaults measured on an H100
+/// (docs/benchmarks.md, "GPU").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// cuDNN benchmark mode: see [`set_cudnn_benchmark`].
+    pub cudnn_benchmark: bool,
+    /// Evaluate small scales through CUDA graphs ([`super::graph`]).
+    pub graphs: bool,
+}
+
 /// Whether cuDNN times every convolution algorithm the first time it meets a shape (benchmark
-/// mode) instead of taking its heuristics' choice. Measured on an H100 (docs/benchmarks.md,
-/// "GPU"): see [`set_cudnn_benchmark`].
-pub const CUDNN_BENCHMARK: bool = true;
+/// mode) instead of taking its heuristics' choice.
+pub const CUDNN_BENCHMARK: bool = false;
+
+/// Whether small scales are evaluated through CUDA graphs.
+pub const CUDA_GRAPHS: bool = true;
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        Self { cudnn_benchmark: CUDNN_BENCHMARK, graphs: CUDA_GRAPHS }
+    }
+}
 
 /// Sets cuDNN's benchmark mode (process-wide; a no-op without CUDA). Benchmark mode can pick
 /// faster kernels, but every image size the process has not seen pays the timing of every

@@ -13,6 +13,7 @@ pub mod cost;
 pub mod device;
 pub mod error;
 pub mod events;
+pub mod graph;
 pub mod host;
 pub mod image_io;
 pub mod memory;
@@ -42,7 +43,7 @@ use self::targets::Inputs;
 use self::vgg::{Layout, Vgg19};
 use self::weights::{Weights, WeightsInfo};
 
-pub use self::device::{device_name, parse_device};
+pub use self::device::{device_name, parse_device, CudaOptions};
 pub use self::error::EngineError;
 pub use self::events::{Control, Observer, Progress};
 pub use self::params::{Init, OptimizerKind, Params, STYLE_WEIGHT_PER_STRENGTH};
@@ -107,6 +108,7 @@ pub struct Engine {
     /// An f32 copy when `vgg` is reduced-precision: reported losses are always f32.
     reference: Option<Vgg19>,
     weights: WeightsInfo,
+    cuda: CudaOptions,
 }
 
 /// A job ready to run: its parameters, pictures, memory plan and schedule.
@@ -136,17 +138,22 @@ impl Engine {
     }
 
     pub fn with_layout(weights: &Weights, device: Device, layout: Layout) -> Self {
-        Self::with_options(weights, device, layout, device::CUDNN_BENCHMARK)
+        Self::with_options(weights, device, layout, CudaOptions::default())
     }
 
-    /// [`Engine::with_layout`] with cuDNN's benchmark mode on or off (CUDA only; see
-    /// [`device::set_cudnn_benchmark`]).
-    pub fn with_options(weights: &Weights, device: Device, layout: Layout, cudnn_benchmark: bool) -> Self {
+    /// [`Engine::with_layout`] with its CUDA settings (cuDNN benchmark mode is process-wide:
+    /// see [`device::set_cudnn_benchmark`]).
+    pub fn with_options(weights: &Weights, device: Device, layout: Layout, cuda: CudaOptions) -> Self {
         if device.is_cuda() {
-            device::set_cudnn_benchmark(cudnn_benchmark);
+            device::set_cudnn_benchmark(cuda.cudnn_benchmark);
         }
         let reference = (layout != Layout::FP32).then(|| Vgg19::load(weights, device, Layout::FP32));
-        Self { vgg: Vgg19::load(weights, device, layout), reference, weights: weights.info() }
+        Self { vgg: Vgg19::load(weights, device, layout), reference, weights: weights.info(), cuda }
+    }
+
+    /// How the engine uses a CUDA device.
+    pub fn cuda(&self) -> CudaOptions {
+        self.cuda
     }
 
     /// The network's precision and memory layout.
@@ -292,6 +299,11 @@ impl Engine {
             }),
             tiling: plan.tiling,
             tight: plan.tight(),
+            graphs: self.cuda.graphs
+                && self.device().is_cuda()
+                && plan.tiling.is_none()
+                && !plan.tight()
+                && i64::from(w) * i64::from(h) <= graph::MAX_PIXELS,
             coarse: !last,
             budget,
             deadline,

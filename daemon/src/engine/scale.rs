@@ -6,6 +6,7 @@ use std::time::Instant;
 use tch::Tensor;
 
 use super::events::{Control, Observer, Progress};
+use super::graph::Slot;
 use super::memory::release_freed;
 use super::objective::{Losses, Objective};
 use super::optim::{Optimizer, Problem, Stop};
@@ -96,6 +97,8 @@ pub struct ScaleRun<'a> {
     pub tight: bool,
     /// A coarse scale (it may stop when it stalls).
     pub coarse: bool,
+    /// Evaluate through CUDA graphs (untiled CUDA scales up to [`super::graph::MAX_PIXELS`]).
+    pub graphs: bool,
     /// Evaluations this scale may use.
     pub budget: usize,
     /// Seconds into the job when this scale must hand on.
@@ -134,6 +137,8 @@ struct Evaluations<'s, 'j, 'o> {
     current: Option<Tensor>,
     /// A line search failed: evaluate on the f32 network from now on (when there is one).
     precise: bool,
+    /// CUDA graphs of the working and the f32 network's evaluation.
+    graphs: [Slot; 2],
 }
 
 impl Problem for Evaluations<'_, '_, '_> {
@@ -141,8 +146,15 @@ impl Problem for Evaluations<'_, '_, '_> {
 
     fn evaluate(&mut self, flat: &Tensor) -> (Tensor, Tensor) {
         let x = flat.view(self.shape.as_slice());
-        let (net, objective) = self.scale.network(self.job, self.precise);
+        let (net, objective, refined) = self.scale.network(self.job, self.precise);
         let (terms, grad) = match self.scale.tiling {
+            None if self.scale.graphs => {
+                if refined {
+                    // the working network's graph is done with: free its memory
+                    self.graphs[0] = Slot::Failed;
+                }
+                self.graphs[usize::from(refined)].evaluate(&x, &|x| objective.evaluate_terms(net, x))
+            }
             None => objective.evaluate_terms(net, &x),
             Some(t) => objective.evaluate_tiled_terms(net, &x, t, tiling::shift(t, self.job.evaluations)),
         };
@@ -191,6 +203,7 @@ impl ScaleRun<'_> {
             best: Best::default(),
             current: None,
             precise: false,
+            graphs: Default::default(),
         };
         let outcome = self.optimizer.minimize(&x0.view([-1]), self.budget, &mut problem);
         let (x, stop) = match outcome {
@@ -205,17 +218,18 @@ impl ScaleRun<'_> {
     }
 
     /// The network and objective of the next evaluation: the f32 ones once the refinement
-    /// starts (or a line search failed), else the working ones.
-    fn network(&self, job: &JobRun, precise: bool) -> (&Vgg19, &Objective) {
+    /// starts (or a line search failed), else the working ones; and whether they are the f32
+    /// refinement's.
+    fn network(&self, job: &JobRun, precise: bool) -> (&Vgg19, &Objective, bool) {
         match &self.refinement {
             Some(r)
                 if precise
                     || job.evaluations >= r.from_evaluation
                     || r.from_second.is_some_and(|t| job.elapsed() >= t) =>
             {
-                (r.net, r.objective)
+                (r.net, r.objective, true)
             }
-            _ => (self.net, self.objective),
+            _ => (self.net, self.objective, false),
         }
     }
 

@@ -159,6 +159,10 @@ pub struct Vgg19 {
     layers: Vec<Layer>,
     names: Vec<String>,
     preprocessing: Preprocessing,
+    /// The input normalisation's mean and scale ([1,3,1,1], f32, on the device): made once, as
+    /// a copy to a GPU per evaluation would wait for the device twice.
+    mean: Tensor,
+    std: Tensor,
     device: Device,
     layout: Layout,
 }
@@ -188,7 +192,12 @@ impl Vgg19 {
             })
             .collect();
         let names = specs.iter().map(|s| s.name().to_string()).collect();
-        Self { layers, names, preprocessing: weights.preprocessing, device, layout }
+        let constant = |v: [f32; 3]| Tensor::from_slice(&v).to_device(device).view([1, 3, 1, 1]);
+        let (mean, std) = match weights.preprocessing {
+            Preprocessing::Torchvision => (constant([0.485, 0.456, 0.406]), constant([0.229, 0.224, 0.225])),
+            Preprocessing::Caffe => (constant([103.939, 116.779, 123.68]), constant([1.0, 1.0, 1.0])),
+        };
+        Self { layers, names, preprocessing: weights.preprocessing, mean, std, device, layout }
     }
 
     pub fn device(&self) -> Device {
@@ -213,18 +222,9 @@ impl Vgg19 {
 
     /// Maps an image in [0,1] RGB, shape [1,3,H,W], to the network's input space.
     pub fn normalise(&self, x: &Tensor) -> Tensor {
-        let dev = (Kind::Float, x.device());
         match self.preprocessing {
-            Preprocessing::Torchvision => {
-                let mean = Tensor::from_slice(&[0.485f32, 0.456, 0.406]).to_device(dev.1).view([1, 3, 1, 1]);
-                let std = Tensor::from_slice(&[0.229f32, 0.224, 0.225]).to_device(dev.1).view([1, 3, 1, 1]);
-                (x - mean) / std
-            }
-            Preprocessing::Caffe => {
-                let bgr = x.flip([1]) * 255.0;
-                let mean = Tensor::from_slice(&[103.939f32, 116.779, 123.68]).to_device(dev.1).view([1, 3, 1, 1]);
-                bgr - mean
-            }
+            Preprocessing::Torchvision => (x - &self.mean) / &self.std,
+            Preprocessing::Caffe => x.flip([1]) * 255.0 - &self.mean,
         }
     }
 

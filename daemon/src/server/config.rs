@@ -33,6 +33,8 @@ pub struct Config {
     /// cuDNN benchmark mode (CUDA): time every convolution algorithm per new image size, or
     /// take cuDNN's heuristics.
     pub cudnn_benchmark: bool,
+    /// Evaluate small scales through CUDA graphs (CUDA).
+    pub cuda_graphs: bool,
     /// Largest working image (output) in pixels.
     pub max_pixels: u64,
     /// Largest input image (decode limit) in pixels.
@@ -62,6 +64,7 @@ impl Default for Config {
             precision: Precision::Auto,
             threads: None,
             cudnn_benchmark: crate::engine::device::CUDNN_BENCHMARK,
+            cuda_graphs: crate::engine::device::CUDA_GRAPHS,
             max_pixels: 4096 * 4096,
             max_input_pixels: DecodeLimits::default().max_pixels,
             max_iterations: 10_000,

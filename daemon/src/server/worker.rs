@@ -14,7 +14,7 @@ use crate::engine::image_io::{ImageError, Picture};
 use crate::engine::memory::{default_limit, gib, Plan};
 use crate::engine::params::gib_to_bytes;
 use crate::engine::weights::Weights;
-use crate::engine::{device_name, parse_device, Control, Engine, EngineError, Job, Observer, Params, Progress};
+use crate::engine::{device_name, parse_device, Control, CudaOptions, Engine, EngineError, Job, Observer, Params, Progress};
 
 /// A tiny job that touches every code path once, so the first real request is warm.
 fn warm_up(engine: &Engine) -> Result<(), EngineError> {
@@ -59,7 +59,8 @@ fn serve(state: &State, weights: Weights) -> anyhow::Result<()> {
     let device = parse_device(&cfg.device).map_err(anyhow::Error::msg)?;
     let layout = cfg.precision.layout(device);
     let t0 = Instant::now();
-    let engine = Engine::with_options(&weights, device, layout, cfg.cudnn_benchmark);
+    let cuda = CudaOptions { cudnn_benchmark: cfg.cudnn_benchmark, graphs: cfg.cuda_graphs };
+    let engine = Engine::with_options(&weights, device, layout, cuda);
     drop(weights);
     if cfg.warmup {
         warm_up(&engine)?;

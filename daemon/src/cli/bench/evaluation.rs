@@ -12,9 +12,12 @@ use tch::{Device, Kind, Tensor};
 use super::timing::{median, sync};
 use crate::cli::python;
 use crate::engine::cost::evaluation_conv_flops;
+use crate::engine::graph::{self, Captured};
+use crate::engine::host;
+use crate::engine::objective::Objective;
 use crate::engine::vgg::{to_layout, Layout, NetDtype};
 use crate::engine::weights::Weights;
-use crate::engine::{device_name, Engine, Params};
+use crate::engine::{device_name, CudaOptions, Engine, Params};
 
 /// What to time.
 pub struct Options {
@@ -30,15 +33,21 @@ pub struct Options {
     pub json: bool,
 }
 
-/// Median seconds of one evaluation at `size`×`size` in this process.
-fn time_engine(engine: &Engine, size: i64, args: &Options) -> f64 {
+/// The objective of the timed evaluations at `size`×`size` (seeded images) and the point x.
+fn problem(engine: &Engine, size: i64) -> (Objective, Tensor) {
     let device = engine.device();
     tch::manual_seed(1);
     let opts = (Kind::Float, Device::Cpu);
     let content = Tensor::rand([1, 3, size, size], opts).to_device(device);
     let style = Tensor::rand([1, 3, size, size], opts).to_device(device);
     let x = Tensor::rand([1, 3, size, size], opts).to_device(device);
-    let objective = engine.objective(&content, &[style], &Params::default());
+    (engine.objective(&content, &[style], &Params::default()), x)
+}
+
+/// Median seconds of one evaluation at `size`×`size` in this process.
+fn time_engine(engine: &Engine, size: i64, args: &Options) -> f64 {
+    let device = engine.device();
+    let (objective, x) = problem(engine, size);
     let mut times = Vec::new();
     for i in 0..args.warmup + args.repeats {
         let t0 = Instant::now();
@@ -50,6 +59,33 @@ fn time_engine(engine: &Engine, size: i64, args: &Options) -> f64 {
         }
     }
     median(times)
+}
+
+/// The same evaluation captured as a CUDA graph ([`graph::Captured`]): median seconds of a
+/// replay (input copied in, outputs copied out, value read), and how far its value and
+/// gradient are from an eager evaluation's (relative: |Δ value| / |value|, max |Δ g| / max |g|).
+fn time_graph(engine: &Engine, size: i64, args: &Options) -> anyhow::Result<(f64, f64, f64)> {
+    let device = engine.device();
+    let (objective, x) = problem(engine, size);
+    let f = |x: &Tensor| objective.evaluate_terms(engine.vgg(), x);
+    let (eager_terms, eager_g) = f(&x);
+    let (_, graph) = Captured::capture(&x, &f).map_err(anyhow::Error::msg)?;
+    let (terms, g) = graph.replay(&x);
+    let value = |t: &Tensor| t.double_value(&[0]);
+    let value_diff = (value(&terms) - value(&eager_terms)).abs() / value(&eager_terms).abs();
+    let max = |t: &Tensor| t.abs().max().double_value(&[]);
+    let grad_diff = max(&(&g - &eager_g)) / max(&eager_g);
+    let mut times = Vec::new();
+    for i in 0..args.warmup + args.repeats {
+        let t0 = Instant::now();
+        let (terms, g) = graph.replay(&x);
+        drop((host::read(&terms), g));
+        sync(device);
+        if i >= args.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok((median(times), value_diff, grad_diff))
 }
 
 /// Throughput in GFLOP/s of one large 3×3 convolution (256 → 256 channels at 128², the bulk of
@@ -103,10 +139,10 @@ fn time_reference(size: i64, device: Device, layout: Layout, args: &Options) -> 
 }
 
 /// Runs the evaluation bench on `device` with the network in `layout`.
-pub fn run(args: &Options, device: Device, layout: Layout) -> anyhow::Result<()> {
+pub fn run(args: &Options, device: Device, layout: Layout, cuda: CudaOptions) -> anyhow::Result<()> {
     let weights = Weights::random(0);
-    let ours = Engine::with_layout(&weights, device, layout);
-    let fp32 = (layout != Layout::FP32).then(|| Engine::new(&weights, device));
+    let ours = Engine::with_options(&weights, device, layout, cuda);
+    let fp32 = (layout != Layout::FP32).then(|| Engine::with_options(&weights, device, Layout::FP32, cuda));
     eprintln!(
         "one objective evaluation (VGG19 to relu5_1, avg pooling, 5 Grams + content, backward to the input); \
          {} threads, {}, median of {}; neural-style default precision: {}",
@@ -145,6 +181,17 @@ pub fn run(args: &Options, device: Device, layout: Layout) -> anyhow::Result<()>
             fmt(ratio_fp32, 3),
             fmt(ratio_same, 3)
         );
+        let graphed = if device.is_cuda() && graph::AVAILABLE {
+            let (t, dv, dg) = time_graph(&ours, size, args)?;
+            eprintln!(
+                "       CUDA graph replay {t:.4} s = {:.3}× the eager evaluation; against eager: value {dv:.1e}, \
+                 gradient {dg:.1e} (relative)",
+                t / t_ours
+            );
+            Some(serde_json::json!({"seconds": t, "over_eager": t / t_ours, "value_rel_diff": dv, "grad_rel_diff": dg}))
+        } else {
+            None
+        };
         let gflop = evaluation_conv_flops(&Params::default(), size) / 1e9;
         let (ours_rate, fp32_rate) = (gflop / t_ours, gflop / t_fp32);
         rates.push((size, gflop, ours_rate, fp32_rate));
@@ -153,6 +200,7 @@ pub fn run(args: &Options, device: Device, layout: Layout) -> anyhow::Result<()>
             "pytorch_fp32_s": t_torch, "pytorch_same_layout_s": t_torch_same,
             "ratio": ratio, "ratio_fp32": ratio_fp32, "ratio_same_layout": ratio_same,
             "conv_gflop": gflop, "neural_style_gflops": ours_rate, "neural_style_fp32_gflops": fp32_rate,
+            "cuda_graph": graphed,
         }));
     }
     eprintln!("ratio = ours (default precision) / PyTorch eager fp32 NCHW; fp32 ratio = ours fp32 / the same; same ratio = ours / PyTorch with our layout");

@@ -118,7 +118,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             repeats: args.repeats.max(20),
             runs: args.loop_runs,
         };
-        Some(overhead::run(&options, device)?)
+        Some(overhead::run(&options, device, args.device.cuda())?)
     } else if args.latency {
         let options = latency::Options { size: args.latency_size, evaluations: args.latency_iterations };
         Some(latency::run(&options, args.weights.clone())?)
@@ -160,7 +160,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             no_reference: args.no_reference,
             json: args.json,
         };
-        evaluation::run(&options, device, args.device.precision.layout(device))?;
+        evaluation::run(&options, device, args.device.precision.layout(device), args.device.cuda())?;
         None
     };
     if let (Some(v), true) = (v, args.json) {

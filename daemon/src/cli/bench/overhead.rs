@@ -10,11 +10,12 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use super::timing::{median, sync};
+use crate::engine::graph::Slot;
 use crate::engine::image_io::Picture;
 use crate::engine::params::OptimizerKind;
 use crate::engine::vgg::Layout;
 use crate::engine::weights::Weights;
-use crate::engine::{device_name, host, Control, Engine, Init, Job, Params, Progress};
+use crate::engine::{device_name, host, Control, CudaOptions, Engine, Init, Job, Params, Progress};
 
 /// What to time.
 pub struct Options {
@@ -49,7 +50,8 @@ fn picture(size: i64, seed: i64) -> Picture {
     Picture { rgba, has_alpha: false, high_precision: false }
 }
 
-/// Mean seconds of one bare evaluation (value and gradient, value read) of `job`'s objective:
+/// Mean seconds of one bare evaluation (value and gradient, value read) of `job`'s objective,
+/// evaluated as the engine's scales would (through a CUDA graph where they use one):
 /// a mean, like the loop's figure, so that the machine's slow moments weigh on both alike.
 fn bare(engine: &Engine, job: &Job, repeats: usize) -> f64 {
     let device = engine.device();
@@ -57,10 +59,15 @@ fn bare(engine: &Engine, job: &Job, repeats: usize) -> f64 {
     let style = job.styles()[0].rgb_tensor().to_device(device);
     let x = crate::engine::rng::uniform(&content.size(), 0).to_device(device);
     let objective = engine.objective(&content, &[style], job.params());
+    // through a CUDA graph where the engine's scales would use one (replays from the third on)
+    let graphs = engine.cuda().graphs && device.is_cuda();
+    let mut slot = Slot::default();
+    let f = |x: &Tensor| objective.evaluate_terms(engine.vgg(), x);
     let mut times = Vec::new();
     for i in 0..repeats + 3 {
         let t0 = Instant::now();
-        drop(objective.evaluate(engine.vgg(), &x));
+        let (terms, g) = if graphs { slot.evaluate(&x, &f) } else { f(&x) };
+        drop((host::read(&terms), g));
         sync(device);
         if i >= 3 {
             times.push(t0.elapsed().as_secs_f64());
@@ -86,8 +93,8 @@ fn looped(engine: &Engine, job: &Job) -> anyhow::Result<(f64, f64, usize)> {
 
 /// Runs the loop bench on `device`; fp32 throughout (a reduced-precision job ends on the f32
 /// network, which would mix two networks' costs in one figure; the loop's cost is the same).
-pub fn run(args: &Options, device: Device) -> anyhow::Result<serde_json::Value> {
-    let engine = Engine::with_layout(&Weights::random(0), device, Layout::FP32);
+pub fn run(args: &Options, device: Device, cuda: CudaOptions) -> anyhow::Result<serde_json::Value> {
+    let engine = Engine::with_options(&Weights::random(0), device, Layout::FP32, cuda);
     eprintln!(
         "the optimisation loop per evaluation against the bare evaluation (fp32, single scale, {} evaluations, {} \
          threads, {})",

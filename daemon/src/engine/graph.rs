@@ -1,0 +1,223 @@
+//! CUDA graphs for the evaluation. Below ~1 megapixel the GPU spends most of an evaluation
+//! waiting for the CPU to launch its few hundred kernels (an H100 took 4.6 ms per 128 px bf16
+//! evaluation launched op by op, 0.84 ms replayed as one graph: docs/benchmarks.md, "GPU").
+//! A [`Captured`] evaluation is recorded once per scale and network on a side stream (after one
+//! warm-up there, as libtorch asks) and then replayed with one launch: the input is copied into
+//! the graph's static input, the outputs are copied out (the optimiser keeps gradients across
+//! evaluations).
+//!
+//! The shim over `at::cuda::CUDAGraph` (cpp/cuda_graph.cpp) is compiled only where libtorch has
+//! CUDA (build.rs, `cfg(cuda_graph)`); elsewhere [`Captured::capture`] says so and the caller
+//! evaluates eagerly. Any failure to capture is reported, never fatal: the scale goes on eagerly.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tch::Tensor;
+
+use super::host;
+
+/// Set by the first failed capture: the process stops trying (a failure is not specific to one
+/// shape, and a failed capture is not free).
+static GAVE_UP: AtomicBool = AtomicBool::new(false);
+
+/// Images up to this many pixels are evaluated through a graph: above it the network's kernels
+/// are long enough that launches no longer matter, and a graph would keep a second copy of the
+/// activations alive beside the optimiser's memory.
+pub const MAX_PIXELS: i64 = 1024 * 1024;
+
+/// An evaluation `x → (terms, gradient)`.
+pub type Evaluate<'a> = dyn Fn(&Tensor) -> (Tensor, Tensor) + 'a;
+
+#[cfg(cuda_graph)]
+mod ffi {
+    use std::ffi::{c_char, c_int, c_void};
+
+    extern "C" {
+        pub fn ns_graph_error() -> *const c_char;
+        pub fn ns_graph_new(device: c_int, out: *mut *mut c_void) -> c_int;
+        pub fn ns_graph_enter(g: *mut c_void) -> c_int;
+        pub fn ns_graph_exit(g: *mut c_void) -> c_int;
+        pub fn ns_graph_capture_begin(g: *mut c_void) -> c_int;
+        pub fn ns_graph_capture_end(g: *mut c_void) -> c_int;
+        pub fn ns_graph_replay(g: *mut c_void) -> c_int;
+        pub fn ns_graph_free(g: *mut c_void);
+    }
+}
+
+/// Whether this build can capture CUDA graphs.
+pub const AVAILABLE: bool = cfg!(cuda_graph);
+
+/// One evaluation captured as a CUDA graph, with its static input and outputs.
+pub struct Captured {
+    #[cfg(cuda_graph)]
+    handle: Handle,
+    input: Tensor,
+    terms: Tensor,
+    grad: Tensor,
+}
+
+#[cfg(cuda_graph)]
+struct Handle(*mut std::ffi::c_void);
+
+#[cfg(cuda_graph)]
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from ns_graph_new and is freed once
+        unsafe { ffi::ns_graph_free(self.0) }
+    }
+}
+
+#[cfg(cuda_graph)]
+fn check(rc: std::ffi::c_int) -> Result<(), String> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        // SAFETY: ns_graph_error returns a NUL-terminated string owned by the shim's thread
+        let msg = unsafe { std::ffi::CStr::from_ptr(ffi::ns_graph_error()) };
+        Err(msg.to_string_lossy().lines().next().unwrap_or_default().to_string())
+    }
+}
+
+#[cfg(cuda_graph)]
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+}
+
+impl Captured {
+    /// Evaluates `f` at `x` once on a side stream (the warm-up a capture needs; its result is
+    /// this evaluation's), then captures `f` on a static copy of `x`. Returns that result and
+    /// the graph, or why it could not be captured.
+    #[cfg(cuda_graph)]
+    pub fn capture(x: &Tensor, f: &Evaluate) -> Result<((Tensor, Tensor), Self), String> {
+        use std::panic::{catch_unwind, AssertUnwindSafe};
+
+        let tch::Device::Cuda(index) = x.device() else { return Err("not a CUDA tensor".into()) };
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: the shim writes a new graph's pointer into `raw` or returns an error
+        check(unsafe { ffi::ns_graph_new(index as std::ffi::c_int, &mut raw) })?;
+        let handle = Handle(raw);
+        let input = x.copy();
+        // SAFETY (every call below): `handle` holds a live graph
+        check(unsafe { ffi::ns_graph_enter(handle.0) })?;
+        let on_side = catch_unwind(AssertUnwindSafe(|| -> Result<_, String> {
+            let warm = f(&input);
+            check(unsafe { ffi::ns_graph_capture_begin(handle.0) })?;
+            let recorded = catch_unwind(AssertUnwindSafe(|| f(&input)));
+            let end = check(unsafe { ffi::ns_graph_capture_end(handle.0) });
+            let outputs = recorded.map_err(panic_message)?;
+            end.map(|()| (warm, outputs))
+        }));
+        let exit = check(unsafe { ffi::ns_graph_exit(handle.0) });
+        let (warm, (terms, grad)) = on_side.map_err(panic_message)??;
+        exit?;
+        // the warm-up's outputs were made on the side stream: hand on copies made on this one
+        let result = (warm.0.copy(), warm.1.copy());
+        Ok((result, Self { handle, input, terms, grad }))
+    }
+
+    #[cfg(not(cuda_graph))]
+    pub fn capture(_x: &Tensor, _f: &Evaluate) -> Result<((Tensor, Tensor), Self), String> {
+        Err("this build has no CUDA graph support (libtorch without CUDA, or no CUDA headers at build time)".into())
+    }
+
+    /// Replays at `x` once and compares with `eager`, the eager evaluation at `x`: a graph that
+    /// missed work (the backward on another stream, say) would hand on stale values.
+    pub fn verify(&self, x: &Tensor, eager: &(Tensor, Tensor)) -> Result<(), String> {
+        let (terms, grad) = self.replay(x);
+        let relative = |a: &Tensor, b: &Tensor| (a - b).abs().max() / b.abs().max().clamp_min(1e-30);
+        let diffs = host::read(&Tensor::stack(&[relative(&terms.get(0), &eager.0.get(0)), relative(&grad, &eager.1)], 0));
+        if diffs[0] <= 1e-3 && diffs[1] <= 1e-2 {
+            Ok(())
+        } else {
+            Err(format!("the replayed graph disagrees with the eager evaluation (value {:.1e}, gradient {:.1e})", diffs[0], diffs[1]))
+        }
+    }
+
+    /// The captured evaluation at `x` (same shape as the captured input): terms and gradient.
+    pub fn replay(&self, x: &Tensor) -> (Tensor, Tensor) {
+        let mut input = self.input.shallow_clone();
+        input.copy_(x);
+        #[cfg(cuda_graph)]
+        // SAFETY: `handle` holds a live, captured graph
+        if let Err(e) = check(unsafe { ffi::ns_graph_replay(self.handle.0) }) {
+            panic!("CUDA graph replay failed: {e}");
+        }
+        (self.terms.copy(), self.grad.copy())
+    }
+}
+
+/// One network's evaluations at one scale: the first eager (it meets the shapes: cuDNN plans,
+/// allocator), the second captured, the rest replayed; eager for good once a capture failed.
+#[derive(Default)]
+pub enum Slot {
+    #[default]
+    New,
+    Eager,
+    Captured(Captured),
+    Failed,
+}
+
+impl Slot {
+    /// `f(x)`, through a graph where one is (or can now be) captured (never on a CPU).
+    pub fn evaluate(&mut self, x: &Tensor, f: &Evaluate) -> (Tensor, Tensor) {
+        match std::mem::take(self) {
+            Slot::New => {
+                *self = Slot::Eager;
+                f(x)
+            }
+            Slot::Eager if !x.device().is_cuda() || GAVE_UP.load(Ordering::Relaxed) => {
+                *self = Slot::Failed;
+                f(x)
+            }
+            Slot::Eager => match Captured::capture(x, f).and_then(|(out, graph)| graph.verify(x, &out).map(|()| (out, graph))) {
+                Ok((out, graph)) => {
+                    *self = Slot::Captured(graph);
+                    out
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not capture the evaluation as a CUDA graph: evaluating eagerly from now on");
+                    GAVE_UP.store(true, Ordering::Relaxed);
+                    *self = Slot::Failed;
+                    f(x)
+                }
+            },
+            Slot::Captured(g) => {
+                let out = g.replay(x);
+                *self = Slot::Captured(g);
+                out
+            }
+            Slot::Failed => {
+                *self = Slot::Failed;
+                f(x)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use tch::{Device, Kind};
+
+    use super::*;
+
+    #[test]
+    fn a_slot_off_cuda_evaluates_eagerly_every_time() {
+        let calls = Cell::new(0);
+        let f = |x: &Tensor| {
+            calls.set(calls.get() + 1);
+            (x.sum(Kind::Float), x * 2.0)
+        };
+        let mut slot = Slot::default();
+        let x = Tensor::arange(6, (Kind::Float, Device::Cpu));
+        for i in 1..=4 {
+            let (v, g) = slot.evaluate(&(&x + f64::from(i)), &f);
+            assert_eq!(v.double_value(&[]), 15.0 + 6.0 * f64::from(i));
+            assert!(g.equal(&((&x + f64::from(i)) * 2.0)));
+            assert_eq!(calls.get(), i, "one evaluation per call");
+        }
+        assert!(matches!(slot, Slot::Failed));
+        assert!(!GAVE_UP.load(Ordering::Relaxed), "a CPU tensor says nothing about CUDA graphs");
+    }
+}
