@@ -7,7 +7,7 @@ SHELL := /bin/bash
 
 VENV        ?= .venv
 PYTHON_BOOT ?= python3
-TORCH_PINS  := torch==2.11.0 torchvision==0.26.0 safetensors numpy
+TORCH_PINS  := torch==2.11.0 torchvision==0.26.0 safetensors numpy nvidia-cuda-crt==13.0.88
 PY          := $(abspath $(VENV))/bin/python
 BIN         := target/release/neural-style
 

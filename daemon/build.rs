@@ -1,9 +1,9 @@
 //! Give the binary (and every test binary of this crate) an rpath to the libtorch it was built
 //! against, so it runs without LD_LIBRARY_PATH, and keep libtorch linked even though nothing
 //! references it directly (otherwise `tch::Cuda::is_available()` is false on CUDA machines).
-//! Where libtorch has CUDA and the CUDA runtime headers are at hand, also build the small C++
-//! shim over libtorch's CUDA graphs (cpp/cuda_graph.cpp; `cfg(cuda_graph)`), which tch does not
-//! bind.
+//! Two small C++ shims over what tch does not bind: the operator counter (cpp/op_counter.cpp,
+//! `cfg(op_counter)`), and, where libtorch has CUDA and the CUDA runtime headers are at hand,
+//! libtorch's CUDA graphs (cpp/cuda_graph.cpp, `cfg(cuda_graph)`).
 use std::env;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,9 @@ fn main() {
     println!("cargo:rerun-if-env-changed=NEURAL_STYLE_PYTHON");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-changed=cpp/cuda_graph.cpp");
+    println!("cargo:rerun-if-changed=cpp/op_counter.cpp");
     println!("cargo::rustc-check-cfg=cfg(cuda_graph)");
+    println!("cargo::rustc-check-cfg=cfg(op_counter)");
     let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if let Ok(dir) = env::var("DEP_TCH_LIBTORCH_LIB") {
         if os == "linux" || os == "macos" {
@@ -23,7 +25,12 @@ fn main() {
             println!("cargo:rustc-link-arg=-L{dir}");
             println!("cargo:rustc-link-arg=-ltorch");
             println!("cargo:rustc-link-arg=-Wl,--as-needed");
-            cuda_graph_shim(Path::new(&dir));
+            let lib = Path::new(&dir);
+            if let Some(include) = torch_include(lib) {
+                shim(lib, &include, "op_counter", None);
+                println!("cargo:rustc-cfg=op_counter");
+                cuda_graph_shim(lib, &include);
+            }
         }
     }
     // The python interpreter that provided libtorch (LIBTORCH_USE_PYTORCH=1): used at run time
@@ -36,7 +43,8 @@ fn main() {
 /// (nvidia-cuda-runtime + nvidia-cuda-crt, which the Makefile's venv installs).
 fn cuda_include(torch: &Path) -> Option<PathBuf> {
     let complete = |d: &Path| d.join("cuda_runtime_api.h").is_file() && d.join("crt/host_config.h").is_file();
-    let mut candidates: Vec<PathBuf> = env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("include")).into_iter().collect();
+    let mut candidates: Vec<PathBuf> =
+        env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("include")).into_iter().collect();
     if let Some(site) = torch.parent() {
         candidates.extend(["cu13", "cuda_runtime"].iter().map(|v| site.join("nvidia").join(v).join("include")));
     }
@@ -44,10 +52,41 @@ fn cuda_include(torch: &Path) -> Option<PathBuf> {
     candidates.into_iter().find(|d| complete(d))
 }
 
-/// Builds cpp/cuda_graph.cpp against libtorch (lib folder `lib`) when it can; says why not.
-fn cuda_graph_shim(lib: &Path) {
+/// libtorch's headers beside its lib folder (the pip wheel's and the zip's layout).
+fn torch_include(lib: &Path) -> Option<PathBuf> {
+    let include = lib.parent()?.join("include");
+    include.join("ATen/ATen.h").is_file().then_some(include)
+}
+
+/// Compiles cpp/NAME.cpp against libtorch (and the CUDA headers in `cuda`) into a static
+/// library linked with libtorch's.
+fn shim(lib: &Path, include: &Path, name: &str, cuda: Option<&Path>) {
+    let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .file(format!("cpp/{name}.cpp"))
+        .include(include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        .warnings(false);
+    if let Some(cuda) = cuda {
+        build.include(cuda);
+    }
+    build.compile(&format!("ns_{name}"));
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    let libs: &[&str] =
+        if cuda.is_some() { &["torch_cuda", "c10_cuda", "torch_cpu", "c10"] } else { &["torch_cpu", "c10"] };
+    for l in libs {
+        println!("cargo:rustc-link-lib=dylib={l}");
+    }
+}
+
+/// Builds cpp/cuda_graph.cpp when libtorch has CUDA and its headers are at hand; says why not.
+fn cuda_graph_shim(lib: &Path, include: &Path) {
     let Some(torch) = lib.parent() else { return };
-    let include = torch.join("include");
     let missing = if !lib.join("libtorch_cuda.so").is_file() {
         Some("libtorch has no CUDA (no libtorch_cuda.so)".to_string())
     } else if !include.join("ATen/cuda/CUDAGraph.h").is_file() {
@@ -56,25 +95,17 @@ fn cuda_graph_shim(lib: &Path) {
         None
     };
     let cuda = cuda_include(torch);
-    if let Some(why) = missing.or_else(|| cuda.is_none().then(|| "no CUDA runtime headers (install nvidia-cuda-crt or set CUDA_HOME)".into())) {
-        println!("cargo:warning=CUDA graphs not built ({why}): evaluations run eagerly on CUDA");
-        return;
+    let why = missing.or_else(|| {
+        cuda.is_none().then(|| "no CUDA runtime headers (install nvidia-cuda-crt or set CUDA_HOME)".into())
+    });
+    match (why, cuda) {
+        (None, Some(cuda)) => {
+            shim(lib, include, "cuda_graph", Some(&cuda));
+            println!("cargo:rustc-cfg=cuda_graph");
+        }
+        (why, _) => println!(
+            "cargo:warning=CUDA graphs not built ({}): evaluations run eagerly on CUDA",
+            why.unwrap_or_default()
+        ),
     }
-    let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    cc::Build::new()
-        .cpp(true)
-        .file("cpp/cuda_graph.cpp")
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
-        .include(cuda.expect("checked above"))
-        .flag("-std=c++17")
-        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
-        .define("GLOG_USE_GLOG_EXPORT", None)
-        .warnings(false)
-        .compile("ns_cuda_graph");
-    println!("cargo:rustc-link-search=native={}", lib.display());
-    for l in ["torch_cuda", "c10_cuda", "torch_cpu", "c10"] {
-        println!("cargo:rustc-link-lib=dylib={l}");
-    }
-    println!("cargo:rustc-cfg=cuda_graph");
 }

@@ -10,10 +10,10 @@
 #                     evaluations) from our start image, then ours with the default settings
 #                     under 0.1/0.2/0.35 of its time and for the same 500 evaluations (first
 #                     at the size, repeated, single scale); both images scored by one objective
-#   ttl-eager         the same without CUDA graphs
+#   ttl-graphs-*      the same (0.2 of its time only) with CUDA graphs on and off
 #   ttl-fp32          the same with our network in fp32 (the single-scale fp32 ratio)
 #   daemon-*.out      a warm daemon: 512 px × 500 twice, then two sizes it has not seen; with
-#                     the defaults, cuDNN benchmark mode, no CUDA graphs, cuDNN's v7 API
+#                     the defaults, cuDNN benchmark mode, CUDA graphs, cuDNN's v7 API
 #   run-3840.out      3840 px × 100 evaluations, default settings, peak device memory
 # (each as NAME.out, its log as NAME.err). Usage: scripts/gpu-check.sh [path/to/neural-style];
 # CONTENT, STYLE: images (default: drawn samples); DEADLINE: seconds for the whole (default
@@ -120,11 +120,13 @@ wanted evaluation && step evaluation 90 "$BIN" bench --device "$DEVICE" --sizes 
     ${EVAL_FLAGS:-} --json
 wanted ttl-auto && step ttl-auto 120 "$BIN" bench --time-to-loss "${COMMON[@]}" "${IMAGES[@]}" --ttl-size "$TTL_SIZE" \
     --reference-evals "$TTL_EVALS" --budgets 0.1,0.2,0.35 --same-evaluations --json
-wanted ttl-eager && step ttl-eager 120 "$BIN" bench --time-to-loss "${COMMON[@]}" "${IMAGES[@]}" --ttl-size "$TTL_SIZE" \
-    --reference-evals "$TTL_EVALS" --budgets 0.2 --same-evaluations --cuda-graphs false --json
+for graphs in true false; do
+    wanted ttl-graphs-$graphs && step ttl-graphs-$graphs 120 "$BIN" bench --time-to-loss "${COMMON[@]}" "${IMAGES[@]}" \
+        --ttl-size "$TTL_SIZE" --reference-evals "$TTL_EVALS" --budgets 0.2 --same-evaluations --cuda-graphs $graphs --json
+done
 wanted daemon && daemon_jobs default
 wanted daemon-benchmark && daemon_jobs benchmark --cudnn-benchmark true
-wanted daemon-eager && daemon_jobs eager --cuda-graphs false
+wanted daemon-graphs && daemon_jobs graphs --cuda-graphs true
 wanted daemon-v7 && DAEMON_ENV=TORCH_CUDNN_V8_API_DISABLED=1 daemon_jobs v7
 wanted loop && step loop 100 "$BIN" bench --loop --device "$DEVICE" --sizes "$LOOP_SIZES" --loop-evaluations 200 \
     --loop-runs 3 --json

@@ -11,14 +11,15 @@ use neural_style::engine::weights::Weights;
 use neural_style::engine::{host, Control, Engine, Init, Job, Params, Progress};
 use tch::Device;
 
-/// Host reads per evaluation between the first and the last progress report of `params`' job.
-fn reads_per_evaluation(engine: &Engine, params: Params) -> (f64, usize) {
+/// `counter`'s growth per evaluation between the first and the last progress report of
+/// `params`' job (tubingen × starry night at 64 px), and the job's evaluations.
+fn per_evaluation(engine: &Engine, params: Params, counter: impl Fn() -> u64) -> (f64, usize) {
     let job = Job::new(picture("tubingen.jpg", 64), vec![picture("starry_night.jpg", 64)], params).unwrap();
     let mut first = None;
     let mut last = (0, 0);
     let out = engine
         .stylize(&job, &mut |p: &Progress| {
-            let now = (p.evaluation, host::reads());
+            let now = (p.evaluation, counter());
             first.get_or_insert(now);
             last = now;
             Control::Continue
@@ -46,7 +47,7 @@ fn the_loop_reads_from_the_device_at_most_twice_per_evaluation() {
         ("Adam", Params { optimizer: OptimizerKind::Adam, ..single.clone() }),
         ("defaults at 128 px (two scales)", Params { size: Some(128), evaluations: 60, ..Params::default() }),
     ] {
-        let (reads, evaluations) = reads_per_evaluation(&engine, params);
+        let (reads, evaluations) = per_evaluation(&engine, params, host::reads);
         eprintln!("{name}: {reads:.2} host reads per evaluation over {evaluations} evaluations");
         assert_eq!(evaluations, 60, "{name}: the budget is spent");
         assert!(reads <= 2.0, "{name}: {reads:.2} host reads per evaluation");
@@ -67,5 +68,63 @@ fn the_loop_reads_only_through_the_counter() {
             let hits: Vec<&&str> = hits.iter().filter(|l| !allowed(l)).collect();
             assert!(hits.is_empty(), "{file} reads from the device without engine::host::read: {hits:?}");
         }
+    }
+}
+
+/// libtorch operators (each a kernel launch on a GPU, ~5–15 µs of CPU whatever its size) of one
+/// bare evaluation, and added per evaluation by the optimisation loop, counted by
+/// `engine::ops`: what a GPU pays for launches, visible on a CPU.
+#[test]
+fn an_evaluation_and_the_loop_around_it_launch_few_operators() {
+    use neural_style::engine::ops;
+    use neural_style::engine::vgg::Layout;
+
+    tch::set_num_threads(2);
+    assert!(ops::enable(), "this build has the operator counter");
+    let count = || ops::count().unwrap();
+    let weights = Weights::random(1);
+    // (layout, most operators of a bare evaluation)
+    for (layout, bare_limit) in [(Layout::FP32, 185), (Layout::BF16_NHWC, 231)] {
+        let engine = Engine::with_layout(&weights, Device::Cpu, layout);
+        let content = picture("tubingen.jpg", 64).rgb_tensor();
+        let style = picture("starry_night.jpg", 64).rgb_tensor();
+        let objective = engine.objective(&content, &[style], &Params::default());
+        drop(objective.evaluate(engine.vgg(), &content));
+        let before = count();
+        drop(objective.evaluate(engine.vgg(), &content));
+        let bare = count() - before;
+        eprintln!("{}: {bare} operators per bare evaluation", layout.name());
+        assert!(bare <= bare_limit, "{}: {bare} operators per evaluation (at most {bare_limit})", layout.name());
+        if layout != Layout::FP32 {
+            continue;
+        }
+        let single =
+            Params { size: Some(64), evaluations: 60, multiscale: Some(false), init: Init::Noise, ..Params::default() };
+        // (optimiser, most operators the loop adds per evaluation)
+        for (name, params, limit) in [
+            ("L-BFGS, history 100", Params { lbfgs_history: 100, ..single.clone() }, 50.0),
+            ("Adam", Params { optimizer: OptimizerKind::Adam, ..single.clone() }, 20.0),
+        ] {
+            let added = per_evaluation(&engine, params, count).0 - bare as f64;
+            eprintln!("{name}: the loop adds {added:.1} operators per evaluation");
+            assert!(added <= limit, "{name}: the loop adds {added:.1} operators per evaluation (at most {limit})");
+        }
+    }
+}
+
+#[test]
+fn the_evaluation_makes_no_tensors_on_the_host() {
+    // a host tensor moved to a GPU per evaluation is a copy that waits for the device
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine");
+    for file in ["optim/lbfgs.rs", "optim/adam.rs", "scale.rs", "objective.rs", "tiling.rs", "graph.rs", "vgg.rs"] {
+        let text = std::fs::read_to_string(src.join(file)).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        let hits: Vec<&str> = code
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//") && (l.contains("from_slice(") || l.contains("Tensor::from(")))
+            // the network's constants, made once when it loads
+            .filter(|l| !(file == "vgg.rs" && l.contains("let constant =")))
+            .collect();
+        assert!(hits.is_empty(), "{file} makes host tensors: {hits:?}");
     }
 }

@@ -17,7 +17,7 @@ pub struct CudaOptions {
 pub const CUDNN_BENCHMARK: bool = false;
 
 /// Whether small scales are evaluated through CUDA graphs.
-pub const CUDA_GRAPHS: bool = true;
+pub const CUDA_GRAPHS: bool = false;
 
 impl Default for CudaOptions {
     fn default() -> Self {

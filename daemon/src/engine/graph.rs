@@ -125,11 +125,15 @@ impl Captured {
     pub fn verify(&self, x: &Tensor, eager: &(Tensor, Tensor)) -> Result<(), String> {
         let (terms, grad) = self.replay(x);
         let relative = |a: &Tensor, b: &Tensor| (a - b).abs().max() / b.abs().max().clamp_min(1e-30);
-        let diffs = host::read(&Tensor::stack(&[relative(&terms.get(0), &eager.0.get(0)), relative(&grad, &eager.1)], 0));
+        let diffs =
+            host::read(&Tensor::stack(&[relative(&terms.get(0), &eager.0.get(0)), relative(&grad, &eager.1)], 0));
         if diffs[0] <= 1e-3 && diffs[1] <= 1e-2 {
             Ok(())
         } else {
-            Err(format!("the replayed graph disagrees with the eager evaluation (value {:.1e}, gradient {:.1e})", diffs[0], diffs[1]))
+            Err(format!(
+                "the replayed graph disagrees with the eager evaluation (value {:.1e}, gradient {:.1e})",
+                diffs[0], diffs[1]
+            ))
         }
     }
 
@@ -169,18 +173,20 @@ impl Slot {
                 *self = Slot::Failed;
                 f(x)
             }
-            Slot::Eager => match Captured::capture(x, f).and_then(|(out, graph)| graph.verify(x, &out).map(|()| (out, graph))) {
-                Ok((out, graph)) => {
-                    *self = Slot::Captured(graph);
-                    out
+            Slot::Eager => {
+                match Captured::capture(x, f).and_then(|(out, graph)| graph.verify(x, &out).map(|()| (out, graph))) {
+                    Ok((out, graph)) => {
+                        *self = Slot::Captured(graph);
+                        out
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not capture the evaluation as a CUDA graph: evaluating eagerly from now on");
+                        GAVE_UP.store(true, Ordering::Relaxed);
+                        *self = Slot::Failed;
+                        f(x)
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not capture the evaluation as a CUDA graph: evaluating eagerly from now on");
-                    GAVE_UP.store(true, Ordering::Relaxed);
-                    *self = Slot::Failed;
-                    f(x)
-                }
-            },
+            }
             Slot::Captured(g) => {
                 let out = g.replay(x);
                 *self = Slot::Captured(g);

@@ -18,6 +18,7 @@ pub mod host;
 pub mod image_io;
 pub mod memory;
 pub mod objective;
+pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod rng;

@@ -71,23 +71,42 @@ pub fn gradient_surrogate(features: &Tensor, c: &Tensor) -> Tensor {
             }
         })
     };
+    // ⟨F, G⟩: one dot product in f32 (its value is never used, only its gradient G)
+    let inner = |a: Tensor, g: Tensor| match kind {
+        Kind::Float => a.reshape([-1]).dot(&g.reshape([-1])),
+        _ => (a * g).sum(Kind::Float),
+    };
     if features.stride()[1] == 1 && n > 1 {
         // channels-last: the storage is Fᵀ (M × N), and Fᵀ C is the gradient's layout too
         let ft = features.permute([0, 2, 3, 1]).reshape([h * w, n]);
         let g = product(&ft, true);
-        (ft * g).sum(Kind::Float)
+        inner(ft, g)
     } else {
         let f = features.reshape([n, h * w]);
         let g = product(&f, false);
-        (f * g).sum(Kind::Float)
+        inner(f, g)
     }
 }
 
 /// The constant of [`gradient_surrogate`] for one style layer: `C = scale·(G − A)/(N² M)`, with
 /// G, A normalised Grams and M the layer's positions (the whole image's, when tiled).
 pub fn style_gradient_constant(gram: &Tensor, target: &Tensor, scale: f64, positions: f64) -> Tensor {
-    let n = gram.size()[0] as f64;
-    tch::no_grad(|| (gram - target) * (scale / (n * n * positions)))
+    tch::no_grad(|| style_gradient_constant_of_difference(&(gram - target), scale, positions))
+}
+
+/// [`style_gradient_constant`] from `d = G − A`.
+pub fn style_gradient_constant_of_difference(d: &Tensor, scale: f64, positions: f64) -> Tensor {
+    let n = d.size()[0] as f64;
+    tch::no_grad(|| d * (scale / (n * n * positions)))
+}
+
+/// The sum of scalar tensors (f32) in two operators (one for a single tensor).
+fn total(parts: impl Iterator<Item = Tensor>) -> Tensor {
+    let parts: Vec<Tensor> = parts.map(|t| t.to_kind(Kind::Float)).collect();
+    match parts.len() {
+        1 => parts.into_iter().next().expect("one part"),
+        _ => Tensor::stack(&parts, 0).sum(Kind::Float),
+    }
 }
 
 /// Eq. 1 for one layer: ½ Σ (F − P)².
@@ -97,8 +116,14 @@ pub fn content_loss(features: &Tensor, target: &Tensor) -> Tensor {
 
 /// Eq. 4 for one layer, given normalised Gram matrices (see module docs).
 pub fn style_layer_loss(gram: &Tensor, target: &Tensor) -> Tensor {
-    let n = gram.size()[0] as f64;
-    (gram - target).square().sum(Kind::Float) / (4.0 * n * n)
+    style_layer_loss_of_difference(&(gram - target), 1.0)
+}
+
+/// `weight` × eq. 4 for one layer from `d = G − A` (N × N, normalised f32):
+/// `(Σ d² / (4 N²)) · weight`.
+pub fn style_layer_loss_of_difference(d: &Tensor, weight: f64) -> Tensor {
+    let n = d.size()[0] as f64;
+    d.square().sum(Kind::Float) / (4.0 * n * n) * weight
 }
 
 /// Total variation, mean over pixels of squared neighbour differences summed over channels.
@@ -204,33 +229,50 @@ impl Objective {
 
     /// Eq. 7 at x (shape [1,3,H,W], values meant to be in [0,1]): the loss terms on the device
     /// (total, content, style, tv; f64), and with `gradient` a scalar graph whose gradient with
-    /// respect to x is eq. 7's.
+    /// respect to x is eq. 7's. Written for few operators (each a kernel launch on a GPU): the
+    /// surrogates are summed by one `stack` + `sum`, G − A is made once per layer, no term is
+    /// computed that the coefficients zero out.
     fn graph(&self, vgg: &Vgg19, x: &Tensor, gradient: bool) -> (Option<Tensor>, Tensor) {
         let image = x.clamp(0.0, 1.0);
         let feats = vgg.forward_taps_working(&vgg.normalise(&image), &self.taps(), self.pooling);
         let (content_feats, style_feats) = feats.split_at(self.content.len());
         let c = self.coefficients;
-        let zero = || Tensor::zeros([], (Kind::Float, x.device()));
-        let mut content = zero();
-        for (term, f) in self.content.iter().zip(content_feats) {
-            content += content_loss(&f.to_kind(Kind::Float), &term.target);
-        }
-        // eq. 5's value from f32 Gram matrices; its gradient through the surrogate
-        let mut style = zero();
-        let mut style_gradient = zero();
+        let content = total(
+            self.content.iter().zip(content_feats).map(|(term, f)| content_loss(&f.to_kind(Kind::Float), &term.target)),
+        );
+        // eq. 5's value from f32 Gram matrices (summed in layer order: the values, which the line
+        // search compares, are those of a running total); its gradient through the surrogates
+        let mut style: Option<Tensor> = None;
+        let mut surrogates = Vec::new();
         for (term, f) in self.style.iter().zip(style_feats) {
-            let g = tch::no_grad(|| normalised_gram(&f.to_kind(Kind::Float)));
-            style += style_layer_loss(&g, &term.target) * term.weight;
+            let d = tch::no_grad(|| normalised_gram(&f.to_kind(Kind::Float)) - &term.target);
+            let value = style_layer_loss_of_difference(&d, term.weight);
+            style = Some(style.map_or_else(|| value.shallow_clone(), |s| s + &value));
             if gradient {
                 let m = (f.size()[2] * f.size()[3]) as f64;
-                let k = style_gradient_constant(&g, &term.target, c.beta * term.weight, m);
-                style_gradient += gradient_surrogate(f, &k);
+                surrogates
+                    .push(gradient_surrogate(f, &style_gradient_constant_of_difference(&d, c.beta * term.weight, m)));
             }
         }
-        let tv = if c.tv != 0.0 { tv_loss(&image) } else { zero() };
-        let total = tch::no_grad(|| &content * c.alpha + &style * c.beta + &tv * c.tv);
-        let terms = Tensor::stack(&[&total, &content.detach(), &style, &tv.detach()], 0).to_kind(Kind::Double);
-        let objective = gradient.then(|| &content * c.alpha + style_gradient + &tv * c.tv);
+        let style = style.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, x.device())));
+        let tv = (c.tv != 0.0).then(|| tv_loss(&image));
+        let zero = || Tensor::zeros([], (Kind::Float, x.device()));
+        let terms = tch::no_grad(|| {
+            let mut sum = &content * c.alpha + &style * c.beta;
+            if let Some(tv) = &tv {
+                sum += tv * c.tv;
+            }
+            let tv = tv.as_ref().map_or_else(zero, Tensor::detach);
+            Tensor::stack(&[&sum, &content.detach(), &style, &tv], 0).to_kind(Kind::Double)
+        });
+        let objective = gradient.then(|| {
+            let mut parts = surrogates;
+            parts.push(&content * c.alpha);
+            if let Some(tv) = &tv {
+                parts.push(tv * c.tv);
+            }
+            total(parts.into_iter())
+        });
         (objective, terms)
     }
 

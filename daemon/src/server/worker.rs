@@ -14,7 +14,9 @@ use crate::engine::image_io::{ImageError, Picture};
 use crate::engine::memory::{default_limit, gib, Plan};
 use crate::engine::params::gib_to_bytes;
 use crate::engine::weights::Weights;
-use crate::engine::{device_name, parse_device, Control, CudaOptions, Engine, EngineError, Job, Observer, Params, Progress};
+use crate::engine::{
+    device_name, parse_device, Control, CudaOptions, Engine, EngineError, Job, Observer, Params, Progress,
+};
 
 /// A tiny job that touches every code path once, so the first real request is warm.
 fn warm_up(engine: &Engine) -> Result<(), EngineError> {

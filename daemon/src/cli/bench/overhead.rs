@@ -12,6 +12,8 @@ use tch::{Device, Kind, Tensor};
 use super::timing::{median, sync};
 use crate::engine::graph::Slot;
 use crate::engine::image_io::Picture;
+use crate::engine::objective::Objective;
+use crate::engine::ops;
 use crate::engine::params::OptimizerKind;
 use crate::engine::vgg::Layout;
 use crate::engine::weights::Weights;
@@ -42,6 +44,19 @@ const VARIANTS: [Variant; 3] = [
     Variant { name: "adam", optimizer: OptimizerKind::Adam, history: 100 },
 ];
 
+/// A single-scale run of `evaluations` from noise with the variant's optimiser.
+fn loop_params(v: &Variant, evaluations: usize) -> Params {
+    Params {
+        size: None,
+        evaluations,
+        multiscale: Some(false),
+        init: Init::Noise,
+        optimizer: v.optimizer,
+        lbfgs_history: v.history,
+        ..Params::default()
+    }
+}
+
 fn picture(size: i64, seed: i64) -> Picture {
     tch::manual_seed(seed);
     let t = Tensor::rand([size, size, 4], (Kind::Float, Device::Cpu));
@@ -50,15 +65,21 @@ fn picture(size: i64, seed: i64) -> Picture {
     Picture { rgba, has_alpha: false, high_precision: false }
 }
 
+/// `job`'s objective on the engine's device at its pictures' size, and a seeded noise point.
+fn bare_problem(engine: &Engine, job: &Job) -> (Objective, Tensor) {
+    let device = engine.device();
+    let content = job.content().rgb_tensor().to_device(device);
+    let style = job.styles()[0].rgb_tensor().to_device(device);
+    let x = crate::engine::rng::uniform(&content.size(), 0).to_device(device);
+    (engine.objective(&content, &[style], job.params()), x)
+}
+
 /// Mean seconds of one bare evaluation (value and gradient, value read) of `job`'s objective,
 /// evaluated as the engine's scales would (through a CUDA graph where they use one):
 /// a mean, like the loop's figure, so that the machine's slow moments weigh on both alike.
 fn bare(engine: &Engine, job: &Job, repeats: usize) -> f64 {
     let device = engine.device();
-    let content = job.content().rgb_tensor().to_device(device);
-    let style = job.styles()[0].rgb_tensor().to_device(device);
-    let x = crate::engine::rng::uniform(&content.size(), 0).to_device(device);
-    let objective = engine.objective(&content, &[style], job.params());
+    let (objective, x) = bare_problem(engine, job);
     // through a CUDA graph where the engine's scales would use one (replays from the third on)
     let graphs = engine.cuda().graphs && device.is_cuda();
     let mut slot = Slot::default();
@@ -74,6 +95,29 @@ fn bare(engine: &Engine, job: &Job, repeats: usize) -> f64 {
         }
     }
     times.iter().sum::<f64>() / times.len() as f64
+}
+
+/// libtorch operators per evaluation (see [`ops`]): of the bare evaluation, and of a whole run
+/// between its first and last progress. Counting slows every operator, so this runs after all
+/// the timings.
+pub fn ops_per_evaluation(engine: &Engine, job: &Job) -> anyhow::Result<(f64, f64)> {
+    anyhow::ensure!(ops::enable(), "this build has no operator counter");
+    let count = || ops::count().unwrap_or(0);
+    let (objective, x) = bare_problem(engine, job);
+    drop(objective.evaluate(engine.vgg(), &x));
+    let before = count();
+    drop(objective.evaluate(engine.vgg(), &x));
+    let bare = (count() - before) as f64;
+    let mut first: Option<(usize, u64)> = None;
+    let mut last = (0, 0);
+    engine.stylize(job, &mut |p: &Progress| {
+        let now = (p.evaluation, count());
+        first.get_or_insert(now);
+        last = now;
+        Control::Continue
+    })?;
+    let (n0, c0) = first.expect("at least one evaluation");
+    Ok((bare, (last.1 - c0) as f64 / (last.0 - n0).max(1) as f64))
 }
 
 /// Seconds and host reads per evaluation of a whole run, between its first and last progress.
@@ -111,16 +155,7 @@ pub fn run(args: &Options, device: Device, cuda: CudaOptions) -> anyhow::Result<
     for &size in &args.sizes {
         anyhow::ensure!(size >= 32, "sizes must be at least 32");
         for v in &VARIANTS {
-            let params = Params {
-                size: None,
-                evaluations: args.evaluations,
-                multiscale: Some(false),
-                init: Init::Noise,
-                optimizer: v.optimizer,
-                lbfgs_history: v.history,
-                ..Params::default()
-            };
-            let job = Job::new(picture(size, 1), vec![picture(size, 2)], params)?;
+            let job = Job::new(picture(size, 1), vec![picture(size, 2)], loop_params(v, args.evaluations))?;
             // pairs of (bare block, loop run), alternating: the machine's slow spells (seconds
             // long on a shared 2-core machine) fall on both sides of a pair alike
             let mut pairs = Vec::new();
@@ -147,6 +182,18 @@ pub fn run(args: &Options, device: Device, cuda: CudaOptions) -> anyhow::Result<
                 "overhead": overhead, "host_reads_per_evaluation": reads, "evaluations": evaluations,
             }));
         }
+    }
+    // operator counts last: counting slows every operator
+    eprintln!("operators per evaluation (calls into libtorch and backward nodes: on a GPU each costs a launch):");
+    eprintln!("{:>5} {:>12} {:>8} {:>8} {:>8}", "size", "optimizer", "bare", "loop", "added");
+    for row in &mut rows {
+        let (size, name) = (row["size"].as_i64().unwrap_or(0), row["optimizer"].as_str().unwrap_or("").to_string());
+        let v = VARIANTS.iter().find(|v| v.name == name).expect("a variant of the table");
+        let job = Job::new(picture(size, 1), vec![picture(size, 2)], loop_params(v, args.evaluations.min(60)))?;
+        let (bare, looped) = ops_per_evaluation(&engine, &job)?;
+        eprintln!("{size:>5} {name:>12} {bare:>8.0} {looped:>8.1} {:>8.1}", looped - bare);
+        row["ops_bare"] = bare.into();
+        row["ops_loop_per_evaluation"] = looped.into();
     }
     if let Some((w, case)) = &worst {
         eprintln!("worst overhead: {:.1}% ({case}); overhead = median over {} pairs of (loop run's mean / the mean of {} bare evaluations just before it)", w * 100.0, args.runs, args.repeats);

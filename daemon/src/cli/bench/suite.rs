@@ -159,8 +159,15 @@ fn run_case(o: &Options, case: &Case, engine: &Engine, weights: &Path) -> anyhow
     let dir = tempfile::tempdir()?;
     let alpha = case.weighting.weights.map(|w| w.0);
     let beta = case.weighting.weights.map_or(STYLE_WEIGHT_PER_STRENGTH, |w| w.1);
-    let (rep, x_ref) =
-        reference(engine.device(), weights, &inputs.content, &inputs.styles[0], &x0, (o.reference_evals, alpha, beta), dir.path())?;
+    let (rep, x_ref) = reference(
+        engine.device(),
+        weights,
+        &inputs.content,
+        &inputs.styles[0],
+        &x0,
+        (o.reference_evals, alpha, beta),
+        dir.path(),
+    )?;
     let t = rep["seconds"].as_f64().context("reference without seconds")?;
     let loss = engine.exact_losses(&job, &x_ref)?.total;
     let own = rep["trace"].as_array().and_then(|t| t.last()).and_then(|p| p[1].as_f64()).unwrap_or(f64::NAN);

@@ -159,7 +159,11 @@ pub fn run(args: &Options, device: Device, engine: &Engine, weights_path: &Path)
             "precision": r.summary.precision, "scales": r.summary.scales, "trace": trace,
         }));
     }
-    let same = if args.same_evaluations { same_evaluations(engine, &job, &base, args, (ref_seconds, ref_loss))? } else { vec![] };
+    let same = if args.same_evaluations {
+        same_evaluations(engine, &job, &base, args, (ref_seconds, ref_loss))?
+    } else {
+        vec![]
+    };
     let best = runs
         .iter()
         .filter(|r| r["reached_reference_loss"] == true)
