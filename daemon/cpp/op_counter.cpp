@@ -1,5 +1,6 @@
 // Counts, per thread, the libtorch operators called from outside libtorch (from Rust) and the
-// autograd nodes a backward pass runs, less the calls that only make views or empty tensors:
+// autograd nodes a backward pass runs, less the calls that only make views or empty tensors
+// (a reshape or a dtype conversion counts when it copies):
 // what costs CPU time per call (dispatch, and on a GPU at least one kernel launch) whatever the
 // tensors' size, so the count makes launch-bound costs visible on a CPU. A global
 // RecordFunction callback, added only when asked (ns_ops_enable): it slows every operator a
@@ -17,6 +18,9 @@ namespace {
 thread_local std::uint64_t ops = 0;
 // operator calls open on this thread (nested ones are part of the outermost)
 thread_local int depth = 0;
+// the outermost call is one that may or may not do work (reshape: a view or a copy): it counts
+// when it calls an operator that does
+thread_local bool undecided = false;
 const bool trace = std::getenv("NEURAL_STYLE_TRACE_OPS") != nullptr;
 
 bool metadata_only(std::string_view name) {
@@ -29,7 +33,7 @@ bool metadata_only(std::string_view name) {
         "aten::requires_grad_", "aten::_has_compatible_shallow_copy_type", "aten::is_same_size",
         "aten::view_as", "aten::expand_as", "aten::flatten",
         "aten::size", "aten::stride", "aten::numel", "aten::resolve_conj",
-        "aten::resolve_neg", "aten::conj", "aten::_conj", "aten::_neg_view", "aten::lift",
+        "aten::resolve_neg", "aten::conj", "aten::_conj", "aten::_neg_view", "aten::lift", "aten::diagonal",
     };
     for (auto n : names) {
         if (name == n) return true;
@@ -37,17 +41,35 @@ bool metadata_only(std::string_view name) {
     return false;
 }
 
+bool view_or_copy(std::string_view name) {
+    static constexpr std::string_view names[] = {
+        "aten::reshape", "aten::contiguous", "aten::to", "aten::type_as", "aten::flatten",
+    };
+    for (auto n : names) {
+        if (name == n) return true;
+    }
+    return false;
+}
+
+void count(const char* name) {
+    ++ops;
+    if (trace) std::fprintf(stderr, "op %s\n", name);
+}
+
 std::unique_ptr<at::ObserverContext> on_enter(const at::RecordFunction& fn) {
     bool outermost = depth++ == 0;
-    if (outermost && !metadata_only(fn.name())) {
-        ++ops;
-        if (trace) std::fprintf(stderr, "op %s\n", fn.name());
+    if (outermost) {
+        undecided = view_or_copy(fn.name());
+        if (!undecided && !metadata_only(fn.name())) count(fn.name());
+    } else if (undecided && !metadata_only(fn.name()) && !view_or_copy(fn.name())) {
+        undecided = false;
+        count(fn.name());
     }
     return nullptr;
 }
 
 void on_exit(const at::RecordFunction&, at::ObserverContext*) {
-    if (depth > 0) --depth;
+    if (depth > 0 && --depth == 0) undecided = false;
 }
 
 }  // namespace
