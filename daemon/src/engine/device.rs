@@ -1,5 +1,7 @@
 //! Devices as users write them (`auto`, `cpu`, `cuda`, `cuda:N`) and as logs show them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tch::Device;
 
 /// How the engine uses a CUDA device (ignored elsewhere). Defaults measured on an H100
@@ -25,11 +27,22 @@ impl Default for CudaOptions {
     }
 }
 
-/// Sets cuDNN's benchmark mode (process-wide; a no-op without CUDA). Benchmark mode can pick
-/// faster kernels, but every image size the process has not seen pays the timing of every
-/// algorithm of every layer first.
+/// The benchmark mode the network's own convolution calls pass (they call libtorch's
+/// `_convolution`, which takes the mode as an argument instead of reading the global switch).
+static BENCHMARK: AtomicBool = AtomicBool::new(CUDNN_BENCHMARK);
+
+/// Sets cuDNN's benchmark mode (process-wide; a no-op without CUDA): libtorch's switch, which
+/// the convolutions' backward reads, and the forward calls' argument ([`cudnn_benchmark`]).
+/// Benchmark mode can pick faster kernels, but every image size the process has not seen pays
+/// the timing of every algorithm of every layer first.
 pub fn set_cudnn_benchmark(on: bool) {
+    BENCHMARK.store(on, Ordering::Relaxed);
     tch::Cuda::cudnn_set_benchmark(on);
+}
+
+/// The benchmark mode set by [`set_cudnn_benchmark`].
+pub fn cudnn_benchmark() -> bool {
+    BENCHMARK.load(Ordering::Relaxed)
 }
 
 /// A device name as users write it.

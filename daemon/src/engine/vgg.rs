@@ -125,9 +125,11 @@ impl Conv2d {
 
     fn forward(&self, x: &Tensor) -> Tensor {
         if x.device().is_cuda() {
-            // cuDNN with benchmark mode (the fastest algorithm per shape, found once) and TF32
-            // tensor cores for f32 convolutions; Gram matrices and losses stay in full f32.
-            // libtorch's global switches for these are not exposed by tch, the per-call ones are.
+            // cuDNN in the engine's benchmark mode (see device::set_cudnn_benchmark: until
+            // 2026-11-27 this argument was always true, so the forward pass autotuned every new
+            // shape whatever the switch said) and TF32 tensor cores for f32 convolutions; Gram
+            // matrices and losses stay in full f32. libtorch's global TF32 switch is not exposed
+            // by tch, the per-call argument is.
             x.internal_convolution(
                 &self.weight,
                 Some(&self.bias),
@@ -137,7 +139,7 @@ impl Conv2d {
                 false,
                 [0, 0],
                 1,
-                true,
+                super::device::cudnn_benchmark(),
                 false,
                 true,
                 true,
