@@ -18,8 +18,12 @@ use crate::engine::{
     device_name, parse_device, Control, CudaOptions, Engine, EngineError, Job, Observer, Params, Progress,
 };
 
-/// A tiny job that touches every code path once, so the first real request is warm.
+/// A small job that touches every code path once, so the first real request is warm. On a GPU
+/// it runs at the default output size (its scales and the f32 refinement load the kernels a
+/// typical job uses: the first job after start-up took 4.7–6 s longer than the same job repeated
+/// on an H100, docs/benchmarks.md), on a CPU at 64×48.
 fn warm_up(engine: &Engine) -> Result<(), EngineError> {
+    let (size, evaluations) = if engine.device().is_cuda() { (Params::default().size, 12) } else { (None, 2) };
     let pic = |f: fn(u32, u32) -> [u8; 4]| {
         let img = image::RgbaImage::from_fn(64, 48, |x, y| image::Rgba(f(x, y)));
         Picture { rgba: image::DynamicImage::ImageRgba8(img).to_rgba32f(), has_alpha: false, high_precision: false }
@@ -27,7 +31,7 @@ fn warm_up(engine: &Engine) -> Result<(), EngineError> {
     let job = Job::new(
         pic(|x, y| [(x * 4) as u8, (y * 5) as u8, 128, 255]),
         vec![pic(|x, y| [((x * y) % 256) as u8, 60, (x * 3) as u8, 255])],
-        Params { size: None, evaluations: 2, ..Params::default() },
+        Params { size, evaluations, ..Params::default() },
     )?;
     engine.stylize(&job, &mut |_: &Progress| Control::Continue).map(|_| ())
 }
