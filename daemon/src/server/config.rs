@@ -49,7 +49,8 @@ pub struct Config {
     /// Larger jobs are tiled, or refused when even tiles do not fit.
     pub max_memory_gb: Option<f64>,
     pub on_signal: OnSignal,
-    /// Run one small job at start-up so the first request is warm.
+    /// Run one small job at start-up so the first request is warm (on a GPU at the default
+    /// output size).
     pub warmup: bool,
     /// Watch folders (`[[watch]]` tables).
     pub watch: Vec<WatchRule>,
