@@ -151,14 +151,17 @@ impl Captured {
 }
 
 /// One network's evaluations at one scale: the first eager (it meets the shapes: cuDNN plans,
-/// allocator), the second captured, the rest replayed; eager for good once a capture failed.
+/// allocator), the second captured, the rest replayed.
 #[derive(Default)]
 pub enum Slot {
+    /// No evaluation yet.
     #[default]
     New,
-    Eager,
+    /// One eager evaluation done: the next is captured.
+    Once,
     Captured(Captured),
-    Failed,
+    /// Eager from now on: off CUDA, after a failed capture, or done with (its graph freed).
+    Eager,
 }
 
 impl Slot {
@@ -166,14 +169,14 @@ impl Slot {
     pub fn evaluate(&mut self, x: &Tensor, f: &Evaluate) -> (Tensor, Tensor) {
         match std::mem::take(self) {
             Slot::New => {
+                *self = Slot::Once;
+                f(x)
+            }
+            Slot::Once if !x.device().is_cuda() || GAVE_UP.load(Ordering::Relaxed) => {
                 *self = Slot::Eager;
                 f(x)
             }
-            Slot::Eager if !x.device().is_cuda() || GAVE_UP.load(Ordering::Relaxed) => {
-                *self = Slot::Failed;
-                f(x)
-            }
-            Slot::Eager => {
+            Slot::Once => {
                 match Captured::capture(x, f).and_then(|(out, graph)| graph.verify(x, &out).map(|()| (out, graph))) {
                     Ok((out, graph)) => {
                         *self = Slot::Captured(graph);
@@ -182,7 +185,7 @@ impl Slot {
                     Err(e) => {
                         tracing::warn!(error = %e, "could not capture the evaluation as a CUDA graph: evaluating eagerly from now on");
                         GAVE_UP.store(true, Ordering::Relaxed);
-                        *self = Slot::Failed;
+                        *self = Slot::Eager;
                         f(x)
                     }
                 }
@@ -192,8 +195,8 @@ impl Slot {
                 *self = Slot::Captured(g);
                 out
             }
-            Slot::Failed => {
-                *self = Slot::Failed;
+            Slot::Eager => {
+                *self = Slot::Eager;
                 f(x)
             }
         }
@@ -223,7 +226,7 @@ mod tests {
             assert!(g.equal(&((&x + f64::from(i)) * 2.0)));
             assert_eq!(calls.get(), i, "one evaluation per call");
         }
-        assert!(matches!(slot, Slot::Failed));
+        assert!(matches!(slot, Slot::Eager));
         assert!(!GAVE_UP.load(Ordering::Relaxed), "a CPU tensor says nothing about CUDA graphs");
     }
 }

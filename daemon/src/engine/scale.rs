@@ -151,7 +151,7 @@ impl Problem for Evaluations<'_, '_, '_> {
             None if self.scale.graphs => {
                 if refined {
                     // the working network's graph is done with: free its memory
-                    self.graphs[0] = Slot::Failed;
+                    self.graphs[0] = Slot::Eager;
                 }
                 self.graphs[usize::from(refined)].evaluate(&x, &|x| objective.evaluate_terms(net, x))
             }
