@@ -120,19 +120,25 @@ impl Captured {
         Err("this build has no CUDA graph support (libtorch without CUDA, or no CUDA headers at build time)".into())
     }
 
-    /// Replays at `x` once and compares with `eager`, the eager evaluation at `x`: a graph that
-    /// missed work (the backward on another stream, say) would hand on stale values.
-    pub fn verify(&self, x: &Tensor, eager: &(Tensor, Tensor)) -> Result<(), String> {
+    /// Replays at `x` once and compares with `eager`, the eager evaluation at `x`: relative
+    /// differences of the value (|Δ| / |value|) and of the gradient (max |Δg| / max |g|).
+    pub fn disagreement(&self, x: &Tensor, eager: &(Tensor, Tensor)) -> (f64, f64) {
         let (terms, grad) = self.replay(x);
         let relative = |a: &Tensor, b: &Tensor| (a - b).abs().max() / b.abs().max().clamp_min(1e-30);
         let diffs =
             host::read(&Tensor::stack(&[relative(&terms.get(0), &eager.0.get(0)), relative(&grad, &eager.1)], 0));
-        if diffs[0] <= 1e-3 && diffs[1] <= 1e-2 {
+        (diffs[0], diffs[1])
+    }
+
+    /// [`Captured::disagreement`] within bounds: a graph that missed work (the backward on
+    /// another stream, say) would hand on stale values.
+    pub fn verify(&self, x: &Tensor, eager: &(Tensor, Tensor)) -> Result<(), String> {
+        let (value, gradient) = self.disagreement(x, eager);
+        if value <= 1e-3 && gradient <= 1e-2 {
             Ok(())
         } else {
             Err(format!(
-                "the replayed graph disagrees with the eager evaluation (value {:.1e}, gradient {:.1e})",
-                diffs[0], diffs[1]
+                "the replayed graph disagrees with the eager evaluation (value {value:.1e}, gradient {gradient:.1e})"
             ))
         }
     }

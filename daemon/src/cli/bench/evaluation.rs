@@ -68,13 +68,9 @@ fn time_graph(engine: &Engine, size: i64, args: &Options) -> anyhow::Result<(f64
     let device = engine.device();
     let (objective, x) = problem(engine, size);
     let f = |x: &Tensor| objective.evaluate_terms(engine.vgg(), x);
-    let (eager_terms, eager_g) = f(&x);
+    let eager = f(&x);
     let (_, graph) = Captured::capture(&x, &f).map_err(anyhow::Error::msg)?;
-    let (terms, g) = graph.replay(&x);
-    let value = |t: &Tensor| t.double_value(&[0]);
-    let value_diff = (value(&terms) - value(&eager_terms)).abs() / value(&eager_terms).abs();
-    let max = |t: &Tensor| t.abs().max().double_value(&[]);
-    let grad_diff = max(&(&g - &eager_g)) / max(&eager_g);
+    let (value_diff, grad_diff) = graph.disagreement(&x, &eager);
     let mut times = Vec::new();
     for i in 0..args.warmup + args.repeats {
         let t0 = Instant::now();

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use tch::Device;
 
-use super::time_to_loss::{plot_json, reference};
+use super::time_to_loss::{plot_json, scored_reference};
 use crate::engine::image_io::{DecodeLimits, Picture};
 use crate::engine::schedule;
 use crate::engine::targets::Inputs;
@@ -156,30 +156,11 @@ fn run_case(o: &Options, case: &Case, engine: &Engine, weights: &Path) -> anyhow
     let inputs = Inputs::prepare(job.content(), job.styles(), job.params(), Device::Cpu)?;
     let (w, h) = inputs.size();
     let x0 = inputs.start(&base, w, h);
-    let dir = tempfile::tempdir()?;
     let alpha = case.weighting.weights.map(|w| w.0);
     let beta = case.weighting.weights.map_or(STYLE_WEIGHT_PER_STRENGTH, |w| w.1);
-    let (rep, x_ref) = reference(
-        engine.device(),
-        weights,
-        &inputs.content,
-        &inputs.styles[0],
-        &x0,
-        (o.reference_evals, alpha, beta),
-        dir.path(),
-    )?;
-    let t = rep["seconds"].as_f64().context("reference without seconds")?;
-    let loss = engine.exact_losses(&job, &x_ref)?.total;
-    let own = rep["trace"].as_array().and_then(|t| t.last()).and_then(|p| p[1].as_f64()).unwrap_or(f64::NAN);
-    // the same image, valued by both sides: the comparison means something only if they agree
-    let mismatch = ((own - loss) / loss).abs();
-    anyhow::ensure!(
-        mismatch <= 1e-3,
-        "{}: PyTorch values its final image at {own:e}, neural-style at {loss:e} ({:.3}% apart): the two sides do \
-         not compute the same objective, refusing to report",
-        case.name(),
-        mismatch * 100.0
-    );
+    let scored = scored_reference(engine, &job, (&inputs, &x0), weights, (o.reference_evals, alpha, beta))
+        .with_context(|| case.name())?;
+    let (rep, t, loss, own) = (scored.report, scored.seconds, scored.loss, scored.own);
     eprintln!("  PyTorch: {t:.1} s, {} evaluations, objective {loss:.5e}", rep["evaluations"]);
     let mut runs: Vec<serde_json::Value> = Vec::new();
     for &fraction in &o.budgets {

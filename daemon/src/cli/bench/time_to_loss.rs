@@ -52,7 +52,7 @@ fn picture(path: Option<&Path>, draw: impl Fn() -> image::RgbImage) -> anyhow::R
 
 /// Runs the reference on `device` (style weight `beta`, content weight `alpha` or the default
 /// 1/(N·M)); returns its JSON report and final image.
-pub(super) fn reference(
+fn reference(
     device: Device,
     weights: &Path,
     content: &Tensor,
@@ -94,6 +94,41 @@ pub(super) fn reference(
     Ok((report, x))
 }
 
+/// A reference run scored by neural-style: its JSON report, seconds, and final objective (f32, at
+/// full size, by [`Engine::exact_losses`]), with PyTorch's own value of that image.
+pub(super) struct Scored {
+    pub report: serde_json::Value,
+    pub seconds: f64,
+    pub loss: f64,
+    pub own: f64,
+}
+
+/// [`reference`] for `job` from `x0` (its pictures `inputs` at the output size), scored by
+/// `engine`; refused when PyTorch's own value of its final image and neural-style's differ by
+/// more than 0.1% (the two sides would not compute the same objective).
+pub(super) fn scored_reference(
+    engine: &Engine,
+    job: &Job,
+    (inputs, x0): (&Inputs, &Tensor),
+    weights: &Path,
+    (evals, alpha, beta): (usize, Option<f64>, f64),
+) -> anyhow::Result<Scored> {
+    let dir = tempfile::tempdir()?;
+    let (report, x) =
+        reference(engine.device(), weights, &inputs.content, &inputs.styles[0], x0, (evals, alpha, beta), dir.path())?;
+    let seconds = report["seconds"].as_f64().context("reference without seconds")?;
+    let loss = engine.exact_losses(job, &x)?.total;
+    let own = report["trace"].as_array().and_then(|t| t.last()).and_then(|p| p[1].as_f64()).unwrap_or(f64::NAN);
+    let mismatch = ((own - loss) / loss).abs();
+    anyhow::ensure!(
+        mismatch <= 1e-3,
+        "PyTorch values its final image at {own:e}, neural-style at {loss:e} ({:.3}% apart): the two sides do not \
+         compute the same objective, refusing to report",
+        mismatch * 100.0
+    );
+    Ok(Scored { report, seconds, loss, own })
+}
+
 pub fn run(args: &Options, device: Device, engine: &Engine, weights_path: &Path) -> anyhow::Result<serde_json::Value> {
     let content = picture(args.content.as_deref(), || samples::content(384, 256))?;
     let style = picture(args.style.as_deref(), || samples::style(256, 256))?;
@@ -103,7 +138,6 @@ pub fn run(args: &Options, device: Device, engine: &Engine, weights_path: &Path)
     let inputs = Inputs::prepare(job.content(), job.styles(), job.params(), Device::Cpu)?;
     let (w, h) = inputs.size();
     let x0 = inputs.start(&base, w, h);
-    let dir = tempfile::tempdir()?;
     eprintln!(
         "time to loss at {w}×{h}: PyTorch eager fp32 NCHW, L-BFGS + strong Wolfe, single scale, {} evaluations, \
          {} threads, {} …",
@@ -112,27 +146,12 @@ pub fn run(args: &Options, device: Device, engine: &Engine, weights_path: &Path)
         device_name(device)
     );
     let beta = STYLE_WEIGHT_PER_STRENGTH * base.strength;
-    let (rep, x_ref) = reference(
-        device,
-        weights_path,
-        &inputs.content,
-        &inputs.styles[0],
-        &x0,
-        (args.reference_evals, None, beta),
-        dir.path(),
-    )?;
-    let ref_seconds = rep["seconds"].as_f64().context("reference without seconds")?;
-    let ref_loss = engine.exact_losses(&job, &x_ref)?.total;
-    // PyTorch's own value of its last evaluation (at its final image) checks that both sides
-    // compute the same objective
-    let own = rep["trace"].as_array().and_then(|t| t.last()).and_then(|p| p[1].as_f64()).unwrap_or(f64::NAN);
+    let scored = scored_reference(engine, &job, (&inputs, &x0), weights_path, (args.reference_evals, None, beta))?;
+    let (rep, ref_seconds, ref_loss) = (scored.report, scored.seconds, scored.loss);
     eprintln!(
         "  PyTorch: {ref_seconds:.1} s, final objective {ref_loss:.4e} (f32, scored by neural-style; PyTorch's own value \
-         {own:.4e})"
-    );
-    anyhow::ensure!(
-        ((own - ref_loss) / ref_loss).abs() < 1e-3,
-        "the two objectives disagree ({own:e} vs {ref_loss:e}): the comparison would be meaningless"
+         {:.4e})",
+        scored.own
     );
     let mut runs = Vec::new();
     for &fraction in &args.budgets {
