@@ -52,3 +52,21 @@ fn bf16_single_scale_from_the_content_at_512_px_spends_its_budget() {
     let gap = (bf16.total_loss - fp32.total_loss) / fp32.total_loss;
     assert!(gap < 0.05, "bf16 ends {:.1}% above fp32", gap * 100.0);
 }
+
+/// A run that stops before its budget (cancelled here; out of time takes the same path) still
+/// reports the iterations it made (before: 0 whenever a run ended other than by its budget).
+#[test]
+fn a_run_stopped_early_reports_its_iterations() {
+    tch::set_num_threads(2);
+    let weights = Weights::random(0);
+    let params = Params { size: Some(64), evaluations: 100, multiscale: Some(false), ..Params::default() };
+    let job = Job::new(picture("tubingen.jpg", 64), vec![picture("starry_night.jpg", 64)], params).unwrap();
+    let engine = Engine::with_layout(&weights, Device::Cpu, Layout::FP32);
+    let s = engine
+        .stylize(&job, &mut |p| if p.evaluation >= 12 { Control::Stop } else { Control::Continue })
+        .unwrap()
+        .summary;
+    eprintln!("{} evaluations, {} iterations, {:?}", s.evaluations, s.iterations, s.stop_reason);
+    assert_eq!((s.evaluations, s.stop_reason), (12, StopReason::Cancelled));
+    assert!(s.iterations >= 2 && s.iterations <= 11, "{} iterations in 12 evaluations", s.iterations);
+}

@@ -182,12 +182,17 @@ impl Problem for Evaluations<'_, '_, '_> {
         self.scale.go_on(control, job.elapsed(), job.max_seconds, &self.best.trace)
     }
 
+    fn iteration(&mut self) {
+        self.job.iterations += 1;
+    }
+
     fn search_failed(&mut self) -> bool {
         self.job.failed_searches += 1;
         // on a reduced-precision network, the likely cause is the values' rounding: go on with
         // the f32 network (the refinement's) from here
         let switch = !self.precise && self.scale.refinement.is_some();
         self.precise |= switch;
+        tracing::trace!(evaluations = self.job.evaluations, switch, "line search failed");
         switch
     }
 }
@@ -208,7 +213,6 @@ impl ScaleRun<'_> {
         let outcome = self.optimizer.minimize(&x0.view([-1]), self.budget, &mut problem);
         let (x, stop) = match outcome {
             Ok(o) => {
-                problem.job.iterations += o.iterations;
                 let stop = if o.stop == Stop::Converged { StopReason::Converged } else { StopReason::Budget };
                 (o.x, stop)
             }

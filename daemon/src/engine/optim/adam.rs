@@ -36,6 +36,7 @@ pub fn minimize_problem<P: Problem>(
     let mut evals = 1;
     while evals < max_evals {
         let step = evals as i32;
+        problem.iteration();
         m = &m * config.beta1 + &g * (1.0 - config.beta1);
         v = &v * config.beta2 + g.square() * (1.0 - config.beta2);
         let m_hat = &m / (1.0 - config.beta1.powi(step));

@@ -50,6 +50,9 @@ pub trait Problem {
     fn search_failed(&mut self) -> bool {
         false
     }
+    /// An iteration (a step and its line search) begins: counted by the problem too, because
+    /// an `Err` from [`Problem::evaluated`] ends the run without an [`Outcome`].
+    fn iteration(&mut self) {}
 }
 
 /// A closure `x → (value, gradient)` whose value is already on the host, as a [`Problem`].
