@@ -232,9 +232,29 @@ fn ratio(case: &serde_json::Value, variant: &str, fraction: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// `variant`'s run at `fraction`: its evaluations, and PyTorch's best loss after as many of its
+/// own evaluations ÷ its 300-evaluation loss (does ours progress as fast per evaluation, and is
+/// the shortfall the number of evaluations?).
+fn per_evaluation(case: &serde_json::Value, variant: &str, fraction: f64) -> Option<(u64, f64)> {
+    let run = case["runs"]
+        .as_array()?
+        .iter()
+        .find(|r| r["variant"] == variant && r["budget_fraction"].as_f64() == Some(fraction))?;
+    let n = run["evaluations"].as_u64()?;
+    let reference = &case["reference"];
+    let best = reference["trace"]
+        .as_array()?
+        .iter()
+        .take(n as usize)
+        .filter_map(|e| e[1].as_f64())
+        .fold(f64::INFINITY, f64::min);
+    Some((n, best / reference["final_loss"].as_f64()?))
+}
+
 /// The Markdown table: per case the loss ratios to PyTorch's 300-evaluation loss at each budget,
 /// the default against the better of single and multi (worst budget), and whether the default
-/// reached PyTorch's loss by `target` × T.
+/// reached PyTorch's loss by `target` × T, with the evaluations it made by then and PyTorch's
+/// loss after as many.
 fn table(cases: &[serde_json::Value], budgets: &[f64], target: f64) -> String {
     let cell = |c: &serde_json::Value, v: &str| {
         budgets.iter().map(|&b| format!("{:.3}", ratio(c, v, b))).collect::<Vec<_>>().join(" / ")
@@ -242,7 +262,8 @@ fn table(cases: &[serde_json::Value], budgets: &[f64], target: f64) -> String {
     let fractions = budgets.iter().map(|b| format!("{b}T")).collect::<Vec<_>>().join(" / ");
     let mut out = format!(
         "| case | T (s) | default: loss ÷ PyTorch's at {fractions} | single scale | multi-scale | default vs better of \
-         single, multi (worst budget) | default reaches PyTorch by {target}T |\n|---|---|---|---|---|---|---|\n"
+         single, multi (worst budget) | default reaches PyTorch by {target}T | evaluations by {target}T: ours (PyTorch's \
+         loss after as many) |\n|---|---|---|---|---|---|---|---|\n"
     );
     let (mut worst_gap, mut worst_case, mut reached, mut ratios) = (f64::MIN, String::new(), 0, Vec::new());
     for c in cases {
@@ -258,8 +279,9 @@ fn table(cases: &[serde_json::Value], budgets: &[f64], target: f64) -> String {
         ratios.push((at_target, c["name"].as_str().unwrap_or_default().to_string()));
         let ok = at_target <= 1.0;
         reached += usize::from(ok);
+        let counted = per_evaluation(c, "default", target).map_or("–".to_string(), |(n, r)| format!("{n} ({r:.3}×)"));
         out += &format!(
-            "| {} | {:.1} | {} | {} | {} | {:+.1}% | {} |\n",
+            "| {} | {:.1} | {} | {} | {} | {:+.1}% | {} | {counted} |\n",
             c["name"].as_str().unwrap_or_default(),
             c["reference"]["seconds"].as_f64().unwrap_or(0.0),
             cell(c, "default"),
@@ -284,4 +306,29 @@ fn table(cases: &[serde_json::Value], budgets: &[f64], target: f64) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_compares_per_evaluation_with_pytorchs_trace() {
+        // PyTorch: 4 evaluations, loss 8 → 2 (its final loss); ours at 0.2T: 3 evaluations, loss 3
+        let run = |variant: &str, fraction: f64, loss: f64, evaluations: u64| {
+            serde_json::json!({"variant": variant, "budget_fraction": fraction, "loss_ratio": loss / 2.0,
+                               "evaluations": evaluations})
+        };
+        let case = serde_json::json!({
+            "name": "a×b content default 128px",
+            "reference": {"seconds": 10.0, "final_loss": 2.0, "trace": [[1.0, 8.0], [2.0, 3.0], [3.0, 4.0], [4.0, 2.0]]},
+            "runs": [run("default", 0.2, 3.0, 3), run("single", 0.2, 3.2, 3), run("multi", 0.2, 3.0, 3)],
+        });
+        assert_eq!(per_evaluation(&case, "default", 0.2), Some((3, 1.5)), "PyTorch's best of its first 3");
+        assert_eq!(per_evaluation(&case, "default", 0.1), None);
+        let t = table(&[case], &[0.2], 0.2);
+        let row = t.lines().nth(2).unwrap();
+        assert!(row.ends_with("| **no** (1.500×) | 3 (1.500×) |"), "{row}");
+        assert!(row.contains("| +0.0% |"), "{row}");
+    }
 }
