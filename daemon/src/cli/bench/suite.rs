@@ -221,26 +221,21 @@ fn ours(engine: &Engine, job: &Job, fraction: f64, t: f64, ref_loss: f64) -> any
     }))
 }
 
+/// `variant`'s run at `fraction` in a case's runs.
+fn find_run<'c>(case: &'c serde_json::Value, variant: &str, fraction: f64) -> Option<&'c serde_json::Value> {
+    case["runs"].as_array()?.iter().find(|r| r["variant"] == variant && r["budget_fraction"].as_f64() == Some(fraction))
+}
+
 /// The loss ratio (to PyTorch's) of `variant` at `fraction` in a case's runs.
 fn ratio(case: &serde_json::Value, variant: &str, fraction: f64) -> f64 {
-    case["runs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|r| r["variant"] == variant && r["budget_fraction"].as_f64() == Some(fraction))
-        .and_then(|r| r["loss_ratio"].as_f64())
-        .unwrap_or(f64::NAN)
+    find_run(case, variant, fraction).and_then(|r| r["loss_ratio"].as_f64()).unwrap_or(f64::NAN)
 }
 
 /// `variant`'s run at `fraction`: its evaluations, and PyTorch's best loss after as many of its
 /// own evaluations ÷ its 300-evaluation loss (does ours progress as fast per evaluation, and is
 /// the shortfall the number of evaluations?).
 fn per_evaluation(case: &serde_json::Value, variant: &str, fraction: f64) -> Option<(u64, f64)> {
-    let run = case["runs"]
-        .as_array()?
-        .iter()
-        .find(|r| r["variant"] == variant && r["budget_fraction"].as_f64() == Some(fraction))?;
-    let n = run["evaluations"].as_u64()?;
+    let n = find_run(case, variant, fraction)?["evaluations"].as_u64()?;
     let reference = &case["reference"];
     let best = reference["trace"]
         .as_array()?
