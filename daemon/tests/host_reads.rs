@@ -56,10 +56,9 @@ fn the_loop_reads_from_the_device_at_most_twice_per_evaluation() {
 
 #[test]
 fn the_loop_reads_only_through_the_counter() {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine");
     for file in ["optim/lbfgs.rs", "optim/adam.rs", "optim/mod.rs", "scale.rs", "objective.rs", "tiling.rs", "mod.rs"] {
-        let text = std::fs::read_to_string(src.join(file)).unwrap();
-        let code = text.split("#[cfg(test)]").next().unwrap();
+        let code = engine_code(file);
+        let code = code.as_str();
         for read in ["double_value(", "int64_value(", "try_from(", "copy_data(", "Device::Cpu)"] {
             let hits: Vec<&str> =
                 code.lines().filter(|l| !l.trim_start().starts_with("//") && l.contains(read)).collect();
@@ -115,10 +114,9 @@ fn an_evaluation_and_the_loop_around_it_launch_few_operators() {
 #[test]
 fn the_evaluation_makes_no_tensors_on_the_host() {
     // a host tensor moved to a GPU per evaluation is a copy that waits for the device
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine");
     for file in ["optim/lbfgs.rs", "optim/adam.rs", "scale.rs", "objective.rs", "tiling.rs", "graph.rs", "vgg.rs"] {
-        let text = std::fs::read_to_string(src.join(file)).unwrap();
-        let code = text.split("#[cfg(test)]").next().unwrap();
+        let code = engine_code(file);
+        let code = code.as_str();
         let hits: Vec<&str> = code
             .lines()
             .filter(|l| !l.trim_start().starts_with("//") && (l.contains("from_slice(") || l.contains("Tensor::from(")))
@@ -127,4 +125,11 @@ fn the_evaluation_makes_no_tensors_on_the_host() {
             .collect();
         assert!(hits.is_empty(), "{file} makes host tensors: {hits:?}");
     }
+}
+
+/// The source of `src/engine/<file>` without its unit tests.
+fn engine_code(file: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.split("#[cfg(test)]").next().unwrap_or_default().to_string()
 }
