@@ -234,6 +234,10 @@ pub struct ScaleReport {
     pub height: u32,
     pub evaluations: usize,
     pub seconds: f64,
+    /// L-BFGS pairs carried over from the coarser scale (0 at the first scale, with Adam, and
+    /// from older daemons).
+    #[serde(default)]
+    pub carried_pairs: usize,
 }
 
 /// The VGG19 weights a job ran with.

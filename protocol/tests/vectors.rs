@@ -53,7 +53,7 @@ fn sample_summary() -> Summary {
         cancelled: false,
         time_budget_reached: false,
         has_alpha: true,
-        scales: vec![ScaleReport { width: 1, height: 1, evaluations: 100, seconds: 1.5 }],
+        scales: vec![ScaleReport { width: 1, height: 1, evaluations: 100, seconds: 1.5, carried_pairs: 0 }],
         schedule: "single scale (chosen: image start)".into(),
         memory: MemoryPlan {
             estimated_bytes: 1 << 30,

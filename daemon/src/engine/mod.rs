@@ -38,6 +38,7 @@ use self::cache::StyleCache;
 use self::image_io::Picture;
 use self::memory::Plan;
 use self::objective::{Losses, Objective};
+use self::optim::{Curvature, Optimizer};
 use self::scale::{JobRun, Refinement, ScaleRun, StopReason};
 use self::schedule::Scale;
 use self::targets::Inputs;
@@ -118,6 +119,16 @@ struct Prepared<'a> {
     inputs: Inputs,
     plan: Plan,
     schedule: Vec<Scale>,
+}
+
+/// What one scale of a job ends with.
+struct ScaleOut {
+    x: Tensor,
+    stop: StopReason,
+    /// The f32 objective when this is the output size.
+    exact: Option<Objective>,
+    /// L-BFGS pairs it started with (carried from the coarser scale).
+    carried_pairs: usize,
 }
 
 /// Where a job's optimisation ended.
@@ -229,15 +240,17 @@ impl Engine {
         let mut x: Option<Tensor> = None;
         let (mut stop, mut exact) = (StopReason::Budget, None);
         let mut scales = Vec::new();
+        let mut curvature: Curvature = None;
         for (k, scale) in prepared.schedule.iter().enumerate() {
             let (seconds, evaluations) = (run.elapsed(), run.evaluations);
-            let out = self.run_scale(&prepared, k, x.as_ref(), cache.as_deref_mut(), &mut run)?;
-            (x, stop, exact) = (Some(out.0), out.1, out.2);
+            let out = self.run_scale(&prepared, k, x.as_ref(), &mut curvature, cache.as_deref_mut(), &mut run)?;
+            (x, stop, exact) = (Some(out.x), out.stop, out.exact);
             scales.push(ScaleReport {
                 width: scale.width,
                 height: scale.height,
                 evaluations: run.evaluations - evaluations,
                 seconds: run.elapsed() - seconds,
+                carried_pairs: out.carried_pairs,
             });
             if stop.ends_job() || run.budget_spent() {
                 break;
@@ -257,16 +270,17 @@ impl Engine {
     }
 
     /// Scale `k` of the schedule: its memory plan, targets and optimiser, run from the previous
-    /// scale's result upsampled (or the start image). Returns its image, why it stopped, and the
-    /// f32 objective when this is the output size.
+    /// scale's result upsampled (or the start image) and its optimiser's `curvature` carried
+    /// (left as this scale's for the next).
     fn run_scale(
         &self,
         job: &Prepared,
         k: usize,
         previous: Option<&Tensor>,
+        curvature: &mut Curvature,
         cache: Option<&mut StyleCache>,
         run: &mut JobRun,
-    ) -> Result<(Tensor, StopReason, Option<Objective>), EngineError> {
+    ) -> Result<ScaleOut, EngineError> {
         let p = job.params;
         let Scale { width: w, height: h, .. } = job.schedule[k];
         let last = k + 1 == job.schedule.len();
@@ -289,6 +303,14 @@ impl Engine {
             None => job.inputs.start(p, w, h),
             Some(prev) => job.inputs.finer_start(p, prev, w, h),
         };
+        let optimizer = p.optimizer(plan.lbfgs_history, plan.history_bf16);
+        *curvature = match (previous, optimizer) {
+            (Some(prev), Optimizer::Lbfgs(c)) => {
+                scale::carry(curvature.take(), &prev.size(), &x0.size(), (c.history_size, c.history_bf16))
+            }
+            _ => None,
+        };
+        let carried_pairs = curvature.as_ref().map_or(0, |h| h.len());
         let (x, stop) = ScaleRun {
             net: &self.vgg,
             objective: &objective,
@@ -308,16 +330,16 @@ impl Engine {
             coarse: !last,
             budget,
             deadline,
-            optimizer: p.optimizer(plan.lbfgs_history, plan.history_bf16),
+            optimizer,
         }
-        .run(&x0, run);
+        .run(&x0, run, curvature);
         // at the output size the f32 objective is the refinement's, or this one on an f32 network
         let exact = match (last, refined) {
             (true, Some(o)) => Some(o),
             (true, None) => Some(objective),
             _ => None,
         };
-        Ok((x, stop, exact))
+        Ok(ScaleOut { x, stop, exact, carried_pairs })
     }
 
     /// The image at the output size with its f32 figures.

@@ -9,9 +9,9 @@ use super::events::{Control, Observer, Progress};
 use super::graph::Slot;
 use super::memory::release_freed;
 use super::objective::{Losses, Objective};
-use super::optim::{Optimizer, Problem, Stop};
+use super::optim::{Curvature, Optimizer, Problem, Stop};
 use super::params::Params;
-use super::schedule::stalled;
+use super::schedule::{stalled, CARRIED_GRADIENT_SCALE};
 use super::tiling::{self, Tiling};
 use super::vgg::Vgg19;
 
@@ -85,6 +85,15 @@ pub struct Refinement<'a> {
     pub objective: &'a Objective,
     pub from_evaluation: usize,
     pub from_second: Option<f64>,
+}
+
+/// A coarser scale's `curvature` (its L-BFGS history, images of shape `from`) carried to a
+/// scale of shape `to` for an optimiser that keeps `m` pairs (bf16 storage when `bf16`): see
+/// [`CARRIED_GRADIENT_SCALE`].
+pub fn carry(curvature: Curvature, from: &[i64], to: &[i64], (m, bf16): (usize, bool)) -> Curvature {
+    let (h, w) = (to[2], to[3]);
+    let up = |v: &Tensor| v.view(from).upsample_bilinear2d([h, w], false, None, None).view([-1]);
+    curvature.map(|history| history.mapped((m, to.iter().product(), bf16), up, CARRIED_GRADIENT_SCALE))
 }
 
 /// One scale's run.
@@ -198,8 +207,10 @@ impl Problem for Evaluations<'_, '_, '_> {
 }
 
 impl ScaleRun<'_> {
-    /// Optimises from `x0` ([1,3,h,w]); returns the scale's image and why it stopped.
-    pub fn run(&self, x0: &Tensor, job: &mut JobRun) -> (Tensor, StopReason) {
+    /// Optimises from `x0` ([1,3,h,w]) and what `curvature` holds (a coarser scale's, carried);
+    /// returns the scale's image and why it stopped, and leaves this scale's curvature in
+    /// `curvature`.
+    pub fn run(&self, x0: &Tensor, job: &mut JobRun, curvature: &mut Curvature) -> (Tensor, StopReason) {
         let shape = x0.size();
         let mut problem = Evaluations {
             scale: self,
@@ -210,7 +221,7 @@ impl ScaleRun<'_> {
             precise: false,
             graphs: Default::default(),
         };
-        let outcome = self.optimizer.minimize(&x0.view([-1]), self.budget, &mut problem);
+        let outcome = self.optimizer.minimize(&x0.view([-1]), self.budget, &mut problem, curvature);
         let (x, stop) = match outcome {
             Ok(o) => {
                 let stop = if o.stop == Stop::Converged { StopReason::Converged } else { StopReason::Budget };

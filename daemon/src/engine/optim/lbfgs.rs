@@ -120,6 +120,41 @@ impl History {
         self.len == 0
     }
 
+    /// Coordinates of each vector.
+    pub fn n(&self) -> i64 {
+        self.pairs.size()[2]
+    }
+
+    /// The pairs held, oldest first, as f32 rows (views of the history where it is f32).
+    fn chronological(&self) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
+        (0..self.len).map(|i| {
+            let row = self.pairs.get(((self.oldest + i) % self.m) as i64);
+            (row.get(0).to_kind(Kind::Float), row.get(1).to_kind(Kind::Float))
+        })
+    }
+
+    /// This history carried to another parameterisation of the problem (a finer scale of the
+    /// same image): a history of `m` pairs of `n` coordinates (bf16 storage when `bf16`) whose
+    /// pairs are (map(s), map(y)·y_scale) for the pairs held here, oldest first, keeping the
+    /// newest `m`. A pair whose s·y is not positive after the mapping is left out (it would
+    /// make H indefinite). The scalars s·y and y·y of every pair come in one host read.
+    pub fn mapped(&self, (m, n, bf16): (usize, i64, bool), map: impl Fn(&Tensor) -> Tensor, y_scale: f64) -> History {
+        let mut out = History::new(m, n, self.pairs.device(), bf16);
+        let pairs: Vec<(Tensor, Tensor)> =
+            self.chronological().skip(self.len.saturating_sub(m)).map(|(s, y)| (map(&s), map(&y) * y_scale)).collect();
+        if pairs.is_empty() {
+            return out;
+        }
+        let dots: Vec<Tensor> = pairs.iter().flat_map(|(s, y)| [s.dot(y), y.dot(y)]).collect();
+        let dots = super::super::host::read(&Tensor::stack(&dots, 0).to_kind(Kind::Double));
+        for ((s, y), v) in pairs.iter().zip(dots.chunks(2)) {
+            if v[0] > 1e-10 {
+                out.push(s, y, v[0], v[1]);
+            }
+        }
+        out
+    }
+
     /// Forgets every pair (γ stays: it only scales the next steepest-descent step).
     pub fn clear(&mut self) {
         self.len = 0;
@@ -336,6 +371,21 @@ pub fn minimize_problem<P: Problem>(
     max_evals: usize,
     problem: &mut P,
 ) -> Result<Outcome, P::Stop> {
+    minimize_with_history(config, x0, max_evals, problem, &mut None)
+}
+
+/// [`minimize_problem`] from a `history` of an earlier run (e.g. a coarser scale's, carried by
+/// [`History::mapped`]): when it holds pairs for x's coordinates and as many as the config
+/// keeps, the first direction is the quasi-Newton one with a step of `lr` instead of steepest
+/// descent with a first step; otherwise a new history. The run's history is left in `history`
+/// however the run ends (also when the problem stops it).
+pub fn minimize_with_history<P: Problem>(
+    config: &LbfgsConfig,
+    x0: &Tensor,
+    max_evals: usize,
+    problem: &mut P,
+    history: &mut Option<History>,
+) -> Result<Outcome, P::Stop> {
     // x is replaced, never changed in place: the problem may keep the points it evaluated
     let mut x = x0.detach().copy();
     // Σ|g| only for torch's default first step
@@ -356,10 +406,16 @@ pub fn minimize_problem<P: Problem>(
     if gmax <= config.tolerance_grad {
         return Ok(done(x, loss, evals, iterations, Stop::Converged, failed_searches));
     }
-    let mut history = History::new(config.history_size, x.numel() as i64, x.device(), config.history_bf16);
-    // the next direction is steepest descent with a first step (the first iteration, and after
-    // a failed line search: then `restarts` consecutive failures shorten the step)
-    let mut fresh = true;
+    let n = x.numel() as i64;
+    let m = config.history_size.max(1);
+    if !history.as_ref().is_some_and(|h| h.n() == n && h.m == m) {
+        *history = Some(History::new(m, n, x.device(), config.history_bf16));
+    }
+    let history = history.as_mut().expect("set above");
+    // the next direction is steepest descent with a first step (the first iteration without a
+    // carried history, and after a failed line search: then `restarts` consecutive failures
+    // shorten the step)
+    let mut fresh = history.is_empty();
     let mut restarts = 0;
     while evals < max_evals {
         iterations += 1;

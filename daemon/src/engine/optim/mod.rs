@@ -93,11 +93,22 @@ pub enum Optimizer {
     Adam(AdamConfig),
 }
 
+/// What an optimiser learnt of the objective's curvature, handed from one scale of a job to the
+/// next: L-BFGS's history (Adam keeps none).
+pub type Curvature = Option<lbfgs::History>;
+
 impl Optimizer {
-    /// Minimises `problem` from `x0` with at most `max_evals` evaluations.
-    pub fn minimize<P: Problem>(&self, x0: &Tensor, max_evals: usize, problem: &mut P) -> Result<Outcome, P::Stop> {
+    /// Minimises `problem` from `x0` with at most `max_evals` evaluations, starting from what
+    /// `curvature` holds (see [`lbfgs::minimize_with_history`]) and leaving the run's in it.
+    pub fn minimize<P: Problem>(
+        &self,
+        x0: &Tensor,
+        max_evals: usize,
+        problem: &mut P,
+        curvature: &mut Curvature,
+    ) -> Result<Outcome, P::Stop> {
         match self {
-            Optimizer::Lbfgs(c) => lbfgs::minimize_problem(c, x0, max_evals, problem),
+            Optimizer::Lbfgs(c) => lbfgs::minimize_with_history(c, x0, max_evals, problem, curvature),
             Optimizer::Adam(c) => adam::minimize_problem(c, x0, max_evals, problem),
         }
     }
