@@ -70,3 +70,24 @@ fn a_run_stopped_early_reports_its_iterations() {
     assert_eq!((s.evaluations, s.stop_reason), (12, StopReason::Cancelled));
     assert!(s.iterations >= 2 && s.iterations <= 11, "{} iterations in 12 evaluations", s.iterations);
 }
+
+#[test]
+fn a_finer_scale_starts_from_the_coarser_scales_history() {
+    tch::set_num_threads(2);
+    let weights = Weights::random(0);
+    let engine = Engine::with_layout(&weights, Device::Cpu, Layout::FP32);
+    let params = Params { size: Some(128), evaluations: 40, init: Init::Content, ..Params::default() };
+    let run = |params: Params| {
+        let job = Job::new(picture("tubingen.jpg", 128), vec![picture("starry_night.jpg", 128)], params).unwrap();
+        engine.stylize(&job, &mut |_| Control::Continue).unwrap().summary
+    };
+    let s = run(params.clone());
+    let carried: Vec<usize> = s.scales.iter().map(|x| x.carried_pairs).collect();
+    eprintln!("scales {:?}, carried pairs {carried:?}", s.scales);
+    assert_eq!(carried.len(), 2, "64 and 128 px");
+    // every coarse iteration that moved leaves a pair; the first scale has nothing to carry
+    assert!(carried[0] == 0 && carried[1] >= 3 && carried[1] < s.scales[0].evaluations, "{carried:?}");
+    // Adam keeps no history
+    let adam = run(Params { optimizer: neural_style::engine::OptimizerKind::Adam, ..params });
+    assert!(adam.scales.len() == 2 && adam.scales.iter().all(|x| x.carried_pairs == 0));
+}

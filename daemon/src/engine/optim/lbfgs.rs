@@ -722,6 +722,88 @@ mod tests {
     }
 
     #[test]
+    fn a_mapped_history_is_the_newest_pairs_mapped() {
+        tch::manual_seed(5);
+        let n = 30;
+        let opts = (Kind::Float, Device::Cpu);
+        let mut history = History::new(6, n, Device::Cpu, false);
+        let mut pairs = Vec::new();
+        for _ in 0..9 {
+            let s = Tensor::randn([n], opts);
+            // y = diag(1..n)·s: s·y > 0
+            let y = &s * (Tensor::arange(n, opts) + 1.0);
+            history.push(&s, &y, s.dot(&y).double_value(&[]), y.dot(&y).double_value(&[]));
+            pairs.push((s, y));
+        }
+        let g = Tensor::randn([n], opts);
+        // the same coordinates, y scaled by 1: the same matrix
+        let mut same = history.mapped((6, n, false), |v| v.shallow_clone(), 1.0);
+        assert_eq!(same.len(), 6);
+        let (a, b) = (history.direction(&g), same.direction(&g));
+        assert!(abs_max(&(&a - &b)) <= 1e-5 * abs_max(&a), "{}", abs_max(&(&a - &b)));
+        // a longer vector (each coordinate twice), y halved, room for 4: the newest 4 pairs
+        let twice = |v: &Tensor| Tensor::cat(&[v, v], 0);
+        let mut mapped = history.mapped((4, 2 * n, false), twice, 0.5);
+        assert_eq!((mapped.len(), mapped.n()), (4, 2 * n));
+        let as_f64 = |v: &Tensor| v.to_kind(Kind::Double);
+        let expected: Vec<(Tensor, Tensor)> =
+            pairs[5..].iter().map(|(s, y)| (as_f64(&twice(s)), as_f64(&(twice(y) * 0.5)))).collect();
+        let g2 = Tensor::randn([2 * n], opts);
+        let (got, reference) = (as_f64(&mapped.direction(&g2)), two_loop(&expected, &as_f64(&g2)));
+        assert!(abs_max(&(&got - &reference)) <= 1e-4 * abs_max(&reference));
+        // a pair with s·y ≤ 0 after the mapping is left out
+        let flipped = history.mapped((6, n, false), |v| v.shallow_clone(), -1.0);
+        assert!(flipped.is_empty());
+    }
+
+    /// Fine coordinates z (2n), coarse x = D z (each pair of neighbours averaged): the fine
+    /// objective is the coarse one of D z plus a term that pulls neighbours together. A coarse
+    /// run's history carried to the fine problem (each coordinate twice, y halved: exactly the
+    /// fine gradient of a change that is constant over each pair) lets the fine run go on where
+    /// the coarse one left off; a new history starts again from steepest descent.
+    #[test]
+    fn a_carried_history_goes_on_where_the_coarse_run_left_off() {
+        let n = 40;
+        let opts = (Kind::Float, Device::Cpu);
+        // ill-conditioned: curvatures 1 … 1000
+        let c = (Tensor::arange(n, opts) * (3.0 / (n - 1) as f64 * std::f64::consts::LN_10)).exp();
+        let b = Tensor::arange(n, opts).sin();
+        let coarse = |x: &Tensor| -> Result<(f64, Tensor), ()> {
+            let r = x - &b;
+            Ok(((&c * r.square()).sum(Kind::Float).double_value(&[]) * 0.5, &c * r))
+        };
+        let down = |z: &Tensor| z.view([2, n]).mean_dim(0, false, Kind::Float);
+        let twice = |v: &Tensor| Tensor::cat(&[v, v], 0);
+        let fine = |z: &Tensor| -> Result<(f64, Tensor), ()> {
+            let (f, g) = coarse(&down(z))?;
+            let rough = z - twice(&down(z));
+            Ok((f + rough.square().sum(Kind::Float).double_value(&[]), twice(&g) * 0.5 + rough * 2.0))
+        };
+        let cfg = LbfgsConfig {
+            strong_wolfe: true,
+            tolerance_change: 0.0,
+            tolerance_grad: 0.0,
+            first_step: Some(0.1),
+            ..Default::default()
+        };
+        let mut history = None;
+        let x = minimize_with_history(&cfg, &Tensor::zeros([n], opts), 30, &mut FnProblem::new(coarse), &mut history)
+            .unwrap()
+            .x;
+        let held = history.as_ref().unwrap().len();
+        assert!(held >= 10, "{held} pairs");
+        let z0 = twice(&x);
+        let start = fine(&z0).unwrap().0;
+        let mut carried = history.map(|h| h.mapped((100, 2 * n, false), twice, 0.5));
+        assert_eq!(carried.as_ref().unwrap().len(), held);
+        let warm = minimize_with_history(&cfg, &z0, 10, &mut FnProblem::new(fine), &mut carried).unwrap().value;
+        let cold = minimize_with_history(&cfg, &z0, 10, &mut FnProblem::new(fine), &mut None).unwrap().value;
+        eprintln!("fine start {start:.3e}; after 10 evaluations: carried {warm:.3e}, new history {cold:.3e}");
+        assert!(warm < start && cold < start);
+        assert!(warm < 0.5 * cold, "carried {warm:.3e}, new history {cold:.3e}");
+    }
+
+    #[test]
     fn compact_representation_is_the_two_loop_recursion() {
         compact_matches_two_loop(false, 40, 1e-4);
     }
