@@ -137,21 +137,40 @@ impl History {
     /// same image): a history of `m` pairs of `n` coordinates (bf16 storage when `bf16`) whose
     /// pairs are (map(s), map(y)·y_scale) for the pairs held here, oldest first, keeping the
     /// newest `m`. A pair whose s·y is not positive after the mapping is left out (it would
-    /// make H indefinite). The scalars s·y and y·y of every pair come in one host read.
+    /// make H indefinite). Each pair is mapped straight into its row (one pair's temporaries at a
+    /// time), SᵀY and YᵀY come from one product of the rows with themselves, and the pairs'
+    /// s·y and y·y from one host read.
     pub fn mapped(&self, (m, n, bf16): (usize, i64, bool), map: impl Fn(&Tensor) -> Tensor, y_scale: f64) -> History {
         let mut out = History::new(m, n, self.pairs.device(), bf16);
-        let pairs: Vec<(Tensor, Tensor)> =
-            self.chronological().skip(self.len.saturating_sub(m)).map(|(s, y)| (map(&s), map(&y) * y_scale)).collect();
-        if pairs.is_empty() {
+        let mut k = 0;
+        for (s, y) in self.chronological().skip(self.len.saturating_sub(out.m)) {
+            let row = out.pairs.get(k);
+            row.get(0).copy_(&map(&s));
+            row.get(1).copy_(&(map(&y) * y_scale));
+            k += 1;
+        }
+        if k == 0 {
             return out;
         }
-        let dots: Vec<Tensor> = pairs.iter().flat_map(|(s, y)| [s.dot(y), y.dot(y)]).collect();
-        let dots = super::super::host::read(&Tensor::stack(&dots, 0).to_kind(Kind::Double));
-        for ((s, y), v) in pairs.iter().zip(dots.chunks(2)) {
-            if v[0] > 1e-10 {
-                out.push(s, y, v[0], v[1]);
+        // [2k, 2k] of the rows s_0, y_0, s_1, …: s_i·y_j at (2i, 2j+1), y_i·y_j at (2i+1, 2j+1)
+        let held = out.pairs.narrow(0, 0, k).view([2 * k, -1]);
+        let gram = gram(&held).view([k, 2, k, 2]);
+        let (sty, yty) = (gram.select(3, 1).select(1, 0), gram.select(3, 1).select(1, 1));
+        let diagonals = super::super::host::read(&Tensor::stack(&[sty.diagonal(0, 0, 1), yty.diagonal(0, 0, 1)], 1));
+        let kept: Vec<i64> = (0..k).filter(|&i| diagonals[2 * i as usize] > 1e-10).collect();
+        for (to, &from) in kept.iter().enumerate() {
+            if to as i64 != from {
+                out.pairs.get(to as i64).copy_(&out.pairs.get(from));
             }
         }
+        let Some(&newest) = kept.last() else { return out };
+        let index = Tensor::from_slice(&kept).to_device(out.pairs.device());
+        let len = kept.len() as i64;
+        let pick = |t: &Tensor| t.index_select(0, &index).index_select(1, &index);
+        out.sty.narrow(0, 0, len).narrow(1, 0, len).copy_(&pick(&sty));
+        out.yty.narrow(0, 0, len).narrow(1, 0, len).copy_(&pick(&yty));
+        out.len = kept.len();
+        out.gamma = diagonals[2 * newest as usize] / diagonals[2 * newest as usize + 1];
         out
     }
 
@@ -280,6 +299,19 @@ fn forward(held: &Tensor, columns: &Tensor) -> Tensor {
         .map(|(start, len)| {
             held.narrow(1, start, len).to_kind(Kind::Float).matmul(&columns.narrow(0, start, len)).to_kind(Kind::Double)
         })
+        .reduce(|acc, part| acc + part)
+        .expect("n > 0")
+}
+
+/// The [2k, n] held rows times themselves transposed, [2k, 2k] f64 (a bf16 history slice by
+/// slice: the f32 copy of one slice is the only temporary).
+fn gram(held: &Tensor) -> Tensor {
+    let product = |h: Tensor| h.matmul(&h.transpose(0, 1)).to_kind(Kind::Double);
+    if held.kind() == Kind::Float {
+        return product(held.shallow_clone());
+    }
+    slices(held.size()[1])
+        .map(|(start, len)| product(held.narrow(1, start, len).to_kind(Kind::Float)))
         .reduce(|acc, part| acc + part)
         .expect("n > 0")
 }
@@ -754,6 +786,29 @@ mod tests {
         // a pair with s·y ≤ 0 after the mapping is left out
         let flipped = history.mapped((6, n, false), |v| v.shallow_clone(), -1.0);
         assert!(flipped.is_empty());
+        // … also from the middle of the history, into f32 or bf16 rows: y = w·s with w = 1 on the
+        // second half, and on the first half 1 for even pairs, −0.1 for odd ones; the map keeps
+        // the first half only, so the odd pairs' s·y turns negative
+        let half = (Tensor::arange(n, opts) - n as f64 / 2.0).sign().clamp_min(0.0);
+        let mut history = History::new(8, n, Device::Cpu, false);
+        let mut pairs = Vec::new();
+        for i in 0..8 {
+            let s = Tensor::randn([n], opts) + 0.1;
+            let w = if i % 2 == 0 { half.ones_like() } else { &half * 1.1 - 0.1 };
+            let y = &s * w;
+            history.push(&s, &y, s.dot(&y).double_value(&[]), y.dot(&y).double_value(&[]));
+            pairs.push((s, y));
+        }
+        let first_half = |v: &Tensor| v * (1.0 - &half);
+        for (bf16, tolerance) in [(false, 1e-4), (true, 1e-3)] {
+            let mut mapped = history.mapped((8, n, bf16), first_half, 1.0);
+            let stored = |v: &Tensor| v.to_kind(if bf16 { Kind::BFloat16 } else { Kind::Float }).to_kind(Kind::Double);
+            let even: Vec<(Tensor, Tensor)> =
+                pairs.iter().step_by(2).map(|(s, y)| (stored(&first_half(s)), stored(&first_half(y)))).collect();
+            assert_eq!(mapped.len(), 4, "the odd pairs are left out");
+            let (got, reference) = (as_f64(&mapped.direction(&g)), two_loop(&even, &as_f64(&g)));
+            assert!(abs_max(&(&got - &reference)) <= tolerance * abs_max(&reference), "bf16 {bf16}");
+        }
     }
 
     /// Fine coordinates z (2n), coarse x = D z (each pair of neighbours averaged): the fine
