@@ -164,7 +164,8 @@ impl History {
             }
         }
         let Some(&newest) = kept.last() else { return out };
-        let index = Tensor::from_slice(&kept).to_device(out.pairs.device());
+        // the same selection on the device (no host tensor)
+        let index = sty.diagonal(0, 0, 1).gt(1e-10).nonzero().view([-1]);
         let len = kept.len() as i64;
         let pick = |t: &Tensor| t.index_select(0, &index).index_select(1, &index);
         out.sty.narrow(0, 0, len).narrow(1, 0, len).copy_(&pick(&sty));
