@@ -835,13 +835,7 @@ mod tests {
             let rough = z - twice(&down(z));
             Ok((f + rough.square().sum(Kind::Float).double_value(&[]), twice(&g) * 0.5 + rough * 2.0))
         };
-        let cfg = LbfgsConfig {
-            strong_wolfe: true,
-            tolerance_change: 0.0,
-            tolerance_grad: 0.0,
-            first_step: Some(0.1),
-            ..Default::default()
-        };
+        let cfg = engine_like();
         let mut history = None;
         let x = minimize_with_history(&cfg, &Tensor::zeros([n], opts), 30, &mut FnProblem::new(coarse), &mut history)
             .unwrap()
@@ -870,6 +864,17 @@ mod tests {
         compact_matches_two_loop(true, 1003, 1e-3);
     }
 
+    /// The settings the engine runs with (line search, no tolerances, a first step in pixels).
+    fn engine_like() -> LbfgsConfig {
+        LbfgsConfig {
+            strong_wolfe: true,
+            tolerance_change: 0.0,
+            tolerance_grad: 0.0,
+            first_step: Some(0.1),
+            ..Default::default()
+        }
+    }
+
     /// f = 100 + Σ c_i (x_i − i)², its value rounded to three significant digits: like an
     /// image objective in bf16, a large part that does not go away (here 100) hides small
     /// decreases in the rounding. The gradient is exact.
@@ -882,13 +887,7 @@ mod tests {
 
     #[test]
     fn a_failed_line_search_restarts_and_the_budget_is_spent() {
-        let cfg = LbfgsConfig {
-            strong_wolfe: true,
-            tolerance_change: 0.0,
-            tolerance_grad: 0.0,
-            first_step: Some(0.1),
-            ..Default::default()
-        };
+        let cfg = engine_like();
         let x0 = Tensor::zeros([10], (Kind::Float, Device::Cpu));
         let initial = quadratic(&x0).unwrap().0;
         let out = minimize(&cfg, &x0, 300, rounded_quadratic).unwrap();
