@@ -333,6 +333,10 @@ impl Engine {
             optimizer,
         }
         .run(&x0, run, curvature);
+        if last {
+            // the output size's history has no next scale: free it before the report's evaluation
+            *curvature = None;
+        }
         // at the output size the f32 objective is the refinement's, or this one on an f32 network
         let exact = match (last, refined) {
             (true, Some(o)) => Some(o),
