@@ -408,8 +408,8 @@ pub fn minimize_problem<P: Problem>(
 }
 
 /// [`minimize_problem`] from a `history` of an earlier run (e.g. a coarser scale's, carried by
-/// [`History::mapped`]): when it holds pairs for x's coordinates and as many as the config
-/// keeps, the first direction is the quasi-Newton one with a step of `lr` instead of steepest
+/// [`History::mapped`]): when it holds pairs for x's coordinates, as many and stored as the
+/// config says, the first direction is the quasi-Newton one with a step of `lr` instead of steepest
 /// descent with a first step; otherwise a new history. The run's history is left in `history`
 /// however the run ends (also when the problem stops it).
 pub fn minimize_with_history<P: Problem>(
@@ -441,7 +441,8 @@ pub fn minimize_with_history<P: Problem>(
     }
     let n = x.numel() as i64;
     let m = config.history_size.max(1);
-    if !history.as_ref().is_some_and(|h| h.n() == n && h.m == m) {
+    let kind = if config.history_bf16 { Kind::BFloat16 } else { Kind::Float };
+    if !history.as_ref().is_some_and(|h| h.n() == n && h.m == m && h.pairs.kind() == kind) {
         *history = Some(History::new(m, n, x.device(), config.history_bf16));
     }
     let history = history.as_mut().expect("set above");
