@@ -20,6 +20,7 @@ pub mod memory;
 pub mod objective;
 pub mod ops;
 pub mod optim;
+pub mod pace;
 pub mod params;
 pub mod rng;
 pub mod scale;
@@ -39,6 +40,7 @@ use self::image_io::Picture;
 use self::memory::Plan;
 use self::objective::{Losses, Objective};
 use self::optim::{Curvature, Optimizer};
+use self::pace::Pace;
 use self::scale::{JobRun, Refinement, ScaleRun, StopReason};
 use self::schedule::Scale;
 use self::targets::Inputs;
@@ -111,6 +113,8 @@ pub struct Engine {
     reference: Option<Vgg19>,
     weights: WeightsInfo,
     cuda: CudaOptions,
+    /// Seconds per evaluation by size, from the jobs run so far: how time budgets are split.
+    pace: Pace,
 }
 
 /// A job ready to run: its parameters, pictures, memory plan and schedule.
@@ -160,7 +164,13 @@ impl Engine {
             device::set_cudnn_benchmark(cuda.cudnn_benchmark);
         }
         let reference = (layout != Layout::FP32).then(|| Vgg19::load(weights, device, Layout::FP32));
-        Self { vgg: Vgg19::load(weights, device, layout), reference, weights: weights.info(), cuda }
+        Self {
+            vgg: Vgg19::load(weights, device, layout),
+            reference,
+            weights: weights.info(),
+            cuda,
+            pace: Pace::default(),
+        }
     }
 
     /// How the engine uses a CUDA device.
@@ -285,8 +295,9 @@ impl Engine {
         let Scale { width: w, height: h, .. } = job.schedule[k];
         let last = k + 1 == job.schedule.len();
         let budget = schedule::evaluation_budget(&job.schedule, k, p.evaluations - run.evaluations);
-        let deadline =
-            schedule::deadline(p.max_seconds, run.elapsed(), (job.schedule.len(), k), schedule::coarse_share(p));
+        let sizes: Vec<(u32, u32)> = job.schedule.iter().map(|s| (s.width, s.height)).collect();
+        let costs = self.pace.relative_costs(&sizes);
+        let deadline = schedule::deadline(p.max_seconds, run.elapsed(), (&costs, k), schedule::coarse_share(p));
         let plan = if last {
             job.plan.clone()
         } else {
@@ -311,6 +322,7 @@ impl Engine {
             _ => None,
         };
         let carried_pairs = curvature.as_ref().map_or(0, |h| h.len());
+        let (seconds, evaluations) = (run.elapsed(), run.evaluations);
         let (x, stop) = ScaleRun {
             net: &self.vgg,
             objective: &objective,
@@ -333,6 +345,7 @@ impl Engine {
             optimizer,
         }
         .run(&x0, run, curvature);
+        self.pace.record((w, h), run.evaluations - evaluations, run.elapsed() - seconds);
         if last {
             // the output size's history has no next scale: free it before the report's evaluation
             *curvature = None;

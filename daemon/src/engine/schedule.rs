@@ -152,23 +152,29 @@ pub fn coarse_share(p: &Params) -> f64 {
     }
 }
 
-/// The fraction of the remaining time budget that scale `k` of `n` gets: the coarser scales
-/// split `share` of the budget equally and the output size gets the rest, as with
-/// evaluations; time a scale leaves unused (it converged or ran out of evaluations) rolls over
-/// to the later ones, because each share is taken of what remains.
-pub fn time_share(n: usize, k: usize, share: f64) -> f64 {
+/// The fraction of the remaining time budget that scale `k` gets, where an evaluation at scale
+/// j costs `costs[j]` of one at the output size (the last): each scale's time weighs its
+/// evaluation share (as [`scales`]: the coarser scales split `share`, the output size gets the
+/// rest) times its cost, so that in time too the coarse scales get their share of the
+/// *evaluations*. On the suite (docs/benchmarks.md), from the content at 128 px on a CPU where a
+/// 64 px evaluation costs 0.4 of a 128 px one, a quarter of the *time* gave the coarse scale
+/// 45–50% of the evaluations and ended worse than single scale; its evaluation share (12% of
+/// the time) beat single scale in every run. Time a scale leaves unused (it converged or ran out
+/// of evaluations) rolls over to the later ones, because each share is taken of what remains.
+pub fn time_share(costs: &[f64], k: usize, share: f64) -> f64 {
+    let n = costs.len();
     if k + 1 >= n {
         return 1.0;
     }
-    let coarse = share / (n - 1) as f64;
-    let remaining_weight = coarse * (n - 1 - k) as f64 + (1.0 - share);
-    coarse / remaining_weight
+    let weight = |j: usize| if j + 1 == n { 1.0 - share } else { share / (n - 1) as f64 * costs[j] };
+    weight(k) / (k..n).map(weight).sum::<f64>()
 }
 
-/// When scale `k` of `n` must hand on (seconds since the job started), `now` seconds into a job
-/// with a time budget of `max_seconds` whose coarse scales split `share` of it.
-pub fn deadline(max_seconds: Option<f64>, now: f64, (n, k): (usize, usize), share: f64) -> Option<f64> {
-    max_seconds.map(|t| now + time_share(n, k, share) * (t - now).max(0.0))
+/// When scale `k` must hand on (seconds since the job started), `now` seconds into a job with a
+/// time budget of `max_seconds` whose coarse scales split `share` of the evaluations and whose
+/// scales' evaluations cost `costs` relative to the output size's ([`time_share`]).
+pub fn deadline(max_seconds: Option<f64>, now: f64, (costs, k): (&[f64], usize), share: f64) -> Option<f64> {
+    max_seconds.map(|t| now + time_share(costs, k, share) * (t - now).max(0.0))
 }
 
 /// With a reduced-precision network, the job-wide evaluation count from which the output scale
@@ -224,15 +230,18 @@ mod tests {
         assert_eq!(scales(&big, 2048, 40).len(), 2, "1024×20 is the last with both sides ≥ 16");
         let single = Params { multiscale: Some(false), ..Params::default() };
         assert_eq!(tuples(scales(&single, 2048, 2048)), vec![(2048, 2048, 500)]);
-        // time shares: coarse scales split half the budget, the output size gets the rest
-        let shares: Vec<f64> = (0..3).map(|k| time_share(3, k, 0.5)).collect();
+        // time shares where evaluations cost the same at every size: coarse scales split half
+        // the budget, the output size gets the rest
+        let same = [1.0; 3];
+        let shares: Vec<f64> = (0..3).map(|k| time_share(&same, k, 0.5)).collect();
         assert!((shares[0] - 0.25).abs() < 1e-12 && (shares[1] - 1.0 / 3.0).abs() < 1e-12 && shares[2] == 1.0);
-        assert_eq!(time_share(1, 0, 0.5), 1.0);
+        assert_eq!(time_share(&[1.0], 0, 0.5), 1.0);
         // from an image the coarse scales split a quarter: 1/8 each of 3 scales, then 1/7 of the rest
         let content = Params { init: Init::Content, evaluations: 500, ..Params::default() };
         assert_eq!(coarse_share(&content), 0.25);
         assert_eq!(tuples(scales(&content, 512, 384)), vec![(128, 96, 62), (256, 192, 62), (512, 384, 376)]);
-        assert!((time_share(3, 0, 0.25) - 0.125).abs() < 1e-12 && (time_share(3, 1, 0.25) - 1.0 / 7.0).abs() < 1e-12);
+        assert!((time_share(&same, 0, 0.25) - 0.125).abs() < 1e-12);
+        assert!((time_share(&same, 1, 0.25) - 1.0 / 7.0).abs() < 1e-12);
         // unused evaluations roll over, later scales keep theirs
         let s = scales(&p, 512, 384);
         assert_eq!(evaluation_budget(&s, 0, 500), 125);
@@ -272,11 +281,33 @@ mod tests {
     }
 
     #[test]
+    fn time_is_shared_so_that_each_scale_gets_its_share_of_the_evaluations() {
+        // from the content (a quarter of the evaluations coarse), a 64 px evaluation at 0.4 of a
+        // 128 px one: 0.25·0.4 / (0.25·0.4 + 0.75) ≈ 12% of the time
+        let costs = [0.4, 1.0];
+        let t = time_share(&costs, 0, 0.25);
+        assert!((t - 0.1 / 0.85).abs() < 1e-12, "{t}");
+        // which buys the coarse scale a quarter of the evaluations
+        let (coarse, fine) = (t / 0.4, (1.0 - t) / 1.0);
+        assert!((coarse / (coarse + fine) - 0.25).abs() < 1e-12);
+        // three scales from noise at ¼ and 0.5 the cost: shares of what remains, rolling over
+        let costs = [0.25, 0.5, 1.0];
+        let first = time_share(&costs, 0, 0.5);
+        assert!((first - 0.0625 / (0.0625 + 0.125 + 0.5)).abs() < 1e-12);
+        assert!((time_share(&costs, 1, 0.5) - 0.125 / 0.625).abs() < 1e-12);
+        // evaluations that cost what the output's do: the time split is the evaluation split
+        assert!((time_share(&[1.0, 1.0], 0, 0.25) - 0.25).abs() < 1e-12);
+        // deadlines: the share of what is left
+        assert_eq!(deadline(Some(10.0), 2.0, (&[1.0, 1.0], 0), 0.25), Some(4.0));
+    }
+
+    #[test]
     fn deadlines_refinement_and_stalls() {
         // 10 s budget, 3 scales, 2 s already spent: the first scale gets a quarter of the 8 left
-        assert_eq!(deadline(Some(10.0), 2.0, (3, 0), 0.5), Some(4.0));
-        assert_eq!(deadline(Some(10.0), 2.0, (3, 2), 0.5), Some(10.0));
-        assert_eq!(deadline(None, 2.0, (3, 0), 0.5), None);
+        let same = [1.0; 3];
+        assert_eq!(deadline(Some(10.0), 2.0, (&same, 0), 0.5), Some(4.0));
+        assert_eq!(deadline(Some(10.0), 2.0, (&same, 2), 0.5), Some(10.0));
+        assert_eq!(deadline(None, 2.0, (&same, 0), 0.5), None);
         // the last 30% of a 100-evaluation output scale that starts after 50 evaluations
         assert_eq!(refine_from(50, 100), 120);
         assert_eq!(refine_from(0, 1), 0, "a one-evaluation scale refines at once");
