@@ -223,8 +223,8 @@ fn max_seconds_is_a_time_budget() {
     assert!((2..100000).contains(&evaluations), "{evaluations} evaluations");
     assert!(s["total_loss"].as_f64().unwrap() < s["initial_loss"].as_f64().unwrap());
     assert!(image::open(&out).is_ok());
-    // multi-scale: the budget is shared, so a short one still reaches the output size after
-    // many cheap coarse evaluations
+    // multi-scale: the budget is shared, so a short one still reaches the output size, each scale
+    // with its share of the evaluations
     let o = stylize(
         &image("tubingen.jpg"),
         &image("starry_night.jpg"),
@@ -238,9 +238,11 @@ fn max_seconds_is_a_time_budget() {
         scales.iter().map(|x| x["width"].as_u64().unwrap().max(x["height"].as_u64().unwrap())).collect();
     assert_eq!(sizes, [64, 128, 256], "{scales:?}");
     let per: Vec<u64> = scales.iter().map(|x| x["evaluations"].as_u64().unwrap()).collect();
-    // (on a loaded machine the output scale may get a single evaluation; the coarse one always
-    // gets more, being 16× cheaper)
-    assert!(per[0] > per[2] && per.iter().all(|&n| n >= 1), "evaluations per scale {per:?}");
+    // from noise the two coarse scales get a quarter of the evaluations each and the output size
+    // half: time is shared by what an evaluation costs at each size (estimated before the sizes
+    // are measured, so only roughly)
+    let output_share = per[2] as f64 / per.iter().sum::<u64>() as f64;
+    assert!(per.iter().all(|&n| n >= 2) && (0.2..0.8).contains(&output_share), "evaluations per scale {per:?}");
     assert!(s["total_loss"].as_f64().unwrap() < s["initial_loss"].as_f64().unwrap());
     let o = stylize(&image("tubingen.jpg"), &image("starry_night.jpg"), &out, &["--max-seconds", "0"]);
     assert_eq!(o.status.code(), Some(1));

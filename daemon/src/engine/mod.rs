@@ -322,8 +322,7 @@ impl Engine {
             _ => None,
         };
         let carried_pairs = curvature.as_ref().map_or(0, |h| h.len());
-        let (seconds, evaluations) = (run.elapsed(), run.evaluations);
-        let (x, stop) = ScaleRun {
+        let (x, stop, (evaluations, seconds)) = ScaleRun {
             net: &self.vgg,
             objective: &objective,
             refinement: refined.as_ref().map(|o| Refinement {
@@ -345,7 +344,7 @@ impl Engine {
             optimizer,
         }
         .run(&x0, run, curvature);
-        self.pace.record((w, h), run.evaluations - evaluations, run.elapsed() - seconds);
+        self.pace.record((w, h), evaluations, seconds);
         if last {
             // the output size's history has no next scale: free it before the report's evaluation
             *curvature = None;

@@ -148,6 +148,9 @@ struct Evaluations<'s, 'j, 'o> {
     precise: bool,
     /// CUDA graphs of the working and the f32 network's evaluation.
     graphs: [Slot; 2],
+    /// The job's evaluation count and clock after this scale's first evaluation (which pays for
+    /// first-call work: cuDNN autotuning, oneDNN primitives, graph capture).
+    first: Option<(usize, f64)>,
 }
 
 impl Problem for Evaluations<'_, '_, '_> {
@@ -187,6 +190,7 @@ impl Problem for Evaluations<'_, '_, '_> {
             image: x.view(self.shape.as_slice()),
         };
         self.best.offer(losses.total, &x);
+        self.first.get_or_insert((job.evaluations, progress.elapsed.as_secs_f64()));
         let control = job.observer.progress(&progress);
         self.scale.go_on(control, job.elapsed(), job.max_seconds, &self.best.trace)
     }
@@ -208,9 +212,9 @@ impl Problem for Evaluations<'_, '_, '_> {
 
 impl ScaleRun<'_> {
     /// Optimises from `x0` ([1,3,h,w]) and what `curvature` holds (a coarser scale's, carried);
-    /// returns the scale's image and why it stopped, and leaves this scale's curvature in
-    /// `curvature`.
-    pub fn run(&self, x0: &Tensor, job: &mut JobRun, curvature: &mut Curvature) -> (Tensor, StopReason) {
+    /// returns the scale's image, why it stopped and its pace (evaluations after the first, and
+    /// their seconds), and leaves this scale's curvature in `curvature`.
+    pub fn run(&self, x0: &Tensor, job: &mut JobRun, curvature: &mut Curvature) -> (Tensor, StopReason, (usize, f64)) {
         let shape = x0.size();
         let mut problem = Evaluations {
             scale: self,
@@ -220,8 +224,10 @@ impl ScaleRun<'_> {
             current: None,
             precise: false,
             graphs: Default::default(),
+            first: None,
         };
         let outcome = self.optimizer.minimize(&x0.view([-1]), self.budget, &mut problem, curvature);
+        let pace = problem.first.map_or((0, 0.0), |(n, t)| (problem.job.evaluations - n, problem.job.elapsed() - t));
         let (x, stop) = match outcome {
             Ok(o) => {
                 let stop = if o.stop == Stop::Converged { StopReason::Converged } else { StopReason::Budget };
@@ -229,7 +235,7 @@ impl ScaleRun<'_> {
             }
             Err(stop) => (problem.best.x.expect("an evaluation happened before the stop"), stop),
         };
-        (x.view(shape.as_slice()), stop)
+        (x.view(shape.as_slice()), stop, pace)
     }
 
     /// The network and objective of the next evaluation: the f32 ones once the refinement
