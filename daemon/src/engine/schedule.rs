@@ -170,11 +170,12 @@ pub fn time_share(costs: &[f64], k: usize, share: f64) -> f64 {
     weight(k) / (k..n).map(weight).sum::<f64>()
 }
 
-/// When scale `k` must hand on (seconds since the job started), `now` seconds into a job with a
-/// time budget of `max_seconds` whose coarse scales split `share` of the evaluations and whose
-/// scales' evaluations cost `costs` relative to the output size's ([`time_share`]).
-pub fn deadline(max_seconds: Option<f64>, now: f64, (costs, k): (&[f64], usize), share: f64) -> Option<f64> {
-    max_seconds.map(|t| now + time_share(costs, k, share) * (t - now).max(0.0))
+/// When a scale with `share` of the remaining time ([`time_share`]) must hand on, in seconds since
+/// the job started, `now` seconds into a job with a time budget of `max_seconds`. The scale's
+/// clock starts after its first evaluation (`now` then), which pays for first-call work
+/// (autotuning, oneDNN primitives) that says nothing of what its evaluations cost.
+pub fn deadline(max_seconds: Option<f64>, now: f64, share: f64) -> Option<f64> {
+    max_seconds.map(|t| now + share * (t - now).max(0.0))
 }
 
 /// With a reduced-precision network, the job-wide evaluation count from which the output scale
@@ -298,16 +299,16 @@ mod tests {
         // evaluations that cost what the output's do: the time split is the evaluation split
         assert!((time_share(&[1.0, 1.0], 0, 0.25) - 0.25).abs() < 1e-12);
         // deadlines: the share of what is left
-        assert_eq!(deadline(Some(10.0), 2.0, (&[1.0, 1.0], 0), 0.25), Some(4.0));
+        assert_eq!(deadline(Some(10.0), 2.0, time_share(&[1.0, 1.0], 0, 0.25)), Some(4.0));
     }
 
     #[test]
     fn deadlines_refinement_and_stalls() {
         // 10 s budget, 3 scales, 2 s already spent: the first scale gets a quarter of the 8 left
         let same = [1.0; 3];
-        assert_eq!(deadline(Some(10.0), 2.0, (&same, 0), 0.5), Some(4.0));
-        assert_eq!(deadline(Some(10.0), 2.0, (&same, 2), 0.5), Some(10.0));
-        assert_eq!(deadline(None, 2.0, (&same, 0), 0.5), None);
+        assert_eq!(deadline(Some(10.0), 2.0, time_share(&same, 0, 0.5)), Some(4.0));
+        assert_eq!(deadline(Some(10.0), 2.0, time_share(&same, 2, 0.5)), Some(10.0));
+        assert_eq!(deadline(None, 2.0, time_share(&same, 0, 0.5)), None);
         // the last 30% of a 100-evaluation output scale that starts after 50 evaluations
         assert_eq!(refine_from(50, 100), 120);
         assert_eq!(refine_from(0, 1), 0, "a one-evaluation scale refines at once");
