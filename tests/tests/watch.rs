@@ -257,8 +257,11 @@ fn unwritable_output_keeps_inputs_and_resumes_once_fixed() {
     let err = rule_status(&d)["last_error"].as_str().unwrap().to_string();
     assert!(err.contains("the input is kept and retried"), "{err}");
     assert!(d.log_text().contains("cannot write"), "a log line per file");
-    let kept: Vec<String> = files(&input).into_iter().filter(|n| n != "out").collect();
-    assert_eq!(kept, vec!["k0.png", "k1.png", "k2.png"], "inputs kept");
+    // (a file being tried sits in processing/ for the moment: wait until each is back)
+    let kept = || files(&input).into_iter().filter(|n| n != "out").collect::<Vec<String>>();
+    wait_for("every input tried and kept", &d, 60, || {
+        kept() == ["k0.png", "k1.png", "k2.png"] && files(&input.join(".neural-style/processing")).is_empty()
+    });
     assert!(files(&input.join("failed")).is_empty(), "not the files' fault: nothing in failed/");
     // fix it
     std::fs::remove_file(&out).unwrap();
