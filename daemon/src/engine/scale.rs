@@ -152,8 +152,6 @@ struct Evaluations<'s, 'j, 'o> {
     /// The job's evaluation count and clock after this scale's first evaluation (which pays for
     /// first-call work: cuDNN autotuning, oneDNN primitives, graph capture).
     first: Option<(usize, f64)>,
-    /// When this scale must hand on (seconds into the job), set after its first evaluation.
-    deadline: Option<f64>,
 }
 
 impl Problem for Evaluations<'_, '_, '_> {
@@ -193,13 +191,11 @@ impl Problem for Evaluations<'_, '_, '_> {
             image: x.view(self.shape.as_slice()),
         };
         self.best.offer(losses.total, &x);
-        if self.first.is_none() {
-            let now = progress.elapsed.as_secs_f64();
-            self.first = Some((job.evaluations, now));
-            self.deadline = deadline(job.max_seconds, now, self.scale.time_share);
-        }
+        let (_, first) = *self.first.get_or_insert((job.evaluations, progress.elapsed.as_secs_f64()));
+        // this scale's clock starts after its first evaluation
+        let deadline = deadline(job.max_seconds, first, self.scale.time_share);
         let control = job.observer.progress(&progress);
-        self.scale.go_on(control, (job.elapsed(), self.deadline), job.max_seconds, &self.best.trace)
+        self.scale.go_on(control, (job.elapsed(), deadline), job.max_seconds, &self.best.trace)
     }
 
     fn iteration(&mut self) {
@@ -232,7 +228,6 @@ impl ScaleRun<'_> {
             precise: false,
             graphs: Default::default(),
             first: None,
-            deadline: None,
         };
         let outcome = self.optimizer.minimize(&x0.view([-1]), self.budget, &mut problem, curvature);
         let pace = problem.first.map_or((0, 0.0), |(n, t)| (problem.job.evaluations - n, problem.job.elapsed() - t));
