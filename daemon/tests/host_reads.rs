@@ -1,7 +1,8 @@
 //! The optimisation loop reads from the device at most twice per evaluation (each read is a
 //! device sync on a GPU: ~33 µs on an H100, invisible on a CPU, so it is counted here instead
-//! of timed). Every read of the loop goes through `engine::host::read`, which counts them; a
-//! source check makes sure no module of the loop reads around it.
+//! of timed) and uploads at most once. Every read and upload of the loop goes through
+//! `engine::host`, which counts them; a source check makes sure no module of the loop reads
+//! around it or makes host tensors.
 
 mod common;
 
@@ -47,10 +48,14 @@ fn the_loop_reads_from_the_device_at_most_twice_per_evaluation() {
         ("Adam", Params { optimizer: OptimizerKind::Adam, ..single.clone() }),
         ("defaults at 128 px (two scales)", Params { size: Some(128), evaluations: 60, ..Params::default() }),
     ] {
-        let (reads, evaluations) = per_evaluation(&engine, params, host::reads);
-        eprintln!("{name}: {reads:.2} host reads per evaluation over {evaluations} evaluations");
+        let (reads, evaluations) = per_evaluation(&engine, params.clone(), host::reads);
+        let (uploads, _) = per_evaluation(&engine, params, host::uploads);
+        eprintln!(
+            "{name}: {reads:.2} host reads and {uploads:.2} uploads per evaluation over {evaluations} evaluations"
+        );
         assert_eq!(evaluations, 60, "{name}: the budget is spent");
         assert!(reads <= 2.0, "{name}: {reads:.2} host reads per evaluation");
+        assert!(uploads <= 1.0, "{name}: {uploads:.2} uploads per evaluation");
     }
 }
 
@@ -101,7 +106,8 @@ fn an_evaluation_and_the_loop_around_it_launch_few_operators() {
             Params { size: Some(64), evaluations: 60, multiscale: Some(false), init: Init::Noise, ..Params::default() };
         // (optimiser, most operators the loop adds per evaluation)
         for (name, params, limit) in [
-            ("L-BFGS, history 100", Params { lbfgs_history: 100, ..single.clone() }, 37.0),
+            ("L-BFGS, history 100", Params { lbfgs_history: 100, ..single.clone() }, 14.0),
+            ("L-BFGS, history 5 (wraps around)", Params { lbfgs_history: 5, ..single.clone() }, 14.0),
             ("Adam", Params { optimizer: OptimizerKind::Adam, ..single.clone() }, 15.0),
         ] {
             let added = per_evaluation(&engine, params, count).0 - bare as f64;

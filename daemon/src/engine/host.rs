@@ -1,8 +1,10 @@
-//! Reading values from the device to the host. On a GPU each read waits for every queued
+//! Values crossing between the device and the host. On a GPU each read waits for every queued
 //! kernel (a device sync: about 33 µs on an H100, against ~0 on a CPU), so the optimisation loop
-//! reads once per evaluation: the objective's terms and the optimiser's scalars together. Every
-//! read of the loop goes through [`read`], which counts them per thread, so a test can hold the
-//! loop to its budget of reads on any machine.
+//! reads once per evaluation: the objective's terms and the optimiser's scalars together; and
+//! what it sends (L-BFGS's coefficients, once per iteration) goes from pinned memory without
+//! waiting for the device. Every read and upload of the loop goes through [`read`] and
+//! [`upload`], which count them per thread, so a test can hold the loop to its budget on any
+//! machine.
 
 use std::cell::Cell;
 
@@ -10,13 +12,35 @@ use tch::{Device, Kind, Tensor};
 
 thread_local! {
     static READS: Cell<u64> = const { Cell::new(0) };
+    static UPLOADS: Cell<u64> = const { Cell::new(0) };
 }
 
-/// The values of `t` (any shape, any float kind, any device) as f64 on the host: one read.
+/// The values of `t` (any shape, any float kind, any device) as f64 on the host: one read (one
+/// copy; an f32 tensor is widened on the host).
 pub fn read(t: &Tensor) -> Vec<f64> {
     READS.with(|r| r.set(r.get() + 1));
-    let cpu = t.detach().to_kind(Kind::Double).to_device(Device::Cpu).reshape([-1]);
-    Vec::<f64>::try_from(cpu).expect("a float tensor converts to f64")
+    let cpu = t.detach().to_device(Device::Cpu).reshape([-1]);
+    if cpu.kind() == Kind::Float {
+        let values = Vec::<f32>::try_from(cpu).expect("an f32 tensor converts to f32");
+        return values.into_iter().map(f64::from).collect();
+    }
+    Vec::<f64>::try_from(cpu.to_kind(Kind::Double)).expect("a float tensor converts to f64")
+}
+
+/// `values` as an f32 tensor on `device`: on a GPU copied from pinned memory without waiting
+/// for the device (libtorch's pinned-memory cache keeps the buffer until the copy is done).
+pub fn upload(values: &[f32], device: Device) -> Tensor {
+    UPLOADS.with(|u| u.set(u.get() + 1));
+    let host = Tensor::from_slice(values);
+    match device {
+        Device::Cpu => host,
+        _ => host.pin_memory(device).to_device_(device, Kind::Float, true, false),
+    }
+}
+
+/// Uploads of this thread so far.
+pub fn uploads() -> u64 {
+    UPLOADS.with(|u| u.get())
 }
 
 /// Reads of this thread so far.

@@ -3,12 +3,15 @@
 //! line search ported from PyTorch's `_strong_wolfe`), so the same problem from the same start
 //! takes the same path. Unlike torch:
 //!
-//! * **it stays on the device.** The history is two matrices S, Y (a ring buffer of rows) and
-//!   the direction −H·g comes from the compact representation (Byrd, Nocedal & Schnabel 1994,
-//!   eq. 3.1: a few matrix–vector products with S and Y and two small triangular solves, see
-//!   [`History::direction`]) instead of the two-loop recursion's 2m dot products read one by
-//!   one. The scalars the algorithm branches on (the value, g·d, y·s, y·y, max|g|) are read
-//!   once per evaluation, with the problem's own terms: one host read per evaluation;
+//! * **it stays on the device, and launches little there.** The history is two matrices S, Y
+//!   (a ring buffer of rows, with a spare row that holds each trial's pair) and the direction
+//!   −H·g comes from the compact representation (Byrd, Nocedal & Schnabel 1994, eq. 3.1; see
+//!   [`History`]) instead of the two-loop recursion's 2m dot products read one by one. Each
+//!   evaluation's single host read brings, with the problem's own terms, the history's rows
+//!   times the trial's pair and times its gradient (two matrix products); the 2m-sized algebra
+//!   (SᵀY and YᵀY, two triangular solves) then runs on the host in f64, and the direction is one
+//!   product back over the history with the coefficients uploaded: about a dozen operators per
+//!   evaluation, where a GPU pays each one's launch;
 //! * **a failed line search is not convergence.** When the strong-Wolfe search finds no lower
 //!   value (at low precision the values' rounding can hide a decrease), the history is dropped
 //!   and the next iteration starts again from steepest descent with a first step in pixel
@@ -19,6 +22,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use super::super::host;
 use super::{evaluate_and_read, FnProblem, Outcome, Problem, Stop};
 
 /// Settings; the defaults are torch.optim.LBFGS's.
@@ -63,52 +67,75 @@ impl Default for LbfgsConfig {
     }
 }
 
-/// The L-BFGS history on the device: pairs s_i = x_{i+1} − x_i, y_i = g_{i+1} − g_i stored
-/// interleaved as rows of one [m, 2, n] f32 (or bf16) tensor (a ring buffer, allocated once and
-/// uninitialised: no copies as it fills, and on the CPU its pages become resident only as rows
-/// are written; the memory plan counts the full history),
-/// so that every product with S and Y together is one pass over the history; SᵀY and YᵀY are
-/// kept up to date (f64, [m, m], one row and column per new pair); γ = s·y / y·y of the newest
-/// pair (the initial H₀ = γI).
+/// The L-BFGS history: pairs s_i = x_{i+1} − x_i, y_i = g_{i+1} − g_i on the device, stored
+/// interleaved as rows of one [m + 1, 2, n] f32 (or bf16) tensor: a ring buffer of m pairs and
+/// a spare slot (allocated once and uninitialised: no copies as it fills, and on the CPU its
+/// pages become resident only as rows are written; the memory plan counts the full history).
+/// A line search writes each trial's pair (t·d, g − g₀) into the spare slot, and the trial's
+/// host read brings that pair's products with every row (one matrix product) and the gradient's
+/// (one more): when the trial is taken, the spare slot becomes the newest pair's and its row and
+/// column of SᵀY and YᵀY (kept on the host in f64, by slot) are already known; the oldest
+/// pair's slot is the next spare.
 ///
-/// Stored in bf16 (see [`LbfgsConfig::history_bf16`]) the pairs are rounded once, when pushed;
+/// The direction is the compact representation's: with R the upper triangle of SᵀY (pairs in
+/// chronological order), D its diagonal and γ = s·y / y·y of the newest pair (H₀ = γI),
+/// H g = γg + [S γY] [[R⁻ᵀ(D + γYᵀY)R⁻¹, −R⁻ᵀ], [−R⁻¹, 0]] [Sᵀg; γYᵀg]; with u = R⁻¹Sᵀg and
+/// w = R⁻ᵀ((D + γYᵀY)u − γYᵀg): H g = γg + S w − γ Y u. Sᵀg and Yᵀg came with g's read, so the
+/// solves run on the host and the device does one product back: −H g = [S; Y; g]ᵀ c with
+/// c = (−w, γu, −γ) (g in the spare slot's first row).
+///
+/// Stored in bf16 (see [`LbfgsConfig::history_bf16`]) the pairs are rounded once, when written;
 /// every product is taken with the stored (rounded) vectors, so SᵀY, YᵀY, Sᵀg and the direction
 /// are those of one consistent history, in f32 arithmetic over [`BF16_SLICES`] slices of the
 /// coordinates (the f32 copy of a slice is the only temporary: 1/[`BF16_SLICES`] of an f32
-/// history).
+/// history); g is then not stored in the spare slot (it would be rounded) but added apart.
 pub struct History {
     m: usize,
     pairs: Tensor,
     /// Pairs held.
     len: usize,
-    /// Row of the oldest pair once the buffer is full (rows are then in chronological order
-    /// from here, wrapping around).
+    /// Slot of the oldest pair (slots are in chronological order from here, wrapping around
+    /// m + 1 slots); 0 until the buffer first wraps.
     oldest: usize,
-    /// The row of a pair pushed since the last direction: its row and column of SᵀY and YᵀY
-    /// are filled in by the next [`History::direction`], in the same pass as Sᵀg and Yᵀg.
-    pending: Option<i64>,
-    /// [m, m]: sty[i][j] = s_i·y_j, yty[i][j] = y_i·y_j, in row order.
-    sty: Tensor,
-    yty: Tensor,
+    /// Slots 0..written have been written (their rows are finite numbers, not uninitialised
+    /// memory: a product with a zero coefficient must not meet a NaN).
+    written: usize,
+    /// [(m + 1)²] by slot: sty[i·(m + 1) + j] = s_i·y_j, yty likewise y_i·y_j.
+    sty: Vec<f64>,
+    yty: Vec<f64>,
     pub gamma: f64,
+    /// The trial whose pair the spare slot holds.
+    spare_holds: Option<u64>,
 }
 
 /// Slices of the coordinates a bf16 history's products are taken over.
 pub const BF16_SLICES: i64 = 16;
 
+/// The history's rows times a trial's pair and gradient, as read with the trial's value.
+#[derive(Clone, Debug, Default)]
+pub struct Products {
+    /// [2·rows, 2], row-major: row 2i is s_i, row 2i + 1 is y_i (by slot); column 0 is the
+    /// trial's s, column 1 its y. Empty where the point is not a trial on a line.
+    pair: Vec<f64>,
+    /// [2·rows]: s_i·g, y_i·g by slot. Empty where the history was empty.
+    grad: Vec<f64>,
+}
+
 impl History {
     pub fn new(m: usize, n: i64, device: Device, bf16: bool) -> Self {
         let m = m.max(1);
         let kind = if bf16 { Kind::BFloat16 } else { Kind::Float };
+        let slots = m + 1;
         Self {
             m,
-            pairs: Tensor::empty([m as i64, 2, n], (kind, device)),
+            pairs: Tensor::empty([slots as i64, 2, n], (kind, device)),
             len: 0,
             oldest: 0,
-            pending: None,
-            sty: Tensor::zeros([m as i64, m as i64], (Kind::Double, device)),
-            yty: Tensor::zeros([m as i64, m as i64], (Kind::Double, device)),
+            written: 0,
+            sty: vec![0.0; slots * slots],
+            yty: vec![0.0; slots * slots],
             gamma: 1.0,
+            spare_holds: None,
         }
     }
 
@@ -125,12 +152,138 @@ impl History {
         self.pairs.size()[2]
     }
 
-    /// The pairs held, oldest first, as f32 rows (views of the history where it is f32).
-    fn chronological(&self) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
-        (0..self.len).map(|i| {
-            let row = self.pairs.get(((self.oldest + i) % self.m) as i64);
-            (row.get(0).to_kind(Kind::Float), row.get(1).to_kind(Kind::Float))
-        })
+    fn slots(&self) -> usize {
+        self.m + 1
+    }
+
+    fn bf16(&self) -> bool {
+        self.pairs.kind() == Kind::BFloat16
+    }
+
+    /// The slot a new pair goes into.
+    fn spare(&self) -> usize {
+        (self.oldest + self.len) % self.slots()
+    }
+
+    /// The slots of the pairs held, oldest first.
+    fn chronological(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len).map(|i| (self.oldest + i) % self.slots())
+    }
+
+    /// Slots the products run over: the pairs held (and the spare slot where `spare`), as a
+    /// prefix of the buffer (all of it once it has wrapped).
+    fn rows(&self, spare: bool) -> usize {
+        if self.oldest == 0 {
+            self.len + usize::from(spare)
+        } else {
+            self.slots()
+        }
+    }
+
+    /// The first `rows` slots as [2·rows, n] rows s_0, y_0, s_1, …
+    fn held(&self, rows: usize) -> Tensor {
+        self.pairs.narrow(0, 0, rows as i64).view([2 * rows as i64, -1])
+    }
+
+    /// Writes a trial's s = t·d into the spare slot; returns s (unrounded where the history is
+    /// bf16).
+    fn write_step(&mut self, d: &Tensor, t: f64, trial: u64) -> Tensor {
+        let mut s_row = self.pairs.get(self.spare() as i64).get(0);
+        self.spare_holds = Some(trial);
+        if s_row.kind() == d.kind() {
+            // (the `out` variants return their output, the row itself)
+            d.mul_scalar_out(&s_row, t)
+        } else {
+            let s = d * t;
+            s_row.copy_(&s);
+            s
+        }
+    }
+
+    /// Writes a trial's y = g − g₀ into the spare slot (after [`History::write_step`]).
+    fn write_gradient_change(&mut self, g: &Tensor, g0: &Tensor) {
+        let spare = self.spare();
+        let mut y_row = self.pairs.get(spare as i64).get(1);
+        if y_row.kind() == g.kind() {
+            let _ = g.sub_out(&y_row, g0);
+        } else {
+            y_row.copy_(&(g - g0));
+        }
+        self.written = self.written.max(spare + 1);
+    }
+
+    /// Device tensors of the products a point's read brings (see [`Products`]): the rows held
+    /// (and the spare slot's pair, when `pair`) times the spare slot's pair and times `g`.
+    fn products(&self, g: &Tensor, pair: bool) -> Vec<Tensor> {
+        let rows = self.rows(pair);
+        if rows == 0 {
+            return Vec::new();
+        }
+        let held = self.held(rows);
+        let mut out = Vec::new();
+        if pair {
+            let spare = self.pairs.get(self.spare() as i64).transpose(0, 1);
+            out.push(forward(&held, &spare).reshape([-1]));
+        }
+        out.push(forward(&held, &g.unsqueeze(1)).reshape([-1]));
+        out
+    }
+
+    /// The values read for [`History::products`], in the same order.
+    fn split_products(&self, values: &[f64], pair: bool) -> Products {
+        let rows = self.rows(pair);
+        if rows == 0 {
+            return Products::default();
+        }
+        let (pair, grad) = values.split_at(if pair { 4 * rows } else { 0 });
+        Products { pair: pair.to_vec(), grad: grad[..2 * rows].to_vec() }
+    }
+
+    /// s·y and y·y of a trial's pair, from its products.
+    fn curvature(&self, p: &Products) -> (f64, f64) {
+        let c = self.spare();
+        (p.pair[(2 * c + 1) * 2], p.pair[(2 * c + 1) * 2 + 1])
+    }
+
+    /// Takes a trial's pair as the newest (the oldest goes when `m` are held), its products with
+    /// the other pairs from its read. When a later trial has written the spare slot since, the
+    /// pair is written again (s = t·d, y = g − g₀: the same numbers).
+    fn accept(&mut self, p: &Products, trial: u64, rewrite: (&Tensor, f64, &Tensor, &Tensor)) {
+        if self.spare_holds != Some(trial) {
+            let (d, t, g, g0) = rewrite;
+            let _ = self.write_step(d, t, trial);
+            self.write_gradient_change(g, g0);
+        }
+        let (c, slots) = (self.spare(), self.slots());
+        for j in self.chronological().chain([c]).collect::<Vec<_>>() {
+            // s_c·y_j, s_j·y_c, y_c·y_j
+            self.sty[c * slots + j] = p.pair[(2 * j + 1) * 2];
+            self.sty[j * slots + c] = p.pair[(2 * j) * 2 + 1];
+            let yy = p.pair[(2 * j + 1) * 2 + 1];
+            (self.yty[c * slots + j], self.yty[j * slots + c]) = (yy, yy);
+        }
+        if self.len < self.m {
+            self.len += 1;
+        } else {
+            self.oldest = (self.oldest + 1) % slots;
+        }
+        self.gamma = self.sty[c * slots + c] / self.yty[c * slots + c];
+        self.spare_holds = None;
+    }
+
+    /// Adds a pair (the oldest goes when `m` are held): its products with the other pairs are
+    /// taken and read here (one host read). The optimiser writes its pairs trial by trial
+    /// instead, with no read of their own.
+    pub fn push(&mut self, s: &Tensor, y: &Tensor) {
+        let spare = self.spare();
+        let row = self.pairs.get(spare as i64);
+        row.get(0).copy_(s);
+        row.get(1).copy_(y);
+        self.written = self.written.max(spare + 1);
+        let values = host::read(&Tensor::cat(&self.products(s, true), 0));
+        let products = self.split_products(&values, true);
+        self.spare_holds = Some(u64::MAX);
+        self.accept(&products, u64::MAX, (s, 0.0, y, y));
     }
 
     /// This history carried to another parameterisation of the problem (a finer scale of the
@@ -138,40 +291,38 @@ impl History {
     /// pairs are (map(s), map(y)·y_scale) for the pairs held here, oldest first, keeping the
     /// newest `m`. A pair whose s·y is not positive after the mapping is left out (it would
     /// make H indefinite). Each pair is mapped straight into its row (one pair's temporaries at a
-    /// time), SᵀY and YᵀY come from one product of the rows with themselves, and the pairs'
-    /// s·y and y·y from one host read.
+    /// time), and SᵀY and YᵀY come from one product of the rows with themselves, read once.
     pub fn mapped(&self, (m, n, bf16): (usize, i64, bool), map: impl Fn(&Tensor) -> Tensor, y_scale: f64) -> History {
         let mut out = History::new(m, n, self.pairs.device(), bf16);
         let mut k = 0;
-        for (s, y) in self.chronological().skip(self.len.saturating_sub(out.m)) {
-            let row = out.pairs.get(k);
-            row.get(0).copy_(&map(&s));
-            row.get(1).copy_(&(map(&y) * y_scale));
+        for slot in self.chronological().skip(self.len.saturating_sub(out.m)) {
+            let (from, to) = (self.pairs.get(slot as i64), out.pairs.get(k as i64));
+            to.get(0).copy_(&map(&from.get(0).to_kind(Kind::Float)));
+            to.get(1).copy_(&(map(&from.get(1).to_kind(Kind::Float)) * y_scale));
             k += 1;
         }
         if k == 0 {
             return out;
         }
+        out.written = k;
         // [2k, 2k] of the rows s_0, y_0, s_1, …: s_i·y_j at (2i, 2j+1), y_i·y_j at (2i+1, 2j+1)
-        let held = out.pairs.narrow(0, 0, k).view([2 * k, -1]);
-        let gram = gram(&held).view([k, 2, k, 2]);
-        let (sty, yty) = (gram.select(3, 1).select(1, 0), gram.select(3, 1).select(1, 1));
-        let diagonals = super::super::host::read(&Tensor::stack(&[sty.diagonal(0, 0, 1), yty.diagonal(0, 0, 1)], 1));
-        let kept: Vec<i64> = (0..k).filter(|&i| diagonals[2 * i as usize] > 1e-10).collect();
+        let gram = host::read(&gram(&out.held(k)));
+        let at = |r: usize, c: usize| gram[r * 2 * k + c];
+        let kept: Vec<usize> = (0..k).filter(|&i| at(2 * i, 2 * i + 1) > 1e-10).collect();
+        let slots = out.slots();
         for (to, &from) in kept.iter().enumerate() {
-            if to as i64 != from {
-                out.pairs.get(to as i64).copy_(&out.pairs.get(from));
+            if to != from {
+                out.pairs.get(to as i64).copy_(&out.pairs.get(from as i64));
+            }
+            for (to_j, &from_j) in kept.iter().enumerate() {
+                out.sty[to * slots + to_j] = at(2 * from, 2 * from_j + 1);
+                out.yty[to * slots + to_j] = at(2 * from + 1, 2 * from_j + 1);
             }
         }
-        let Some(&newest) = kept.last() else { return out };
-        // the same selection on the device (no host tensor)
-        let index = sty.diagonal(0, 0, 1).gt(1e-10).nonzero().view([-1]);
-        let len = kept.len() as i64;
-        let pick = |t: &Tensor| t.index_select(0, &index).index_select(1, &index);
-        out.sty.narrow(0, 0, len).narrow(1, 0, len).copy_(&pick(&sty));
-        out.yty.narrow(0, 0, len).narrow(1, 0, len).copy_(&pick(&yty));
-        out.len = kept.len();
-        out.gamma = diagonals[2 * newest as usize] / diagonals[2 * newest as usize + 1];
+        if let Some(&newest) = kept.last() {
+            out.len = kept.len();
+            out.gamma = at(2 * newest, 2 * newest + 1) / at(2 * newest + 1, 2 * newest + 1);
+        }
         out
     }
 
@@ -179,127 +330,87 @@ impl History {
     pub fn clear(&mut self) {
         self.len = 0;
         self.oldest = 0;
-        self.pending = None;
+        self.spare_holds = None;
     }
 
-    /// Adds a pair (the oldest goes when `m` are held); `ys` = s·y and `yy` = y·y as read.
-    pub fn push(&mut self, s: &Tensor, y: &Tensor, ys: f64, yy: f64) {
-        let row = self.next_row(ys, yy);
-        row.get(0).copy_(s);
-        row.get(1).copy_(y);
+    /// The coefficients (u, w) of the compact representation for the g whose products with the
+    /// rows are `grad` (by slot), in chronological order of the pairs.
+    fn solve(&self, grad: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let slots = self.slots();
+        let order: Vec<usize> = self.chronological().collect();
+        let k = order.len();
+        let r = |i: usize, j: usize| self.sty[order[i] * slots + order[j]];
+        let yty = |i: usize, j: usize| self.yty[order[i] * slots + order[j]];
+        let (a, b): (Vec<f64>, Vec<f64>) = order.iter().map(|&s| (grad[2 * s], grad[2 * s + 1])).unzip();
+        // R u = a, R upper triangular: back substitution
+        let mut u = vec![0.0; k];
+        for i in (0..k).rev() {
+            u[i] = (a[i] - (i + 1..k).map(|j| r(i, j) * u[j]).sum::<f64>()) / r(i, i);
+        }
+        // Rᵀ w = (D + γYᵀY) u − γ b: forward substitution
+        let gamma = self.gamma;
+        let mut w = vec![0.0; k];
+        for i in 0..k {
+            let inner = r(i, i) * u[i] + gamma * (0..k).map(|j| yty(i, j) * u[j]).sum::<f64>() - gamma * b[i];
+            w[i] = (inner - (0..i).map(|j| r(j, i) * w[j]).sum::<f64>()) / r(i, i);
+        }
+        (u, w)
     }
 
-    /// Adds the pair of a step: s = t·d and y = g − g₀, computed into the history's row where it
-    /// is f32 (two operators, no temporaries; a bf16 row takes rounded copies); `ys` = s·y and
-    /// `yy` = y·y as read.
-    pub fn push_step(&mut self, (d, t): (&Tensor, f64), (g, g0): (&Tensor, &Tensor), ys: f64, yy: f64) {
-        let row = self.next_row(ys, yy);
-        let (mut s_row, mut y_row) = (row.get(0), row.get(1));
-        if row.kind() == d.kind() && row.kind() == g.kind() {
-            // (the `out` variants return their output, the row itself)
-            let _ = d.mul_scalar_out(&s_row, t);
-            let _ = g.sub_out(&y_row, g0);
-        } else {
-            s_row.copy_(&(d * t));
-            y_row.copy_(&(g - g0));
+    /// The L-BFGS direction −H·g, for the g whose products with the rows (`grad`, by slot)
+    /// came with its read: the solves on the host, one coefficient upload and one product back
+    /// over the history (see [`History`]).
+    fn step_direction(&mut self, g: &Tensor, grad: &[f64]) -> Tensor {
+        if self.len == 0 {
+            return g * (-self.gamma);
         }
+        let (u, w) = self.solve(grad);
+        let gamma = self.gamma;
+        let bf16 = self.bf16();
+        // with an f32 history g goes into the spare slot's first row; its second row is given
+        // a zero coefficient (and zeros, if it has never been written)
+        let rows = self.rows(!bf16);
+        let mut c = vec![0f32; 2 * rows];
+        for (i, slot) in self.chronological().enumerate() {
+            c[2 * slot] = -w[i] as f32;
+            c[2 * slot + 1] = (gamma * u[i]) as f32;
+        }
+        if bf16 {
+            let back = back(&self.held(rows), &host::upload(&c, g.device()));
+            return g * (-gamma) + back;
+        }
+        let spare = self.spare();
+        c[2 * spare] = -gamma as f32;
+        let row = self.pairs.get(spare as i64);
+        row.get(0).copy_(g);
+        if spare >= self.written {
+            let _ = row.get(1).zero_();
+            self.written = spare + 1;
+        }
+        self.spare_holds = None;
+        back(&self.held(rows), &host::upload(&c, g.device()))
     }
 
-    /// The row the next pair goes into (the oldest pair's once `m` are held), counted as held.
-    fn next_row(&mut self, ys: f64, yy: f64) -> Tensor {
-        if self.pending.is_some() {
-            // two pairs without a direction between them: settle the first one's products now
-            self.products(None);
-        }
-        let slot = if self.len < self.m {
-            self.len
-        } else {
-            let slot = self.oldest;
-            self.oldest = (self.oldest + 1) % self.m;
-            slot
-        };
-        self.len = (self.len + 1).min(self.m);
-        self.pending = Some(slot as i64);
-        self.gamma = ys / yy;
-        self.pairs.get(slot as i64)
-    }
-
-    /// In one pass over the history, [s_0; y_0; s_1; …] · [g, s_p, y_p] for the pending pair p
-    /// (its row and column of SᵀY and YᵀY are filled in) and `g` when given: returns [Sᵀg Yᵀg]
-    /// as [k, 2] f64 (in row order) when `g` is given.
-    fn products(&mut self, g: Option<&Tensor>) -> Option<Tensor> {
-        let k = self.len as i64;
-        let held = self.pairs.narrow(0, 0, k).view([2 * k, -1]);
-        let pending = self.pending.take();
-        let mut columns: Vec<Tensor> = g.iter().map(|g| g.shallow_clone()).collect();
-        if let Some(p) = pending {
-            let row = self.pairs.get(p);
-            columns.extend([row.get(0), row.get(1)]);
-        }
-        if columns.is_empty() {
-            return None;
-        }
-        let first_pair_column = i64::from(g.is_some());
-        let products = forward(&held, &Tensor::stack(&columns, 1)).view([k, 2, -1]);
-        let (s_dot, y_dot) = (products.select(1, 0), products.select(1, 1));
-        if let Some(p) = pending {
-            let (s_new, y_new) = (first_pair_column, first_pair_column + 1);
-            // column p of SᵀY: s_i·y_p; row p: s_p·y_j = y_j·s_p; YᵀY both ways: y_i·y_p
-            self.sty.select(1, p).narrow(0, 0, k).copy_(&s_dot.select(1, y_new));
-            self.sty.select(0, p).narrow(0, 0, k).copy_(&y_dot.select(1, s_new));
-            self.yty.select(1, p).narrow(0, 0, k).copy_(&y_dot.select(1, y_new));
-            self.yty.select(0, p).narrow(0, 0, k).copy_(&y_dot.select(1, y_new));
-        }
-        g.map(|_| products.select(2, 0))
-    }
-
-    /// The L-BFGS direction −H·g, with H from the compact representation:
-    /// H g = γg + [S γY] [[R⁻ᵀ(D + γYᵀY)R⁻¹, −R⁻ᵀ], [−R⁻¹, 0]] [Sᵀg; γYᵀg], where R is the upper
-    /// triangle of SᵀY (pairs in chronological order) and D its diagonal. With u = R⁻¹Sᵀg and
-    /// w = R⁻ᵀ((D + γYᵀY)u − γYᵀg): H g = γg + S w − γ Y u. The same matrix as the two-loop
-    /// recursion (tested), in two passes over the history (one product forward, for Sᵀg, Yᵀg
-    /// and a new pair's row of SᵀY and YᵀY; one back) and no host read.
+    /// [`History::step_direction`] for any g: its products with the rows are taken and read
+    /// here (one host read).
     pub fn direction(&mut self, g: &Tensor) -> Tensor {
         if self.len == 0 {
             return g * (-self.gamma);
         }
-        let k = self.len as i64;
-        let held = self.pairs.narrow(0, 0, k).view([2 * k, -1]);
-        // [k, 2]: s_i·g, y_i·g
-        let dots = self.products(Some(g)).expect("asked for g");
-        let gamma = self.gamma;
-        // rows → chronological order (a full ring buffer starts at `oldest`), and back
-        let shift = -(self.oldest as i64);
-        let chrono = |t: Tensor| if shift == 0 { t } else { t.roll([shift], [0]) };
-        let chrono2 = |t: Tensor| if shift == 0 { t } else { t.roll([shift, shift], [0, 1]) };
-        let rows = |t: Tensor| if shift == 0 { t } else { t.roll([-shift], [0]) };
-        let sty = chrono2(self.sty.narrow(0, 0, k).narrow(1, 0, k));
-        let yty = chrono2(self.yty.narrow(0, 0, k).narrow(1, 0, k));
-        let dots = chrono(dots);
-        let (a, b) = (dots.narrow(1, 0, 1), dots.narrow(1, 1, 1));
-        let r = sty.triu(0);
-        let d = sty.diagonal(0, 0, 1).unsqueeze(1);
-        let u = r.linalg_solve_triangular(&a, true, true, false);
-        let inner = &d * &u + yty.matmul(&u) * gamma - b * gamma;
-        let w = r.transpose(0, 1).linalg_solve_triangular(&inner, false, true, false);
-        // one pass back: S w − γ Y u as [s_0; y_0; …]ᵀ · [w_0, −γu_0, w_1, −γu_1, …]
-        let coefficients = rows(Tensor::cat(&[w, u * (-gamma)], 1));
-        let back = back(&held, &coefficients.view([2 * k]).to_kind(Kind::Float));
-        // −(γg + back), as −γg − back (the same numbers, one operator fewer)
-        g * (-gamma) - back
+        let values = host::read(&Tensor::cat(&self.products(g, false), 0).reshape([-1]));
+        let products = self.split_products(&values, false);
+        self.step_direction(g, &products.grad)
     }
 }
 
-/// The [2k, n] held rows times [n, c] columns, as [2k, c] f64 (a bf16 history slice by slice).
+/// The [2k, n] held rows times [n, c] columns, as [2k, c] f32 (a bf16 history slice by slice).
 fn forward(held: &Tensor, columns: &Tensor) -> Tensor {
-    if held.kind() == Kind::Float {
-        return held.matmul(columns).to_kind(Kind::Double);
+    if held.kind() == Kind::Float && columns.kind() == Kind::Float {
+        return held.matmul(columns);
     }
     let columns = columns.to_kind(Kind::Float);
     slices(held.size()[1])
-        .map(|(start, len)| {
-            held.narrow(1, start, len).to_kind(Kind::Float).matmul(&columns.narrow(0, start, len)).to_kind(Kind::Double)
-        })
+        .map(|(start, len)| held.narrow(1, start, len).to_kind(Kind::Float).matmul(&columns.narrow(0, start, len)))
         .reduce(|acc, part| acc + part)
         .expect("n > 0")
 }
@@ -336,54 +447,110 @@ fn slices(n: i64) -> impl Iterator<Item = (i64, i64)> {
     (0..n).step_by(len.max(1) as usize).map(move |start| (start, len.min(n - start)))
 }
 
-/// An evaluation on the search line x + t·d, with the scalars read along with its value.
+/// An evaluated point, with the scalars read along with its value.
 struct Point {
     /// The point evaluated (never changed afterwards: the problem may keep it).
     x: Tensor,
     t: f64,
     f: f64,
     g: Tensor,
-    /// g·d
+    /// g·d along the line it was tried on (NaN elsewhere).
     gtd: f64,
-    /// (g − g₀)·d and |g − g₀|², for the pair (t·d, g − g₀) should this point be taken.
-    yd: f64,
-    yy: f64,
     /// max |g| (tolerance, first-step scale), and Σ|g| where torch's default first step needs
     /// it (NaN otherwise: not reduced, not read).
     gmax: f64,
     gsum: f64,
+    /// The history's rows times its pair and its gradient.
+    products: Products,
+    /// Which trial of its line it was (0: not a trial).
+    trial: u64,
 }
 
-/// Evaluates the problem at `x`, with max|g|, Σ|g| (when `sum`), and along a line (d, g₀)
-/// g·d, (g − g₀)·d, |g − g₀|², then `extra`, all in the same host read; returns the point and
-/// the extras.
-fn probe<P: Problem>(
-    problem: &mut P,
-    x: &Tensor,
-    t: f64,
-    sum: bool,
-    line: Option<(&Tensor, &Tensor)>,
-    extra: Vec<Tensor>,
-) -> Result<(Point, Vec<f64>), P::Stop> {
+/// max|g| and (when `sum`) Σ|g|, as device scalars.
+fn gradient_norms(g: &Tensor, sum: bool) -> Vec<Tensor> {
+    let norm = |ord: f64| g.linalg_norm(ord, None::<i64>, false, None::<Kind>);
+    let mut s = vec![norm(f64::INFINITY)];
+    if sum {
+        s.push(norm(1.0));
+    }
+    s
+}
+
+/// Evaluates the problem at `x` (not a trial on a line), with max|g|, Σ|g| (when `sum`) and the
+/// history's rows times g in the same host read.
+fn probe<P: Problem>(problem: &mut P, x: &Tensor, sum: bool, history: &History) -> Result<Point, P::Stop> {
     let (terms, g, v) = evaluate_and_read(problem, x, |g| {
-        let mut s = vec![g.abs().max()];
-        if sum {
-            s.push(g.abs().sum(Kind::Float));
-        }
-        if let Some((d, g0)) = line {
-            let y = g - g0;
-            s.extend([g.dot(d), y.dot(d), y.dot(&y)]);
-        }
-        s.extend(extra);
+        let mut s = gradient_norms(g, sum);
+        s.extend(history.products(g, false));
         s
     })?;
-    let mut v = v.into_iter();
-    let mut next = || v.next().expect("the scalars asked for");
-    let gmax = next();
-    let gsum = if sum { next() } else { f64::NAN };
-    let (gtd, yd, yy) = if line.is_some() { (next(), next(), next()) } else { (f64::NAN, f64::NAN, f64::NAN) };
-    let rest = v.collect();
-    Ok((Point { x: x.shallow_clone(), t, f: terms[0], g, gtd, yd, yy, gmax, gsum }, rest))
+    let gmax = v[0];
+    let gsum = if sum { v[1] } else { f64::NAN };
+    let products = history.split_products(&v[1 + usize::from(sum)..], false);
+    Ok(Point { x: x.shallow_clone(), t: 0.0, f: terms[0], g, gtd: f64::NAN, gmax, gsum, products, trial: 0 })
+}
+
+/// The line x₀ + t·d searched from a point with gradient g₀; each trial's pair goes into the
+/// history's spare slot.
+struct Line<'a> {
+    x0: &'a Tensor,
+    d: &'a Tensor,
+    g0: &'a Tensor,
+    history: &'a mut History,
+    sum: bool,
+    trials: u64,
+}
+
+impl Line<'_> {
+    /// Evaluates the problem at x₀ + t·d, with max|g|, Σ|g| (when `sum`), g·d and the history's
+    /// rows times the trial's pair and g, then `extra`, all in the same host read; returns the
+    /// point and the extras.
+    fn probe<P: Problem>(&mut self, problem: &mut P, t: f64, extra: Vec<Tensor>) -> Result<(Point, Vec<f64>), P::Stop> {
+        self.trials += 1;
+        let trial = self.trials;
+        let x = self.x0 + self.history.write_step(self.d, t, trial);
+        let (history, d, g0, sum) = (&mut *self.history, self.d, self.g0, self.sum);
+        let (terms, g, v) = evaluate_and_read(problem, &x, |g| {
+            history.write_gradient_change(g, g0);
+            let mut s = gradient_norms(g, sum);
+            s.push(g.dot(d));
+            s.extend(extra);
+            s.extend(history.products(g, true));
+            s
+        })?;
+        let mut v = v.into_iter();
+        let mut next = || v.next().expect("the scalars asked for");
+        let gmax = next();
+        let gsum = if sum { next() } else { f64::NAN };
+        let gtd = next();
+        let rest: Vec<f64> = v.collect();
+        let (extras, products) = rest.split_at(rest.len() - self.history.rows(true) * 6);
+        let products = self.history.split_products(products, true);
+        Ok((Point { x, t, f: terms[0], g, gtd, gmax, gsum, products, trial }, extras.to_vec()))
+    }
+
+    /// The start of the line as a point (t = 0).
+    fn start(&self, f0: f64, gtd0: f64) -> Point {
+        Point {
+            x: self.x0.shallow_clone(),
+            t: 0.0,
+            f: f0,
+            g: self.g0.shallow_clone(),
+            gtd: gtd0,
+            gmax: 0.0,
+            gsum: 0.0,
+            products: Products::default(),
+            trial: 0,
+        }
+    }
+
+    /// Takes the pair of the trial `p` into the history when its s·y is positive.
+    fn take(&mut self, p: &Point) {
+        let (ys, _) = self.history.curvature(&p.products);
+        if ys > 1e-10 {
+            self.history.accept(&p.products, p.trial, (self.d, p.t, &p.g, self.g0));
+        }
+    }
 }
 
 /// Minimises `f` from `x0` with at most `max_evals` evaluations of `f`. `f` maps a flat point
@@ -420,25 +587,7 @@ pub fn minimize_with_history<P: Problem>(
     history: &mut Option<History>,
 ) -> Result<Outcome, P::Stop> {
     // x is replaced, never changed in place: the problem may keep the points it evaluated
-    let mut x = x0.detach().copy();
-    // Σ|g| only for torch's default first step
-    let sum = config.first_step.is_none();
-    let (start, _) = probe(problem, &x, 0.0, sum, None, Vec::new())?;
-    let (mut loss, mut g, mut gmax, mut gsum) = (start.f, start.g, start.gmax, start.gsum);
-    let mut evals = 1;
-    let mut iterations = 0;
-    let mut failed_searches = 0;
-    let done = |x, value, evaluations, iterations, stop, failed_searches| Outcome {
-        x,
-        value,
-        evaluations,
-        iterations,
-        stop,
-        failed_searches,
-    };
-    if gmax <= config.tolerance_grad {
-        return Ok(done(x, loss, evals, iterations, Stop::Converged, failed_searches));
-    }
+    let x = x0.detach().copy();
     let n = x.numel() as i64;
     let m = config.history_size.max(1);
     let kind = if config.history_bf16 { Kind::BFloat16 } else { Kind::Float };
@@ -446,45 +595,69 @@ pub fn minimize_with_history<P: Problem>(
         *history = Some(History::new(m, n, x.device(), config.history_bf16));
     }
     let history = history.as_mut().expect("set above");
+    // Σ|g| only for torch's default first step
+    let sum = config.first_step.is_none();
+    let mut here = probe(problem, &x, sum, history)?;
+    let mut evals = 1;
+    let mut iterations = 0;
+    let mut failed_searches = 0;
+    let done = |p: Point, evaluations, iterations, stop, failed_searches| Outcome {
+        x: p.x,
+        value: p.f,
+        evaluations,
+        iterations,
+        stop,
+        failed_searches,
+    };
+    if here.gmax <= config.tolerance_grad {
+        return Ok(done(here, evals, iterations, Stop::Converged, failed_searches));
+    }
     // the next direction is steepest descent with a first step (the first iteration without a
     // carried history, and after a failed line search: then `restarts` consecutive failures
     // shorten the step)
     let mut fresh = history.is_empty();
     let mut restarts = 0;
+    // max|d| only where a tolerance on the change asks for it
+    let dmax_needed = config.tolerance_change > 0.0;
     while evals < max_evals {
         iterations += 1;
         problem.iteration();
-        let d = if fresh { g.neg() } else { history.direction(&g) };
+        let g = &here.g;
+        let d = if fresh { g.neg() } else { history.step_direction(g, &here.products.grad) };
         let t = if fresh {
             let shorter = 0.1f64.powi(restarts);
             match config.first_step {
-                Some(step) => shorter * step / gmax.max(f64::MIN_POSITIVE),
-                None => shorter * (1.0f64).min(1.0 / gsum) * config.lr,
+                Some(step) => shorter * step / here.gmax.max(f64::MIN_POSITIVE),
+                None => shorter * (1.0f64).min(1.0 / here.gsum) * config.lr,
             }
         } else {
             config.lr
         };
-        let prev_loss = loss;
-        // g·d and max|d| are read with the first evaluation along d
-        let extra = vec![g.dot(&d), d.abs().max()];
+        let prev_loss = here.f;
+        // g·d (and max|d|) are read with the first evaluation along d
+        let mut extra = vec![g.dot(&d)];
+        if dmax_needed {
+            extra.push(d.linalg_norm(f64::INFINITY, None::<i64>, false, None::<Kind>));
+        }
+        let mut line = Line { x0: &here.x, d: &d, g0: g, history, sum, trials: 0 };
         let (point, gtd0, dmax) = if config.strong_wolfe {
             // the search's first evaluation plus at most `max_ls` more stay within the budget
             let max_ls = (max_evals - evals).min(25) - 1;
-            let limits = Limits { tolerance_change: config.tolerance_change, max_ls, patience: config.patience, sum };
-            let ls = strong_wolfe(problem, &x, t, &d, loss, &g, extra, limits)?;
+            let limits = Limits { tolerance_change: config.tolerance_change, max_ls, patience: config.patience };
+            let ls = strong_wolfe(problem, &mut line, t, here.f, extra, limits)?;
             evals += ls.evals;
             tracing::trace!(iterations, fresh, trials = ls.evals, t = ls.best.t, value = ls.best.f, "line search");
             (ls.best, ls.gtd0, ls.dmax)
         } else {
-            let (p, v) = probe(problem, &(&x + &d * t), t, sum, Some((&d, &g)), extra)?;
+            let (p, v) = line.probe(problem, t, extra)?;
             evals += 1;
-            (p, v[0], v[1])
+            (p, v[0], v.get(1).copied().unwrap_or(f64::INFINITY))
         };
         if gtd0 > -config.tolerance_change || point.t == 0.0 {
             // not a descent direction, or no decrease found along it
             if fresh && gtd0 > -config.tolerance_change {
                 // steepest descent itself: |g|² is below tolerance
-                return Ok(done(x, loss, evals, iterations, Stop::Converged, failed_searches));
+                return Ok(done(here, evals, iterations, Stop::Converged, failed_searches));
             }
             failed_searches += 1;
             restarts = if fresh { restarts + 1 } else { 0 };
@@ -493,28 +666,24 @@ pub fn minimize_with_history<P: Problem>(
             if problem.search_failed() && evals < max_evals {
                 // the problem's values changed (e.g. a more precise network): start again here,
                 // with the full first step
-                let (here, _) = probe(problem, &x, 0.0, sum, None, Vec::new())?;
+                here = probe(problem, &here.x, sum, history)?;
                 evals += 1;
-                (loss, g, gmax, gsum) = (here.f, here.g, here.gmax, here.gsum);
                 restarts = 0;
             }
             continue;
         }
-        let ys = point.t * point.yd;
-        if ys > 1e-10 {
-            history.push_step((&d, point.t), (&point.g, &g), ys, point.yy);
-        }
-        (x, loss, g, gmax, gsum) = (point.x, point.f, point.g, point.gmax, point.gsum);
+        line.take(&point);
+        here = point;
         fresh = false;
         restarts = 0;
-        if gmax <= config.tolerance_grad
-            || dmax * point.t <= config.tolerance_change
-            || (loss - prev_loss).abs() < config.tolerance_change
+        if here.gmax <= config.tolerance_grad
+            || dmax * here.t <= config.tolerance_change
+            || (here.f - prev_loss).abs() < config.tolerance_change
         {
-            return Ok(done(x, loss, evals, iterations, Stop::Converged, failed_searches));
+            return Ok(done(here, evals, iterations, Stop::Converged, failed_searches));
         }
     }
-    Ok(done(x, loss, evals, iterations, Stop::Budget, failed_searches))
+    Ok(done(here, evals, iterations, Stop::Budget, failed_searches))
 }
 
 /// Minimiser of the cubic interpolating (x1, f1, g1), (x2, f2, g2), clamped to `bounds`.
@@ -542,66 +711,47 @@ struct Limits {
     max_ls: usize,
     /// See [`LbfgsConfig::patience`].
     patience: Option<usize>,
-    /// Read Σ|g| with each evaluation (torch's default first step).
-    sum: bool,
 }
 
 struct LineSearch {
     /// The point taken: the start point (t = 0) when no decrease was found.
     best: Point,
     evals: usize,
-    /// g₀·d and max|d|, read with the first evaluation.
+    /// g₀·d and max|d|, read with the first evaluation (max|d| infinite where not asked for).
     gtd0: f64,
     dmax: f64,
 }
 
-/// Strong-Wolfe line search (c1 = 1e-4, c2 = 0.9), as torch.optim.lbfgs._strong_wolfe, from x
-/// (value f0, gradient g0) along d. g₀·d and max|d| come as device scalars in `first` and are
-/// read with the first evaluation.
-#[allow(clippy::too_many_arguments)]
+/// Strong-Wolfe line search (c1 = 1e-4, c2 = 0.9), as torch.optim.lbfgs._strong_wolfe, along
+/// `line` from its start (value f0). g₀·d (and max|d|) come as device scalars in `first` and
+/// are read with the first evaluation.
 fn strong_wolfe<P: Problem>(
     problem: &mut P,
-    x: &Tensor,
+    line: &mut Line,
     mut t: f64,
-    d: &Tensor,
     f0: f64,
-    g0: &Tensor,
     first: Vec<Tensor>,
     limits: Limits,
 ) -> Result<LineSearch, P::Stop> {
-    let Limits { tolerance_change, max_ls, patience, sum } = limits;
+    let Limits { tolerance_change, max_ls, patience } = limits;
     let (c1, c2) = (1e-4, 0.9);
-    let (mut new, v) = probe(problem, &(x + d * t), t, sum, Some((d, g0)), first)?;
-    let (gtd0, d_norm) = (v[0], v[1]);
-    let start = || Point {
-        x: x.shallow_clone(),
-        t: 0.0,
-        f: f0,
-        g: g0.shallow_clone(),
-        gtd: gtd0,
-        yd: 0.0,
-        yy: 0.0,
-        gmax: 0.0,
-        gsum: 0.0,
-    };
-    let eval = |problem: &mut P, t: f64| -> Result<Point, P::Stop> {
-        Ok(probe(problem, &(x + d * t), t, sum, Some((d, g0)), Vec::new())?.0)
-    };
+    let (mut new, v) = line.probe(problem, t, first)?;
+    let (gtd0, d_norm) = (v[0], v.get(1).copied().unwrap_or(f64::INFINITY));
     let mut evals = 1;
     // trials so far, and whether any was below the start
     let mut decreased = new.f < f0;
     let out_of_patience = |evals: usize, decreased: bool| !decreased && patience.is_some_and(|p| evals >= p);
     if gtd0 > -tolerance_change || out_of_patience(evals, decreased) {
         // not a descent direction: the caller restarts
-        return Ok(LineSearch { best: start(), evals, gtd0, dmax: d_norm });
+        return Ok(LineSearch { best: line.start(f0, gtd0), evals, gtd0, dmax: d_norm });
     }
-    let mut prev = start();
+    let mut prev = line.start(f0, gtd0);
     let mut ls_iter = 0;
     let mut done = false;
     let mut bracket: Vec<Point>;
     loop {
         if ls_iter >= max_ls {
-            bracket = vec![start(), new];
+            bracket = vec![line.start(f0, gtd0), new];
             break;
         }
         if new.f > f0 + c1 * new.t * gtd0 || (ls_iter > 1 && new.f >= prev.f) || new.gtd >= 0.0 {
@@ -617,12 +767,12 @@ fn strong_wolfe<P: Problem>(
         let max_step = new.t * 10.0;
         t = cubic_interpolate(prev.t, prev.f, prev.gtd, new.t, new.f, new.gtd, Some((min_step, max_step)));
         prev = new;
-        new = eval(problem, t)?;
+        new = line.probe(problem, t, Vec::new())?.0;
         evals += 1;
         ls_iter += 1;
         decreased |= new.f < f0;
         if out_of_patience(evals, decreased) {
-            return Ok(LineSearch { best: start(), evals, gtd0, dmax: d_norm });
+            return Ok(LineSearch { best: line.start(f0, gtd0), evals, gtd0, dmax: d_norm });
         }
     }
     // zoom
@@ -659,12 +809,12 @@ fn strong_wolfe<P: Problem>(
         } else {
             insuf_progress = false;
         }
-        let p = eval(problem, t)?;
+        let p = line.probe(problem, t, Vec::new())?.0;
         evals += 1;
         ls_iter += 1;
         decreased |= p.f < f0;
         if out_of_patience(evals, decreased) {
-            return Ok(LineSearch { best: start(), evals, gtd0, dmax: d_norm });
+            return Ok(LineSearch { best: line.start(f0, gtd0), evals, gtd0, dmax: d_norm });
         }
         if p.f > f0 + c1 * t * gtd0 || p.f >= bracket[low].f {
             bracket[high] = p;
@@ -683,7 +833,7 @@ fn strong_wolfe<P: Problem>(
     let mut best = bracket.swap_remove(if bracket.len() == 1 { 0 } else { low });
     if best.f >= f0 {
         // no decrease: hand back the start point (t = 0)
-        best = start();
+        best = line.start(f0, gtd0);
     }
     Ok(LineSearch { best, evals, gtd0, dmax: d_norm })
 }
@@ -736,8 +886,7 @@ mod tests {
             let y = a.mv(&s);
             let as_stored = |v: &Tensor| v.to_kind(stored).to_kind(Kind::Double);
             let (s, y) = (as_stored(&s), as_stored(&y));
-            let (ys, yy) = (s.dot(&y).double_value(&[]), y.dot(&y).double_value(&[]));
-            history.push(&s.to_kind(Kind::Float), &y.to_kind(Kind::Float), ys, yy);
+            history.push(&s.to_kind(Kind::Float), &y.to_kind(Kind::Float));
             pairs.push((s, y));
             let held = &pairs[pairs.len().saturating_sub(m)..];
             assert_eq!(history.len(), held.len());
@@ -766,7 +915,7 @@ mod tests {
             let s = Tensor::randn([n], opts);
             // y = diag(1..n)·s: s·y > 0
             let y = &s * (Tensor::arange(n, opts) + 1.0);
-            history.push(&s, &y, s.dot(&y).double_value(&[]), y.dot(&y).double_value(&[]));
+            history.push(&s, &y);
             pairs.push((s, y));
         }
         let g = Tensor::randn([n], opts);
@@ -798,7 +947,7 @@ mod tests {
             let s = Tensor::randn([n], opts) + 0.1;
             let w = if i % 2 == 0 { half.ones_like() } else { &half * 1.1 - 0.1 };
             let y = &s * w;
-            history.push(&s, &y, s.dot(&y).double_value(&[]), y.dot(&y).double_value(&[]));
+            history.push(&s, &y);
             pairs.push((s, y));
         }
         let first_half = |v: &Tensor| v * (1.0 - &half);
@@ -922,9 +1071,11 @@ mod tests {
         let d = Tensor::ones([1], (Kind::Float, Device::Cpu));
         let (f0, g0) = f(&x).unwrap();
         let search = |patience| {
-            let limits = Limits { tolerance_change: 0.0, max_ls: 24, patience, sum: false };
+            let limits = Limits { tolerance_change: 0.0, max_ls: 24, patience };
             let first = vec![g0.dot(&d), d.abs().max()];
-            strong_wolfe(&mut FnProblem::new(f), &x, 1.0, &d, f0, &g0, first, limits).unwrap()
+            let mut history = History::new(1, 1, Device::Cpu, false);
+            let mut line = Line { x0: &x, d: &d, g0: &g0, history: &mut history, sum: false, trials: 0 };
+            strong_wolfe(&mut FnProblem::new(f), &mut line, 1.0, f0, first, limits).unwrap()
         };
         // torch's search (no patience) spends all 25 trials closing in on t = 1
         let torch = search(None);

@@ -114,17 +114,17 @@ impl Optimizer {
     }
 }
 
-/// One evaluation through the problem, read to the host once with `extra` scalars computed from
-/// the gradient: returns (terms, gradient, extras).
+/// One evaluation through the problem, read to the host once with `extra` values (scalars or
+/// vectors) computed from the gradient: returns (terms, gradient, extras flattened).
 fn evaluate_and_read<P: Problem>(
     problem: &mut P,
     x: &Tensor,
     extra: impl FnOnce(&Tensor) -> Vec<Tensor>,
 ) -> Result<(Vec<f64>, Tensor, Vec<f64>), P::Stop> {
     let (terms, grad) = problem.evaluate(x);
-    let device = grad.device();
-    let mut parts = vec![terms.to_kind(tch::Kind::Double).to_device(device).reshape([-1])];
-    parts.extend(extra(&grad).into_iter().map(|t| t.to_kind(tch::Kind::Double).reshape([1])));
+    // one operator joins them all (promoting to the widest kind), one more copies them out
+    let mut parts = vec![terms.reshape([-1])];
+    parts.extend(extra(&grad).into_iter().map(|t| t.reshape([-1])));
     let n_terms = parts[0].numel();
     let mut values = super::host::read(&Tensor::cat(&parts, 0));
     let extras = values.split_off(n_terms);
