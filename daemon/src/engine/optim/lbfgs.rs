@@ -1075,16 +1075,28 @@ mod tests {
             let first = vec![g0.dot(&d), d.abs().max()];
             let mut history = History::new(1, 1, Device::Cpu, false);
             let mut line = Line { x0: &x, d: &d, g0: &g0, history: &mut history, sum: false, trials: 0 };
-            strong_wolfe(&mut FnProblem::new(f), &mut line, 1.0, f0, first, limits).unwrap()
+            let search = strong_wolfe(&mut FnProblem::new(f), &mut line, 1.0, f0, first, limits).unwrap();
+            line.take(&search.best);
+            (search, history)
         };
         // torch's search (no patience) spends all 25 trials closing in on t = 1
-        let torch = search(None);
+        let (torch, _) = search(None);
         assert_eq!((torch.evals, torch.best.f), (25, 0.0));
         // with patience 4 it stops 4 trials after its best point and takes that point
-        let patient = search(Some(4));
+        let (patient, mut history) = search(Some(4));
         assert_eq!(patient.evals, 5);
         assert_eq!(patient.best.f, 0.0, "the decrease found is kept");
         assert!(patient.best.t > 0.85 && patient.best.t <= 1.0, "t = {}", patient.best.t);
+        // the history's pair is that point's (s = t·d, y = g − g₀), not the last trial's, whose
+        // pair the spare slot held: the rows are written again, and agree with the products read
+        let (t, g) = (patient.best.t, patient.best.g.double_value(&[0]));
+        let (s, y) = (history.pairs.double_value(&[0, 0, 0]), history.pairs.double_value(&[0, 1, 0]));
+        let y_expected = g - g0.double_value(&[0]);
+        assert!((s - t).abs() < 1e-6 && (y - y_expected).abs() < 1e-6, "pair ({s}, {y}), expected ({t}, {y_expected})");
+        assert!((history.gamma - s / y).abs() < 1e-6 * (s / y).abs(), "γ = {} for s/y = {}", history.gamma, s / y);
+        // one pair in 1-D: H = s/y, so −H·g = −g·s/y
+        let direction = history.direction(&Tensor::from_slice(&[1.0f32])).double_value(&[0]);
+        assert!((direction + s / y).abs() < 1e-5 * (s / y).abs(), "{direction}");
     }
 
     fn quadratic(x: &Tensor) -> Result<(f64, Tensor), ()> {
