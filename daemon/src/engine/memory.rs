@@ -37,7 +37,8 @@ pub const ACTIVATION_OVERHEAD: f64 = 1.1;
 /// the allocator's slack (the same 512 px job peaks 1.02–1.17 GiB from run to run).
 pub const BASE_BYTES: u64 = 512 << 20;
 /// Image-sized vectors one L-BFGS history pair costs at the peak: its two stored vectors plus the
-/// two-loop recursion's temporaries and allocator slack (measured at 512 and 1024 px).
+/// temporaries and allocator slack (measured at 512 and 1024 px; the spare slot of the ring buffer
+/// is 1/m of a pair more).
 pub const PAIR_VECTORS: u64 = 3;
 /// The same, in f32-vector units (halves), for a history stored in bf16: its two stored vectors
 /// are one f32 vector, plus the f32 copy of one slice per product and slack (measured, see
