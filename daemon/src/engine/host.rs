@@ -34,7 +34,11 @@ pub fn upload(values: &[f32], device: Device) -> Tensor {
     let host = Tensor::from_slice(values);
     match device {
         Device::Cpu => host,
-        _ => host.pin_memory(device).to_device_(device, Kind::Float, true, false),
+        // (should pinning fail, a plain copy: it waits for the device, but the values arrive)
+        _ => host
+            .f_pin_memory(device)
+            .and_then(|pinned| pinned.f_to_device_(device, Kind::Float, true, false))
+            .unwrap_or_else(|_| host.to_device(device)),
     }
 }
 
