@@ -169,7 +169,7 @@ impl Engine {
             reference,
             weights: weights.info(),
             cuda,
-            pace: Pace::default(),
+            pace: Pace::new(device),
         }
     }
 
