@@ -245,15 +245,9 @@ impl History {
         (p.pair[(2 * c + 1) * 2], p.pair[(2 * c + 1) * 2 + 1])
     }
 
-    /// Takes a trial's pair as the newest (the oldest goes when `m` are held), its products with
-    /// the other pairs from its read. When a later trial has written the spare slot since, the
-    /// pair is written again (s = t·d, y = g − g₀: the same numbers).
-    fn accept(&mut self, p: &Products, trial: u64, rewrite: (&Tensor, f64, &Tensor, &Tensor)) {
-        if self.spare_holds != Some(trial) {
-            let (d, t, g, g0) = rewrite;
-            let _ = self.write_step(d, t, trial);
-            self.write_gradient_change(g, g0);
-        }
+    /// Takes the pair in the spare slot as the newest (the oldest goes when `m` are held), its
+    /// products with the other pairs from the read that brought `p`.
+    fn accept(&mut self, p: &Products) {
         let (c, slots) = (self.spare(), self.slots());
         for j in self.chronological().chain([c]).collect::<Vec<_>>() {
             // s_c·y_j, s_j·y_c, y_c·y_j
@@ -280,10 +274,9 @@ impl History {
         row.get(0).copy_(s);
         row.get(1).copy_(y);
         self.written = self.written.max(spare + 1);
-        let values = host::read(&Tensor::cat(&self.products(s, true), 0));
-        let products = self.split_products(&values, true);
-        self.spare_holds = Some(u64::MAX);
-        self.accept(&products, u64::MAX, (s, 0.0, y, y));
+        let rows = self.rows(true);
+        let pair = host::read(&forward(&self.held(rows), &row.transpose(0, 1)));
+        self.accept(&Products { pair, grad: Vec::new() });
     }
 
     /// This history carried to another parameterisation of the problem (a finer scale of the
@@ -544,12 +537,19 @@ impl Line<'_> {
         }
     }
 
-    /// Takes the pair of the trial `p` into the history when its s·y is positive.
+    /// Takes the pair of the trial `p` into the history when its s·y is positive. When a later
+    /// trial has written the spare slot since, `p`'s pair is written again (s = t·d,
+    /// y = g − g₀: the same numbers as its read's products were taken with).
     fn take(&mut self, p: &Point) {
         let (ys, _) = self.history.curvature(&p.products);
-        if ys > 1e-10 {
-            self.history.accept(&p.products, p.trial, (self.d, p.t, &p.g, self.g0));
+        if ys <= 1e-10 {
+            return;
         }
+        if self.history.spare_holds != Some(p.trial) {
+            let _ = self.history.write_step(self.d, p.t, p.trial);
+            self.history.write_gradient_change(&p.g, self.g0);
+        }
+        self.history.accept(&p.products);
     }
 }
 
