@@ -239,10 +239,9 @@ impl History {
         Products { pair: pair.to_vec(), grad: grad[..2 * rows].to_vec() }
     }
 
-    /// s·y and y·y of a trial's pair, from its products.
-    fn curvature(&self, p: &Products) -> (f64, f64) {
-        let c = self.spare();
-        (p.pair[(2 * c + 1) * 2], p.pair[(2 * c + 1) * 2 + 1])
+    /// s·y of a trial's pair, from its products.
+    fn curvature(&self, p: &Products) -> f64 {
+        p.pair[(2 * self.spare() + 1) * 2]
     }
 
     /// Takes the pair in the spare slot as the newest (the oldest goes when `m` are held), its
@@ -541,8 +540,7 @@ impl Line<'_> {
     /// trial has written the spare slot since, `p`'s pair is written again (s = t·d,
     /// y = g − g₀: the same numbers as its read's products were taken with).
     fn take(&mut self, p: &Point) {
-        let (ys, _) = self.history.curvature(&p.products);
-        if ys <= 1e-10 {
+        if self.history.curvature(&p.products) <= 1e-10 {
             return;
         }
         if self.history.spare_holds != Some(p.trial) {
