@@ -182,6 +182,7 @@ fn bad_output_and_parameters_fail_before_any_work() {
         (dir.path().join("missing/o.png"), vec![], "does not exist"),
         (dir.path().join("o.png"), vec!["--content-layers", "relu9_9"], "unknown layer"),
         (dir.path().join("o.png"), vec!["--style-weights", "1,2"], "blend weights"),
+        (dir.path().join("o.png"), vec!["--style-layer-weights=1,1,-1,1,1"], "non-negative"),
         (dir.path().join("o.png"), vec!["--device", "cuda:7"], "cuda"),
     ] {
         let mut f = vec!["--size", "32", "--iterations", "2"];

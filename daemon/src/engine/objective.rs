@@ -26,104 +26,131 @@
 //! the gradient is one matrix product `F^l C_l` in the network's precision (bf16 by default),
 //! where autograd through `F Fᵀ` would take two f32 products and two precision conversions
 //! ([`gradient_surrogate`]).
+//!
+//! Written for few operators (each a kernel launch on a GPU, whose small scales wait on
+//! launches): per style layer G/M − A is one matrix product (`baddbmm`'s α and β do the
+//! division and the subtraction), scaled by `r_l = √w_l / (2 N_l)` so that eq. 5 over all
+//! layers is one squared norm, `L_style = ‖[r_l (G_l − A_l)]_l‖²`; the gradient's constant is
+//! that same scaled difference with the factor `2 β √w_l / (N_l M_l)` applied inside the
+//! product.
 
-use tch::{Kind, Tensor};
+use tch::{Kind, Reduction, Tensor};
 
 use super::host;
 use super::vgg::{Pooling, Vgg19};
 
+/// Activations [1, N, H, W] as a batch of one matrix, without a copy: F (N × M) when stored
+/// NCHW, Fᵀ (M × N) when stored channels-last (whose storage already is that matrix).
+struct Matrix {
+    mat: Tensor,
+    channels_last: bool,
+}
+
+impl Matrix {
+    fn of(features: &Tensor) -> Self {
+        let (_, n, h, w) = features.size4().expect("activations are 4-D");
+        if features.stride()[1] == 1 && n > 1 {
+            Self { mat: features.permute([0, 2, 3, 1]).reshape([1, h * w, n]), channels_last: true }
+        } else {
+            Self { mat: features.reshape([1, n, h * w]), channels_last: false }
+        }
+    }
+
+    fn to_kind(&self, kind: Kind) -> Self {
+        Self { mat: self.mat.to_kind(kind), channels_last: self.channels_last }
+    }
+
+    /// `beta · minus + alpha · F Fᵀ` ([1, N, N]; `minus` broadcasts), one matrix product.
+    fn gram(&self, minus: &Tensor, beta: f64, alpha: f64) -> Tensor {
+        let t = self.mat.transpose(1, 2);
+        match self.channels_last {
+            true => minus.baddbmm(&t, &self.mat, beta, alpha),
+            false => minus.baddbmm(&self.mat, &t, beta, alpha),
+        }
+    }
+
+    /// `alpha · F C (+ plus)` for a symmetric N × N `c` ([1, N, N]), in the matrix's layout and
+    /// kind, one matrix product (with `plus`, libtorch copies it into the result first).
+    fn times(&self, c: &Tensor, alpha: f64, plus: Option<&Tensor>) -> Tensor {
+        // with β = 0 the input is ignored (its shape only): the matrix itself serves
+        let (input, beta) = plus.map_or((&self.mat, 0.0), |p| (p, 1.0));
+        match self.channels_last {
+            true => input.baddbmm(&self.mat, c, beta, alpha),
+            false => input.baddbmm(c, &self.mat, beta, alpha),
+        }
+    }
+}
+
 /// G^l / M_l for activations of shape [1, N, H, W]: eq. 3 divided by the number of positions.
 pub fn normalised_gram(features: &Tensor) -> Tensor {
-    let (_, n, h, w) = features.size4().expect("activations are 4-D");
-    let m = (h * w) as f64;
-    let strides = features.stride();
-    if strides[1] == 1 && n > 1 {
-        // Channels-last storage is already the M × N matrix Fᵀ: G = (Fᵀ)ᵀ Fᵀ without a copy.
-        let ft = features.permute([0, 2, 3, 1]).reshape([h * w, n]);
-        ft.transpose(0, 1).matmul(&ft) / m
-    } else {
-        let f = features.reshape([n, h * w]);
-        f.matmul(&f.transpose(0, 1)) / m
-    }
+    let (_, _, h, w) = features.size4().expect("activations are 4-D");
+    let f = Matrix::of(features);
+    let t = f.mat.transpose(1, 2);
+    let g = if f.channels_last { t.matmul(&f.mat) } else { f.mat.matmul(&t) };
+    g.squeeze_dim(0) / (h * w) as f64
+}
+
+/// `r · (G/M − A)` ([1, N, N]) for activations [1, N, H, W] (in their kind) and a target A
+/// (N × N): one matrix product.
+pub fn scaled_gram_difference(features: &Tensor, target: &Tensor, r: f64) -> Tensor {
+    let (_, _, h, w) = features.size4().expect("activations are 4-D");
+    Matrix::of(features).gram(target, -r, r / (h * w) as f64)
+}
+
+/// The constant C (N × N, f32) as the parts a product with activations of `kind` takes: C
+/// itself, or in bf16 (f32's exponent range) C_hi + C_lo, because one rounded C would bias
+/// every position's gradient the same way (near a minimum, where G − A is small, enough to
+/// mislead the line search); in f16, whose range cannot hold C's small entries, C in f32 (the
+/// product is taken in f32 and rounded once, as autograd would).
+pub fn constant_parts(c: &Tensor, kind: Kind) -> Vec<Tensor> {
+    tch::no_grad(|| match kind {
+        Kind::BFloat16 => {
+            let hi = c.to_kind(kind);
+            // c − hi in f32, rounded to bf16 by the subtraction's output
+            let lo = c.sub_out(&hi.empty_like(), &hi);
+            vec![hi, lo]
+        }
+        _ => vec![c.shallow_clone()],
+    })
 }
 
 /// A scalar whose gradient with respect to `features` ([1, N, h, w], any precision and memory
-/// format) is `F C` for a symmetric N × N constant `C`: `⟨F, stop(F C)⟩`. With
-/// `C = s·(G − A)/(N² M)` that gradient is `s·∂E_l/∂F` (see the module docs).
-pub fn gradient_surrogate(features: &Tensor, c: &Tensor) -> Tensor {
-    let (_, n, h, w) = features.size4().expect("activations are 4-D");
-    let kind = features.kind();
-    // F C in f32 terms: in bf16 (f32's exponent range) as C_hi + C_lo, two products in bf16,
-    // because one rounded C would bias every position's gradient the same way (near a
-    // minimum, where G − A is small, enough to mislead the line search); in f16, whose range
-    // cannot hold C's small entries, in f32 and rounded once at the end, as autograd would
-    let product = |a: &Tensor, right: bool| {
-        tch::no_grad(|| {
-            let mul = |a: &Tensor, b: &Tensor| if right { a.matmul(b) } else { b.matmul(a) };
-            match kind {
-                Kind::BFloat16 => {
-                    let hi = c.to_kind(kind);
-                    let lo = (c - hi.to_kind(Kind::Float)).to_kind(kind);
-                    mul(a, &hi) + mul(a, &lo)
-                }
-                Kind::Float => mul(a, c),
-                _ => mul(&a.to_kind(Kind::Float), c).to_kind(kind),
-            }
-        })
-    };
-    // ⟨F, G⟩: one dot product in f32 (its value is never used, only its gradient G)
-    let inner = |a: Tensor, g: Tensor| match kind {
-        Kind::Float => a.reshape([-1]).dot(&g.reshape([-1])),
-        _ => (a * g).sum(Kind::Float),
-    };
-    if features.stride()[1] == 1 && n > 1 {
-        // channels-last: the storage is Fᵀ (M × N), and Fᵀ C is the gradient's layout too
-        let ft = features.permute([0, 2, 3, 1]).reshape([h * w, n]);
-        let g = product(&ft, true);
-        inner(ft, g)
-    } else {
-        let f = features.reshape([n, h * w]);
-        let g = product(&f, false);
-        inner(f, g)
-    }
+/// format) is `scale · F C`, for a symmetric N × N constant `C = Σ parts` ([`constant_parts`]):
+/// `⟨F, stop(scale · F C)⟩`. With `scale · C = s·(G − A)/(N² M)` that gradient is `s·∂E_l/∂F`
+/// (see the module docs). Its value is never used, only its gradient.
+pub fn gradient_surrogate(features: &Tensor, parts: &[Tensor], scale: f64) -> Tensor {
+    let f = Matrix::of(features);
+    let g = tch::no_grad(|| {
+        // (the product in the parts' kind: f32 for f16 activations; no copy when they agree)
+        let f = f.to_kind(parts[0].kind());
+        let parts: Vec<Tensor> = parts.iter().map(|p| p.reshape([1, p.size()[0], p.size()[1]])).collect();
+        let mut g = f.times(&parts[0], scale, None);
+        for p in &parts[1..] {
+            g = f.times(p, scale, Some(&g));
+        }
+        g.to_kind(features.kind())
+    });
+    f.mat.reshape([-1]).dot(&g.reshape([-1]))
 }
 
-/// The constant of [`gradient_surrogate`] for one style layer: `C = scale·(G − A)/(N² M)`, with
-/// G, A normalised Grams and M the layer's positions (the whole image's, when tiled).
+/// The constant of [`gradient_surrogate`] (with scale 1) for one style layer:
+/// `C = scale·(G − A)/(N² M)`, with G, A normalised Grams and M the layer's positions (the
+/// whole image's, when tiled).
 pub fn style_gradient_constant(gram: &Tensor, target: &Tensor, scale: f64, positions: f64) -> Tensor {
-    tch::no_grad(|| style_gradient_constant_of_difference(&(gram - target), scale, positions))
-}
-
-/// [`style_gradient_constant`] from `d = G − A`.
-pub fn style_gradient_constant_of_difference(d: &Tensor, scale: f64, positions: f64) -> Tensor {
-    let n = d.size()[0] as f64;
-    tch::no_grad(|| d * (scale / (n * n * positions)))
-}
-
-/// The sum of scalar tensors (f32) in two operators (one for a single tensor).
-fn total(parts: impl Iterator<Item = Tensor>) -> Tensor {
-    let parts: Vec<Tensor> = parts.map(|t| t.to_kind(Kind::Float)).collect();
-    match parts.len() {
-        1 => parts.into_iter().next().expect("one part"),
-        _ => Tensor::stack(&parts, 0).sum(Kind::Float),
-    }
+    let n = gram.size()[0] as f64;
+    tch::no_grad(|| (gram - target) * (scale / (n * n * positions)))
 }
 
 /// Eq. 1 for one layer: ½ Σ (F − P)².
 pub fn content_loss(features: &Tensor, target: &Tensor) -> Tensor {
-    (features - target).square().sum(Kind::Float) * 0.5
+    features.mse_loss(target, Reduction::Sum) * 0.5
 }
 
-/// Eq. 4 for one layer, given normalised Gram matrices (see module docs).
+/// Eq. 4 for one layer, given normalised Gram matrices (see module docs):
+/// `Σ (G − A)² / (4 N²)`.
 pub fn style_layer_loss(gram: &Tensor, target: &Tensor) -> Tensor {
-    style_layer_loss_of_difference(&(gram - target), 1.0)
-}
-
-/// `weight` × eq. 4 for one layer from `d = G − A` (N × N, normalised f32):
-/// `(Σ d² / (4 N²)) · weight`.
-pub fn style_layer_loss_of_difference(d: &Tensor, weight: f64) -> Tensor {
-    let n = d.size()[0] as f64;
-    d.square().sum(Kind::Float) / (4.0 * n * n) * weight
+    let n = gram.size()[0] as f64;
+    (gram - target).square().sum(Kind::Float) / (4.0 * n * n)
 }
 
 /// Total variation, mean over pixels of squared neighbour differences summed over channels.
@@ -170,9 +197,9 @@ pub struct Losses {
 
 impl Losses {
     /// From the terms [`Objective::evaluate`] leaves on the device, as read: total, content,
-    /// style, tv.
+    /// style and, when the objective has one, tv.
     pub fn from_terms(t: &[f64]) -> Self {
-        Self { total: t[0], content: t[1], style: t[2], tv: t[3] }
+        Self { total: t[0], content: t[1], style: t[2], tv: t.get(3).copied().unwrap_or(0.0) }
     }
 }
 
@@ -228,56 +255,66 @@ impl Objective {
     }
 
     /// Eq. 7 at x (shape [1,3,H,W], values meant to be in [0,1]): the loss terms on the device
-    /// (total, content, style, tv; f64), and with `gradient` a scalar graph whose gradient with
-    /// respect to x is eq. 7's. Written for few operators (each a kernel launch on a GPU): the
-    /// surrogates are summed by one `stack` + `sum`, G − A is made once per layer, no term is
-    /// computed that the coefficients zero out.
+    /// (total, content, style[, tv]; f32), and with `gradient` a scalar graph whose gradient
+    /// with respect to x is eq. 7's. Written for few operators (see the module docs): no term
+    /// is computed that the coefficients zero out.
     fn graph(&self, vgg: &Vgg19, x: &Tensor, gradient: bool) -> (Option<Tensor>, Tensor) {
         let image = x.clamp(0.0, 1.0);
         let feats = vgg.forward_taps_working(&vgg.normalise(&image), &self.taps(), self.pooling);
         let (content_feats, style_feats) = feats.split_at(self.content.len());
         let c = self.coefficients;
-        let content = total(
-            self.content.iter().zip(content_feats).map(|(term, f)| content_loss(&f.to_kind(Kind::Float), &term.target)),
-        );
-        // eq. 5's value from f32 Gram matrices (summed in layer order: the values, which the line
-        // search compares, are those of a running total); its gradient through the surrogates
-        let mut style: Option<Tensor> = None;
-        let mut surrogates = Vec::new();
-        for (term, f) in self.style.iter().zip(style_feats) {
-            let d = tch::no_grad(|| normalised_gram(&f.to_kind(Kind::Float)) - &term.target);
-            let value = style_layer_loss_of_difference(&d, term.weight);
-            style = Some(style.map_or_else(|| value.shallow_clone(), |s| s + &value));
-            if gradient {
-                let m = (f.size()[2] * f.size()[3]) as f64;
-                surrogates
-                    .push(gradient_surrogate(f, &style_gradient_constant_of_difference(&d, c.beta * term.weight, m)));
-            }
-        }
-        let style = style.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, x.device())));
-        let tv = (c.tv != 0.0).then(|| tv_loss(&image));
         let zero = || Tensor::zeros([], (Kind::Float, x.device()));
-        let terms = tch::no_grad(|| {
-            let mut sum = &content * c.alpha + &style * c.beta;
-            if let Some(tv) = &tv {
-                sum += tv * c.tv;
-            }
-            let tv = tv.as_ref().map_or_else(zero, Tensor::detach);
-            Tensor::stack(&[&sum, &content.detach(), &style, &tv], 0).to_kind(Kind::Double)
+        // eq. 1 over the content layers
+        let content = self
+            .content
+            .iter()
+            .zip(content_feats)
+            .map(|(term, f)| content_loss(&f.to_kind(Kind::Float), &term.target))
+            .reduce(|a, b| a + b)
+            .unwrap_or_else(zero);
+        // eq. 5: each layer's r_l (G_l/M_l − A_l) in f32, all layers' in one vector
+        let styled: Vec<(&StyleTerm, &Tensor)> =
+            self.style.iter().zip(style_feats).filter(|(term, _)| term.weight > 0.0).collect();
+        let r = |term: &StyleTerm, f: &Tensor| term.weight.sqrt() / (2.0 * f.size()[1] as f64);
+        let differences = tch::no_grad(|| {
+            let d: Vec<Tensor> = styled
+                .iter()
+                .map(|&(term, f)| {
+                    scaled_gram_difference(&f.to_kind(Kind::Float), &term.target, r(term, f)).reshape([-1])
+                })
+                .collect();
+            (!d.is_empty()).then(|| Tensor::cat(&d, 0))
         });
+        let style = differences.as_ref().map_or_else(zero, |d| d.dot(d));
+        let tv = (c.tv != 0.0).then(|| tv_loss(&image));
+        // eq. 7 (differentiable through the content and tv terms only)
+        let mut total = &content * c.alpha + &style * c.beta;
+        if let Some(tv) = &tv {
+            total += tv * c.tv;
+        }
+        let mut read = vec![total.detach(), content.detach(), style.shallow_clone()];
+        read.extend(tv.as_ref().map(Tensor::detach));
+        let terms = tch::no_grad(|| Tensor::stack(&read, 0));
         let objective = gradient.then(|| {
-            let mut parts = surrogates;
-            parts.push(&content * c.alpha);
-            if let Some(tv) = &tv {
-                parts.push(tv * c.tv);
+            // β ∂(w_l E_l)/∂F_l = (2β√w_l / (N_l M_l)) · F_l · r_l (G_l − A_l): that vector's
+            // slices, split for the network's precision once for all layers
+            let d = differences.as_ref().map(|d| constant_parts(d, style_feats[0].kind())).unwrap_or_default();
+            let mut parts = vec![total];
+            let mut at = 0;
+            for &(term, f) in &styled {
+                let (n, m) = (f.size()[1], f.size()[2] * f.size()[3]);
+                let layer: Vec<Tensor> = d.iter().map(|p| p.narrow(0, at, n * n).view([n, n])).collect();
+                at += n * n;
+                let scale = 2.0 * c.beta * term.weight.sqrt() / (n * m) as f64;
+                parts.push(gradient_surrogate(f, &layer, scale));
             }
-            total(parts.into_iter())
+            Tensor::stack(&parts, 0).sum(Kind::Float)
         });
         (objective, terms)
     }
 
     /// Value terms and gradient of eq. 7 at x, left on the device (no host read): the terms
-    /// are total, content, style, tv ([`Losses::from_terms`] once read).
+    /// are total, content, style[, tv] ([`Losses::from_terms`] once read).
     pub fn evaluate_terms(&self, vgg: &Vgg19, x: &Tensor) -> (Tensor, Tensor) {
         let x = x.detach().set_requires_grad(true);
         let (objective, terms) = self.graph(vgg, &x, true);
@@ -321,6 +358,32 @@ mod tests {
         // tv on a 2×2 single-channel ramp: dy = 2, 2; dx = 1, 1 → (8 + 2) / 4
         let img = Tensor::from_slice(&[0.0f32, 1.0, 2.0, 3.0]).view([1, 1, 2, 2]);
         assert!((tv_loss(&img).double_value(&[]) - 2.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_style_layer_weighted_zero_is_left_out() {
+        use crate::engine::weights::Weights;
+        use crate::engine::{Engine, Params};
+
+        tch::manual_seed(3);
+        let engine = Engine::new(&Weights::random(1), tch::Device::Cpu);
+        let content = Tensor::rand([1, 3, 32, 40], (Kind::Float, tch::Device::Cpu));
+        let style = Tensor::rand([1, 3, 32, 32], (Kind::Float, tch::Device::Cpu));
+        let x = Tensor::rand([1, 3, 32, 40], (Kind::Float, tch::Device::Cpu));
+        let evaluate = |layers: &[&str], weights: Vec<f64>| {
+            let p = Params {
+                style_layers: layers.iter().map(|l| l.to_string()).collect(),
+                style_layer_weights: Some(weights),
+                ..Params::default()
+            };
+            engine.objective(&content, &[style.shallow_clone()], &p).evaluate(engine.vgg(), &x)
+        };
+        let (zeroed, g0) = evaluate(&["relu1_1", "relu2_1", "relu3_1"], vec![0.5, 0.0, 0.5]);
+        let (without, g1) = evaluate(&["relu1_1", "relu3_1"], vec![0.5, 0.5]);
+        assert!(zeroed.style > 0.0);
+        assert!((zeroed.style - without.style).abs() <= 1e-6 * without.style, "{zeroed:?} vs {without:?}");
+        assert!((zeroed.total - without.total).abs() <= 1e-6 * without.total);
+        assert!(g0.allclose(&g1, 1e-6, 1e-12, false));
     }
 
     #[test]

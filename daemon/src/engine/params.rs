@@ -167,6 +167,11 @@ impl Params {
             if w.len() != self.style_layers.len() {
                 return bad(format!("{} style layer weights for {} style layers", w.len(), self.style_layers.len()));
             }
+            if w.iter().any(|&w| !(w >= 0.0 && w.is_finite())) {
+                return bad(format!(
+                    "style layer weights must be non-negative numbers (got {w:?}); 0 leaves a layer out"
+                ));
+            }
         }
         if !self.style_blend.is_empty() {
             if self.style_blend.len() != styles {

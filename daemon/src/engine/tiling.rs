@@ -23,8 +23,8 @@ use tch::{Kind, Tensor};
 
 use super::host;
 use super::objective::{
-    content_loss, gradient_surrogate, normalised_gram, style_gradient_constant, style_layer_loss, tv_loss, Losses,
-    Objective,
+    constant_parts, content_loss, gradient_surrogate, normalised_gram, style_gradient_constant, style_layer_loss,
+    tv_loss, Losses, Objective,
 };
 use super::vgg::{Pooling, Vgg19};
 
@@ -221,7 +221,8 @@ impl Objective {
         for (term, g) in self.style.iter().zip(&g) {
             style += style_layer_loss(g, &term.target).to_kind(Kind::Double) * term.weight;
             let m = positions(h, w, Vgg19::stride(term.index)) as f64;
-            consts.push(style_gradient_constant(g, &term.target, c.beta * term.weight, m));
+            let k = style_gradient_constant(g, &term.target, c.beta * term.weight, m);
+            consts.push(constant_parts(&k, vgg.layout().kind()));
         }
         // pass 2: surrogate per tile, gradients summed into the image's
         // without a gradient, pass 2 only has the content loss left to compute: no style taps
@@ -249,7 +250,7 @@ impl Objective {
             }
             for ((term, f), k) in self.style.iter().zip(sf).zip(&consts) {
                 // gradient C_l F at the core's positions (see objective::gradient_surrogate)
-                surrogate += gradient_surrogate(&core_in_features(&tile, Vgg19::stride(term.index), f), k);
+                surrogate += gradient_surrogate(&core_in_features(&tile, Vgg19::stride(term.index), f), k, 1.0);
             }
             if want_grad {
                 surrogate.backward();

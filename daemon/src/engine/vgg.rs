@@ -100,7 +100,8 @@ impl Layout {
         }
     }
 
-    fn kind(&self) -> Kind {
+    /// The activations' element kind.
+    pub fn kind(&self) -> Kind {
         match self.dtype {
             NetDtype::F32 => Kind::Float,
             NetDtype::Bf16 => Kind::BFloat16,
