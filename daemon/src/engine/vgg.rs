@@ -162,8 +162,8 @@ pub struct Vgg19 {
     layers: Vec<Layer>,
     names: Vec<String>,
     preprocessing: Preprocessing,
-    /// The input normalisation's mean and scale ([1,3,1,1], f32, on the device): made once, as
-    /// a copy to a GPU per evaluation would wait for the device twice.
+    /// The input normalisation's mean and std ([1,3,1,1], f32, on the device: made once, as a
+    /// copy to a GPU per evaluation would wait for the device).
     mean: Tensor,
     std: Tensor,
     device: Device,
@@ -179,6 +179,20 @@ pub fn to_layout(t: &Tensor, layout: Layout) -> Tensor {
     } else {
         t.contiguous()
     }
+}
+
+/// [`to_layout`] in one differentiable copy (none when `t` is in the layout already): a
+/// fresh tensor with the layout's strides, copied into.
+fn into_layout(t: &Tensor, layout: Layout) -> Tensor {
+    let (n, c, h, w) = t.size4().expect("an image batch is 4-D");
+    let channels_last = layout.channels_last && c > 1;
+    let strides = if channels_last { [h * w * c, 1, w * c, c] } else { [c * h * w, h * w, w, 1] };
+    if t.kind() == layout.kind() && t.stride() == strides {
+        return t.shallow_clone();
+    }
+    let mut out = Tensor::empty_strided([n, c, h, w], strides, (layout.kind(), t.device()));
+    out.copy_(t);
+    out
 }
 
 impl Vgg19 {
@@ -223,12 +237,16 @@ impl Vgg19 {
         &self.names
     }
 
-    /// Maps an image in [0,1] RGB, shape [1,3,H,W], to the network's input space.
+    /// Maps an image in [0,1] RGB, shape [1,3,H,W], to the network's input space, in the
+    /// network's dtype and memory format (one copy, none in fp32). Torchvision's arithmetic,
+    /// `(x − mean) / std`: `x · (1/std) − mean/std` would save an operator, but its last bits
+    /// take L-BFGS off PyTorch's path (the step-for-step test).
     pub fn normalise(&self, x: &Tensor) -> Tensor {
-        match self.preprocessing {
+        let x = match self.preprocessing {
             Preprocessing::Torchvision => (x - &self.mean) / &self.std,
             Preprocessing::Caffe => x.flip([1]) * 255.0 - &self.mean,
-        }
+        };
+        into_layout(&x, self.layout)
     }
 
     /// Runs the network on an already normalised input and returns the activations (f32) at the
@@ -243,7 +261,7 @@ impl Vgg19 {
     pub fn forward_taps_working(&self, input: &Tensor, taps: &[usize], pooling: Pooling) -> Vec<Tensor> {
         let deepest = taps.iter().copied().max().unwrap_or(0);
         let mut out: Vec<Option<Tensor>> = taps.iter().map(|_| None).collect();
-        let mut x = to_layout(input, self.layout);
+        let mut x = into_layout(input, self.layout);
         for (i, layer) in self.layers.iter().enumerate().take(deepest + 1) {
             x = match layer {
                 Layer::Conv(c) => c.forward(&x),
