@@ -4,6 +4,7 @@
 mod common;
 
 use common::{picture, read, reference, scalar};
+use neural_style::engine::optim::adam::{self, AdamConfig};
 use neural_style::engine::optim::lbfgs::{self, LbfgsConfig};
 use neural_style::engine::vgg::Pooling;
 use neural_style::engine::weights::{vgg19_layers, LayerSpec, Weights};
@@ -91,6 +92,7 @@ fn losses_match_the_equations_computed_independently() {
     for (name, ours) in [("content", got.content), ("style", got.style), ("total", got.total)] {
         let theirs = scalar(&want[name]);
         let rel = (ours - theirs).abs() / theirs.abs();
+        eprintln!("{name}: ours {ours:e}, float64 reference {theirs:e} (rel {rel:.1e})");
         assert!(rel < 1e-4, "{name}: ours {ours:e}, reference {theirs:e} (rel {rel:e})");
     }
     assert!(got.style > 0.0 && got.content > 0.0);
@@ -176,4 +178,40 @@ fn lbfgs_follows_torch_step_for_step() {
         "after 20 evaluations: ours {:e}, torch.optim.LBFGS {theirs:e} (rel {rel:e})\nours:  {trace:.6?}\ntorch: {torch_trace:.6?}",
         result.value
     );
+}
+
+#[test]
+fn adam_follows_torch_step_for_step() {
+    // from noise: Adam's steps are ±lr per pixel at first, whatever the gradient's size
+    let s = setup(11, 64);
+    let input = s.write_inputs();
+    let objective = s.engine.objective(&s.content, &[s.style.shallow_clone()], &Params::default());
+    let c = objective.coefficients;
+    let config = AdamConfig::default();
+    let out = s.file("adam.safetensors");
+    let (a, b, lr) = (c.alpha.to_string(), c.beta.to_string(), config.lr.to_string());
+    #[rustfmt::skip]
+    reference(&["adam", "--weights", &s.weights_path, "--input", &input, "--out", &out,
+        "--alpha", &a, "--beta", &b, "--lr", &lr, "--evals", "20"]);
+    let want = read(out.as_ref());
+    let shape = s.x.size();
+    let vgg = s.engine.vgg();
+    let mut trace = Vec::new();
+    let result = adam::minimize(&config, &s.x.view([-1]), 20, |flat| {
+        let (l, g) = objective.evaluate(vgg, &flat.view(shape.as_slice()));
+        trace.push(l.total);
+        Ok::<_, ()>((l.total, g.view([-1])))
+    })
+    .unwrap();
+    let torch_trace = Vec::<f64>::try_from(&want["trace"]).unwrap();
+    eprintln!("ours:  {trace:?}\ntorch: {torch_trace:?}");
+    assert_eq!(trace.len(), 20);
+    assert!(trace[19] < 0.5 * trace[0], "Adam made little progress: {trace:?}");
+    for (i, (o, t)) in trace.iter().zip(&torch_trace).enumerate() {
+        assert!((o - t).abs() <= 1e-4 * t, "evaluation {}: ours {o:e}, torch {t:e}", i + 1);
+    }
+    let moved = (&result.x - s.x.view([-1])).abs().max().double_value(&[]);
+    let apart = (&result.x - want["x"].view([-1])).abs().max().double_value(&[]);
+    eprintln!("largest pixel change {moved:.4}, largest difference to torch's {apart:.2e}");
+    assert!(apart <= 1e-4 * moved, "final images differ by {apart:e} (pixels moved by up to {moved:e})");
 }

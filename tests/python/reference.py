@@ -9,6 +9,7 @@ paper's equations.
   activations  VGG19 activations at every ReLU tap for an image in [0,1]
   losses       eq. 1, 3, 4, 5, 7 in float64 for a content, a style and an image
   lbfgs        torch.optim.LBFGS on the style-transfer objective (float32) from a given start
+  adam         torch.optim.Adam on the same objective, the same way
 """
 import argparse
 import sys
@@ -92,7 +93,7 @@ def targets(net, content, style, content_layers, style_layers):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("command", choices=["activations", "losses", "lbfgs"])
+    ap.add_argument("command", choices=["activations", "losses", "lbfgs", "adam"])
     ap.add_argument("--weights", required=True)
     ap.add_argument("--input", required=True)
     ap.add_argument("--out", required=True)
@@ -101,6 +102,7 @@ def main():
     ap.add_argument("--beta", type=float, default=1.0)
     ap.add_argument("--evals", type=int, default=20)
     ap.add_argument("--history", type=int, default=100)
+    ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
     if a.threads:
@@ -123,6 +125,20 @@ def main():
         total.backward()  # autograd through the equations, in float64
         save_file({"content": lc.detach().reshape(1), "style": ls.detach().reshape(1),
                    "total": total.detach().reshape(1), "grad": x.grad.contiguous()}, a.out)
+    elif a.command == "adam":
+        net = network(a.weights, a.pooling, torch.float32)
+        p, t = targets(net, inp["content"], inp["style"], cl, sl)
+        x = inp["x"].clone().requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=a.lr)
+        trace = []
+        for i in range(a.evals):  # a step after every evaluation but the last
+            opt.zero_grad()
+            loss = objective(net, x, cl, sl, p, t, a.alpha, a.beta)[0]
+            loss.backward()
+            trace.append(loss.item())
+            if i + 1 < a.evals:
+                opt.step()
+        save_file({"trace": torch.tensor(trace, dtype=torch.float64), "x": x.detach().contiguous()}, a.out)
     else:
         net = network(a.weights, a.pooling, torch.float32)
         p, t = targets(net, inp["content"], inp["style"], cl, sl)

@@ -122,11 +122,13 @@ fn evaluate_and_read<P: Problem>(
     extra: impl FnOnce(&Tensor) -> Vec<Tensor>,
 ) -> Result<(Vec<f64>, Tensor, Vec<f64>), P::Stop> {
     let (terms, grad) = problem.evaluate(x);
-    // one operator joins them all (promoting to the widest kind), one more copies them out
+    // one operator joins them all (promoting to the widest kind; none without extras), one more
+    // copies them out
     let mut parts = vec![terms.reshape([-1])];
     parts.extend(extra(&grad).into_iter().map(|t| t.reshape([-1])));
     let n_terms = parts[0].numel();
-    let mut values = super::host::read(&Tensor::cat(&parts, 0));
+    let joined = if parts.len() == 1 { parts.pop().expect("the terms") } else { Tensor::cat(&parts, 0) };
+    let mut values = super::host::read(&joined);
     let extras = values.split_off(n_terms);
     problem.evaluated(&values)?;
     Ok((values, grad, extras))
