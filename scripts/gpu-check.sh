@@ -33,10 +33,10 @@ mkdir -p "$RESULTS"
 START=$SECONDS
 
 if [ "$QUICK" = 1 ]; then
-    EVAL_SIZES=64,96; PROBE_SIZES=64; LOOP_SIZES=64; TTL_SIZE=96; TTL_EVALS=30; BIG=256; BIG_EVALS=5
+    EVAL_SIZES=64,96; PROBE_SIZES=64; LOOP_SIZES=64; LOOP_EVALS=30; TTL_SIZE=96; TTL_EVALS=30; BIG=256; BIG_EVALS=5
     JOB=96; NEW1=80; NEW2=112; JOB_EVALS=20
 else
-    EVAL_SIZES=128,256,512,1024; PROBE_SIZES=128,256,512; LOOP_SIZES=128,256,512; TTL_SIZE=512; TTL_EVALS=500
+    EVAL_SIZES=128,256,512,1024; PROBE_SIZES=128,256,512; LOOP_SIZES=128,256,512; LOOP_EVALS=200; TTL_SIZE=512; TTL_EVALS=500
     BIG=3840; BIG_EVALS=100; JOB=512; NEW1=600; NEW2=448; JOB_EVALS=500
 fi
 
@@ -128,7 +128,7 @@ wanted daemon && daemon_jobs default
 wanted daemon-benchmark && daemon_jobs benchmark --cudnn-benchmark true
 wanted daemon-graphs && daemon_jobs graphs --cuda-graphs true
 wanted daemon-v7 && DAEMON_ENV=TORCH_CUDNN_V8_API_DISABLED=1 daemon_jobs v7
-wanted loop && step loop 100 "$BIN" bench --loop --device "$DEVICE" --sizes "$LOOP_SIZES" --loop-evaluations 200 \
+wanted loop && step loop 100 "$BIN" bench --loop --device "$DEVICE" --sizes "$LOOP_SIZES" --loop-evaluations "$LOOP_EVALS" \
     --loop-runs 3 --json
 wanted graph-probe && [ "$DEVICE" = cuda ] &&
     step graph-probe 60 "$PY" daemon/python/bench_reference.py graph-probe --sizes "$PROBE_SIZES"
