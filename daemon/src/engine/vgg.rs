@@ -170,21 +170,11 @@ pub struct Vgg19 {
     layout: Layout,
 }
 
-/// Converts a tensor to the layout's dtype and memory format (NHWC strides for 4-D tensors when
-/// channels-last is on; libtorch keeps that format through convolutions).
+/// Converts a 4-D tensor to the layout's dtype and memory format (NHWC strides when
+/// channels-last is on; libtorch keeps that format through convolutions): one copy into a fresh
+/// tensor with the layout's strides (differentiable), none when `t` is in the layout already.
 pub fn to_layout(t: &Tensor, layout: Layout) -> Tensor {
-    let t = t.to_kind(layout.kind());
-    if layout.channels_last && t.dim() == 4 {
-        t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
-    } else {
-        t.contiguous()
-    }
-}
-
-/// [`to_layout`] in one differentiable copy (none when `t` is in the layout already): a
-/// fresh tensor with the layout's strides, copied into.
-fn into_layout(t: &Tensor, layout: Layout) -> Tensor {
-    let (n, c, h, w) = t.size4().expect("an image batch is 4-D");
+    let (n, c, h, w) = t.size4().expect("a 4-D tensor");
     let channels_last = layout.channels_last && c > 1;
     let strides = if channels_last { [h * w * c, 1, w * c, c] } else { [c * h * w, h * w, w, 1] };
     if t.kind() == layout.kind() && t.stride() == strides {
@@ -246,7 +236,7 @@ impl Vgg19 {
             Preprocessing::Torchvision => (x - &self.mean) / &self.std,
             Preprocessing::Caffe => x.flip([1]) * 255.0 - &self.mean,
         };
-        into_layout(&x, self.layout)
+        to_layout(&x, self.layout)
     }
 
     /// Runs the network on an already normalised input and returns the activations (f32) at the
@@ -261,7 +251,7 @@ impl Vgg19 {
     pub fn forward_taps_working(&self, input: &Tensor, taps: &[usize], pooling: Pooling) -> Vec<Tensor> {
         let deepest = taps.iter().copied().max().unwrap_or(0);
         let mut out: Vec<Option<Tensor>> = taps.iter().map(|_| None).collect();
-        let mut x = into_layout(input, self.layout);
+        let mut x = to_layout(input, self.layout);
         for (i, layer) in self.layers.iter().enumerate().take(deepest + 1) {
             x = match layer {
                 Layer::Conv(c) => c.forward(&x),
