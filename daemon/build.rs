@@ -1,8 +1,9 @@
 //! Give the binary (and every test binary of this crate) an rpath to the libtorch it was built
 //! against, so it runs without LD_LIBRARY_PATH, and keep libtorch linked even though nothing
 //! references it directly (otherwise `tch::Cuda::is_available()` is false on CUDA machines).
-//! Two small C++ shims over what tch does not bind: the operator counter (cpp/op_counter.cpp,
-//! `cfg(op_counter)`), and, where libtorch has CUDA and the CUDA runtime headers are at hand,
+//! Small C++ shims over what tch does not bind: backpropagation from several tensors with their
+//! own gradients (cpp/backward.cpp, `cfg(autograd_backward)`), the operator counter
+//! (cpp/op_counter.cpp, `cfg(op_counter)`), and, where libtorch has CUDA and the CUDA runtime headers are at hand,
 //! libtorch's CUDA graphs (cpp/cuda_graph.cpp, `cfg(cuda_graph)`).
 use std::env;
 use std::path::{Path, PathBuf};
@@ -12,9 +13,11 @@ fn main() {
     println!("cargo:rerun-if-env-changed=NEURAL_STYLE_PYTHON");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-changed=cpp/cuda_graph.cpp");
+    println!("cargo:rerun-if-changed=cpp/backward.cpp");
     println!("cargo:rerun-if-changed=cpp/op_counter.cpp");
     println!("cargo::rustc-check-cfg=cfg(cuda_graph)");
     println!("cargo::rustc-check-cfg=cfg(op_counter)");
+    println!("cargo::rustc-check-cfg=cfg(autograd_backward)");
     let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if let Ok(dir) = env::var("DEP_TCH_LIBTORCH_LIB") {
         if os == "linux" || os == "macos" {
@@ -27,6 +30,8 @@ fn main() {
             println!("cargo:rustc-link-arg=-Wl,--as-needed");
             let lib = Path::new(&dir);
             if let Some(include) = torch_include(lib) {
+                shim(lib, &include, "backward", None);
+                println!("cargo:rustc-cfg=autograd_backward");
                 shim(lib, &include, "op_counter", None);
                 println!("cargo:rustc-cfg=op_counter");
                 cuda_graph_shim(lib, &include);

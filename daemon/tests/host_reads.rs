@@ -88,7 +88,7 @@ fn an_evaluation_and_the_loop_around_it_launch_few_operators() {
     let count = || ops::count().unwrap();
     let weights = Weights::random(1);
     // (layout, most operators of a bare evaluation)
-    for (layout, bare_limit) in [(Layout::FP32, 114), (Layout::BF16_NHWC, 140)] {
+    for (layout, bare_limit) in [(Layout::FP32, 85), (Layout::BF16_NHWC, 100)] {
         let engine = Engine::with_layout(&weights, Device::Cpu, layout);
         let content = picture("tubingen.jpg", 64).rgb_tensor();
         let style = picture("starry_night.jpg", 64).rgb_tensor();
@@ -128,6 +128,8 @@ fn the_evaluation_makes_no_tensors_on_the_host() {
             .filter(|l| !l.trim_start().starts_with("//") && (l.contains("from_slice(") || l.contains("Tensor::from(")))
             // the network's constants, made once when it loads
             .filter(|l| !(file == "vgg.rs" && l.contains("let constant =")))
+            // eq. 7's coefficients as a matrix, made once per objective at its first evaluation
+            .filter(|l| !(file == "objective.rs" && l.contains("let once_per_objective =")))
             .collect();
         assert!(hits.is_empty(), "{file} makes host tensors: {hits:?}");
     }

@@ -124,7 +124,7 @@ fn lbfgs_follows_torch_step_for_step() {
     let input = s.write_inputs();
     let params = Params::default();
     let objective = s.engine.objective(&s.content, &[s.style.shallow_clone()], &params);
-    let c = objective.coefficients;
+    let c = objective.coefficients();
     let out = s.file("lbfgs.safetensors");
     let (a, b) = (c.alpha.to_string(), c.beta.to_string());
     reference(&[
@@ -186,7 +186,7 @@ fn adam_follows_torch_step_for_step() {
     let s = setup(11, 64);
     let input = s.write_inputs();
     let objective = s.engine.objective(&s.content, &[s.style.shallow_clone()], &Params::default());
-    let c = objective.coefficients;
+    let c = objective.coefficients();
     let config = AdamConfig::default();
     let out = s.file("adam.safetensors");
     let (a, b, lr) = (c.alpha.to_string(), c.beta.to_string(), config.lr.to_string());

@@ -15,7 +15,7 @@ fn balance(engine: &Engine, size: u32, params: &Params) -> f64 {
     let objective = engine.objective(&content, &[style], params);
     let x = neural_style::engine::rng::uniform(&content.size(), 9);
     let l = objective.value(engine.vgg(), &x);
-    let c = objective.coefficients;
+    let c = objective.coefficients();
     (c.alpha * l.content) / (c.beta * l.style)
 }
 

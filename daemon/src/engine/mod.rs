@@ -7,6 +7,7 @@
 //! [`optim`]), reporting to an [`Observer`]. The result is reported with f32 losses at the
 //! output size as a typed [`Summary`].
 
+pub mod backward;
 pub mod cache;
 pub mod color;
 pub mod cost;
@@ -380,7 +381,7 @@ impl Engine {
         if p.preserve_colors {
             rgb = color::luminance_transfer(&rgb, &inputs.content);
         }
-        let c = exact.coefficients;
+        let c = exact.coefficients();
         let content = &job.content;
         let summary = Summary {
             content_loss: losses.content,

@@ -21,11 +21,13 @@
 //! The image is kept in [0,1] inside the objective: the network sees `clamp(x, 0, 1)`, so the
 //! optimiser never gains anything from values that would be clipped away on output.
 //!
-//! Gradient of eq. 4, written out rather than left to autograd: with G and A normalised by M,
+//! The loss's gradients with respect to the tapped activations are written out rather than left
+//! to autograd, and autograd only carries them back through the network ([`backward`], from
+//! all layers at once): eq. 1's is `F^l − P^l`, and with G and A normalised by M eq. 4's is
 //! `∂E_l/∂F^l = (G^l − A^l) F^l / (N_l² M_l)`. The Gram matrices (values) are computed in f32;
-//! the gradient is one matrix product `F^l C_l` in the network's precision (bf16 by default),
-//! where autograd through `F Fᵀ` would take two f32 products and two precision conversions
-//! ([`gradient_surrogate`]).
+//! the style gradient is one matrix product `F^l C_l` in the network's precision (bf16 by
+//! default), where autograd through `F Fᵀ` would take two f32 products and two precision
+//! conversions ([`style_gradient`]).
 //!
 //! Written for few operators (each a kernel launch on a GPU, whose small scales wait on
 //! launches): per style layer G/M − A is one matrix product (`baddbmm`'s α and β do the
@@ -36,6 +38,7 @@
 
 use tch::{Kind, Reduction, Tensor};
 
+use super::backward::backward;
 use super::host;
 use super::vgg::{Pooling, Vgg19};
 
@@ -81,6 +84,12 @@ impl Matrix {
     }
 }
 
+/// Activations (or anything shaped and stored like them) as one vector in storage order, without
+/// a copy.
+fn flat(t: &Tensor) -> Tensor {
+    Matrix::of(t).mat.reshape([-1])
+}
+
 /// G^l / M_l for activations of shape [1, N, H, W]: eq. 3 divided by the number of positions.
 pub fn normalised_gram(features: &Tensor) -> Tensor {
     let (_, _, h, w) = features.size4().expect("activations are 4-D");
@@ -114,13 +123,14 @@ pub fn constant_parts(c: &Tensor, kind: Kind) -> Vec<Tensor> {
     })
 }
 
-/// A scalar whose gradient with respect to `features` ([1, N, h, w], any precision and memory
-/// format) is `scale · F C`, for a symmetric N × N constant `C = Σ parts` ([`constant_parts`]):
-/// `⟨F, stop(scale · F C)⟩`. With `scale · C = s·(G − A)/(N² M)` that gradient is `s·∂E_l/∂F`
-/// (see the module docs). Its value is never used, only its gradient.
-pub fn gradient_surrogate(features: &Tensor, parts: &[Tensor], scale: f64) -> Tensor {
-    let f = Matrix::of(features);
-    let g = tch::no_grad(|| {
+/// `scale · F C` shaped and stored like `features` ([1, N, h, w], any precision and memory
+/// format), for a symmetric N × N constant `C = Σ parts` ([`constant_parts`]): with
+/// `scale · C = s·(G − A)/(N² M)` it is `s·∂E_l/∂F` (see the module docs), the gradient a
+/// backward pass ([`backward`](super::backward)) takes from this layer.
+pub fn style_gradient(features: &Tensor, parts: &[Tensor], scale: f64) -> Tensor {
+    let (_, n, h, w) = features.size4().expect("activations are 4-D");
+    tch::no_grad(|| {
+        let f = Matrix::of(features);
         // (the product in the parts' kind: f32 for f16 activations; no copy when they agree)
         let f = f.to_kind(parts[0].kind());
         let parts: Vec<Tensor> = parts.iter().map(|p| p.reshape([1, p.size()[0], p.size()[1]])).collect();
@@ -128,16 +138,15 @@ pub fn gradient_surrogate(features: &Tensor, parts: &[Tensor], scale: f64) -> Te
         for p in &parts[1..] {
             g = f.times(p, scale, Some(&g));
         }
-        g.to_kind(features.kind())
-    });
-    match features.kind() {
-        Kind::Float => f.mat.reshape([-1]).dot(&g.reshape([-1])),
-        // (libtorch's CPU dot in bf16 is a scalar loop: 60× slower than these two at 128 px)
-        _ => (f.mat * g).sum(Kind::Float),
-    }
+        let g = g.to_kind(features.kind());
+        match f.channels_last {
+            true => g.view([1, h, w, n]).permute([0, 3, 1, 2]),
+            false => g.view([1, n, h, w]),
+        }
+    })
 }
 
-/// The constant of [`gradient_surrogate`] (with scale 1) for one style layer:
+/// The constant of [`style_gradient`] (with scale 1) for one style layer:
 /// `C = scale·(G − A)/(N² M)`, with G, A normalised Grams and M the layer's positions (the
 /// whole image's, when tiled).
 pub fn style_gradient_constant(gram: &Tensor, target: &Tensor, scale: f64, positions: f64) -> Tensor {
@@ -211,11 +220,22 @@ impl Losses {
 pub struct Objective {
     pub content: Vec<ContentTerm>,
     pub style: Vec<StyleTerm>,
-    pub coefficients: Coefficients,
+    coefficients: Coefficients,
     pub pooling: Pooling,
+    /// [`Self::terms`]' matrix, made on the device at the first evaluation.
+    terms_matrix: std::cell::OnceCell<Tensor>,
 }
 
 impl Objective {
+    pub fn new(content: Vec<ContentTerm>, style: Vec<StyleTerm>, coefficients: Coefficients, pooling: Pooling) -> Self {
+        Self { content, style, coefficients, pooling, terms_matrix: Default::default() }
+    }
+
+    /// α, β, γ of eq. 7.
+    pub fn coefficients(&self) -> Coefficients {
+        self.coefficients
+    }
+
     /// Content targets P^l (activations of the content image at `layers`).
     pub fn content_targets(vgg: &Vgg19, content: &Tensor, layers: &[usize], pooling: Pooling) -> Vec<ContentTerm> {
         tch::no_grad(|| {
@@ -259,23 +279,30 @@ impl Objective {
     }
 
     /// Eq. 7 at x (shape [1,3,H,W], values meant to be in [0,1]): the loss terms on the device
-    /// (total, content, style[, tv]; f32), and with `gradient` a scalar graph whose gradient
-    /// with respect to x is eq. 7's. Written for few operators (see the module docs): no term
-    /// is computed that the coefficients zero out.
-    fn graph(&self, vgg: &Vgg19, x: &Tensor, gradient: bool) -> (Option<Tensor>, Tensor) {
+    /// (total, content, style[, tv]; f32), and with `gradient` the tensors its gradient flows
+    /// back from, each with its gradient of eq. 7 (for [`backward`]): the content and style
+    /// layers' activations F (∂L/∂F written out) and the tv term. Written for few operators
+    /// (see the module docs): no term is computed that the coefficients zero out.
+    fn graph(&self, vgg: &Vgg19, x: &Tensor, gradient: bool) -> (Tensor, Vec<(Tensor, Tensor)>) {
         let image = x.clamp(0.0, 1.0);
         let feats = vgg.forward_taps_working(&vgg.normalise(&image), &self.taps(), self.pooling);
         let (content_feats, style_feats) = feats.split_at(self.content.len());
         let c = self.coefficients;
         let zero = || Tensor::zeros([], (Kind::Float, x.device()));
-        // eq. 1 over the content layers
-        let content = self
-            .content
-            .iter()
-            .zip(content_feats)
-            .map(|(term, f)| content_loss(&f.to_kind(Kind::Float), &term.target))
-            .reduce(|a, b| a + b)
-            .unwrap_or_else(zero);
+        let mut roots = Vec::new();
+        // eq. 1 over the content layers: ½‖F − P‖², gradient α (F − P)
+        let content2 = tch::no_grad(|| {
+            let mut sum: Option<Tensor> = None;
+            for (term, f) in self.content.iter().zip(content_feats) {
+                let d = f - &term.target;
+                let d2 = flat(&d).dot(&flat(&d));
+                sum = Some(sum.map_or_else(|| d2.shallow_clone(), |s| s + &d2));
+                if gradient && c.alpha != 0.0 {
+                    roots.push((f.shallow_clone(), &d * c.alpha));
+                }
+            }
+            sum.unwrap_or_else(zero)
+        });
         // eq. 5: each layer's r_l (G_l/M_l − A_l) in f32, all layers' in one vector
         let styled: Vec<(&StyleTerm, &Tensor)> =
             self.style.iter().zip(style_feats).filter(|(term, _)| term.weight > 0.0).collect();
@@ -290,39 +317,56 @@ impl Objective {
             (!d.is_empty()).then(|| Tensor::cat(&d, 0))
         });
         let style = differences.as_ref().map_or_else(zero, |d| d.dot(d));
-        let tv = (c.tv != 0.0).then(|| tv_loss(&image));
-        // eq. 7 (differentiable through the content and tv terms only)
-        let mut total = &content * c.alpha + &style * c.beta;
-        if let Some(tv) = &tv {
-            total += tv * c.tv;
-        }
-        let mut read = vec![total.detach(), content.detach(), style.shallow_clone()];
-        read.extend(tv.as_ref().map(Tensor::detach));
-        let terms = tch::no_grad(|| Tensor::stack(&read, 0));
-        let objective = gradient.then(|| {
+        if let (true, Some(d)) = (gradient, &differences) {
             // β ∂(w_l E_l)/∂F_l = (2β√w_l / (N_l M_l)) · F_l · r_l (G_l − A_l): that vector's
             // slices, split for the network's precision once for all layers
-            let d = differences.as_ref().map(|d| constant_parts(d, style_feats[0].kind())).unwrap_or_default();
-            let mut parts = vec![total];
+            let d = constant_parts(d, style_feats[0].kind());
             let mut at = 0;
             for &(term, f) in &styled {
                 let (n, m) = (f.size()[1], f.size()[2] * f.size()[3]);
                 let layer: Vec<Tensor> = d.iter().map(|p| p.narrow(0, at, n * n).view([n, n])).collect();
                 at += n * n;
                 let scale = 2.0 * c.beta * term.weight.sqrt() / (n * m) as f64;
-                parts.push(gradient_surrogate(f, &layer, scale));
+                roots.push((f.shallow_clone(), style_gradient(f, &layer, scale)));
             }
-            Tensor::stack(&parts, 0).sum(Kind::Float)
+        }
+        let tv = (c.tv != 0.0).then(|| tv_loss(&image));
+        if let (true, Some(tv)) = (gradient, &tv) {
+            roots.push((tv.shallow_clone(), tch::no_grad(|| tv.full_like(c.tv))));
+        }
+        // eq. 7 with the terms, as one product
+        let mut raw = vec![content2, style];
+        raw.extend(tv.as_ref().map(Tensor::detach));
+        (tch::no_grad(|| self.terms(&Tensor::stack(&raw, 0))), roots)
+    }
+
+    /// [total, content, style(, tv)] from [‖F − P‖², L_style(, L_tv)]: one matrix–vector product.
+    fn terms(&self, raw: &Tensor) -> Tensor {
+        let m = self.terms_matrix.get_or_init(|| {
+            let c = self.coefficients;
+            #[rustfmt::skip]
+            let m = [
+                0.5 * c.alpha, c.beta, c.tv,
+                0.5,           0.0,    0.0,
+                0.0,           1.0,    0.0,
+                0.0,           0.0,    1.0,
+            ];
+            let once_per_objective = Tensor::from_slice(&m.map(|v| v as f32));
+            once_per_objective.view([4, 3]).to_device(raw.device())
         });
-        (objective, terms)
+        let k = raw.size()[0];
+        m.narrow(0, 0, k + 1).narrow(1, 0, k).mv(raw)
     }
 
     /// Value terms and gradient of eq. 7 at x, left on the device (no host read): the terms
     /// are total, content, style[, tv] ([`Losses::from_terms`] once read).
     pub fn evaluate_terms(&self, vgg: &Vgg19, x: &Tensor) -> (Tensor, Tensor) {
         let x = x.detach().set_requires_grad(true);
-        let (objective, terms) = self.graph(vgg, &x, true);
-        objective.expect("asked for the gradient").backward();
+        let (terms, roots) = self.graph(vgg, &x, true);
+        if roots.is_empty() {
+            return (terms, x.zeros_like().detach());
+        }
+        backward(&roots);
         (terms, x.grad().detach())
     }
 
@@ -334,7 +378,7 @@ impl Objective {
 
     /// Value of eq. 7 at x, without gradient.
     pub fn value(&self, vgg: &Vgg19, x: &Tensor) -> Losses {
-        tch::no_grad(|| Losses::from_terms(&host::read(&self.graph(vgg, x, false).1)))
+        tch::no_grad(|| Losses::from_terms(&host::read(&self.graph(vgg, x, false).0)))
     }
 }
 

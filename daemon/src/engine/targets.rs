@@ -144,5 +144,5 @@ pub fn objective(
     } else {
         Objective::style_targets(&grams, &p.blend(styles.len()), &s_idx, &p.layer_weights())
     };
-    Objective { content: content_terms, style: style_terms, coefficients: p.coefficients(elements), pooling: p.pooling }
+    Objective::new(content_terms, style_terms, p.coefficients(elements), p.pooling)
 }

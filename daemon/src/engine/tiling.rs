@@ -5,9 +5,9 @@
 //!
 //! 1. without gradients, each tile's *core* positions add `F Fᵀ` to per-layer sums, giving the
 //!    whole image's normalised Gram `G_l` (and the exact style loss E_l);
-//! 2. with gradients, each tile gets a surrogate loss whose gradient is the true one at its core
-//!    positions: `α·½ Σ (F − P)²` over the core (the content loss is local) plus, per style layer,
-//!    `⟨F_core, stop(F_core C_l)⟩` with the constant `C_l = β w_l (G_l − A_l) / (N_l² M_l)`,
+//! 2. with gradients, each tile's core activations get their true gradient, backpropagated
+//!    through the tile: `α (F − P)` over the core (the content loss is local) plus, per style
+//!    layer, `F_core C_l` with the constant `C_l = β w_l (G_l − A_l) / (N_l² M_l)`,
 //!    because `∂E_l/∂F = (G_l − A_l) F / (N_l² M_l)` (eq. 4 with G normalised by M; the same
 //!    written-out gradient as the untiled objective). Its input gradient, halo included, is added
 //!    into the image's gradient.
@@ -21,10 +21,11 @@
 
 use tch::{Kind, Tensor};
 
+use super::backward::backward;
 use super::host;
 use super::objective::{
-    constant_parts, content_loss, gradient_surrogate, normalised_gram, style_gradient_constant, style_layer_loss,
-    tv_loss, Losses, Objective,
+    constant_parts, content_loss, normalised_gram, style_gradient, style_gradient_constant, style_layer_loss, tv_loss,
+    Losses, Objective,
 };
 use super::vgg::{Pooling, Vgg19};
 
@@ -207,7 +208,7 @@ impl Objective {
         let x = x.detach();
         let (_, _, h, w) = x.size4().expect("4-D");
         let image = x.clamp(0.0, 1.0);
-        let c = self.coefficients;
+        let c = self.coefficients();
         let zero = || Tensor::zeros([], (Kind::Double, x.device()));
         let style_layers: Vec<usize> = self.style.iter().map(|s| s.index).collect();
         // pass 1: the whole image's Gram matrices, the style loss and the constants C_l
@@ -224,7 +225,7 @@ impl Objective {
             let k = style_gradient_constant(g, &term.target, c.beta * term.weight, m);
             consts.push(constant_parts(&k, vgg.layout().kind()));
         }
-        // pass 2: surrogate per tile, gradients summed into the image's
+        // pass 2: per tile, the cores' gradients backpropagated and summed into the image's
         // without a gradient, pass 2 only has the content loss left to compute: no style taps
         let pass2_style: &[usize] = if want_grad { &style_layers } else { &[] };
         let taps: Vec<usize> = self.content.iter().map(|t| t.index).chain(pass2_style.iter().copied()).collect();
@@ -234,7 +235,8 @@ impl Objective {
             let window = crop(&x, tile.window).copy().set_requires_grad(want_grad);
             let feats = vgg.forward_taps_working(&vgg.normalise(&window.clamp(0.0, 1.0)), &taps, self.pooling);
             let (cf, sf) = feats.split_at(self.content.len());
-            let mut surrogate = Tensor::zeros([], (Kind::Float, x.device()));
+            // each core's activations with their gradient of eq. 7 (the content loss is local)
+            let mut roots = Vec::new();
             for (term, f) in self.content.iter().zip(cf) {
                 let s = Vgg19::stride(term.index);
                 let core = core_in_features(&tile, s, f);
@@ -244,16 +246,21 @@ impl Objective {
                     tile.core[2] / s,
                     tile.core[2] / s + core.size()[3],
                 ];
-                let l = content_loss(&core.to_kind(Kind::Float), &crop(&term.target, r));
-                content += l.detach().to_kind(Kind::Double);
-                surrogate += l * c.alpha;
+                let target = crop(&term.target, r);
+                content += content_loss(&core.to_kind(Kind::Float), &target).detach().to_kind(Kind::Double);
+                if want_grad && c.alpha != 0.0 {
+                    let d = tch::no_grad(|| (&core - &target) * c.alpha);
+                    roots.push((core, d));
+                }
             }
             for ((term, f), k) in self.style.iter().zip(sf).zip(&consts) {
-                // gradient C_l F at the core's positions (see objective::gradient_surrogate)
-                surrogate += gradient_surrogate(&core_in_features(&tile, Vgg19::stride(term.index), f), k, 1.0);
+                // C_l F at the core's positions (see objective::style_gradient)
+                let core = core_in_features(&tile, Vgg19::stride(term.index), f);
+                let g = style_gradient(&core, k, 1.0);
+                roots.push((core, g));
             }
-            if want_grad {
-                surrogate.backward();
+            if want_grad && !roots.is_empty() {
+                backward(&roots);
                 let mut dst = crop(&grad, tile.window);
                 dst += window.grad();
             }
