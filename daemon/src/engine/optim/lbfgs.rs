@@ -239,6 +239,11 @@ impl History {
         Products { pair: pair.to_vec(), grad: grad[..2 * rows].to_vec() }
     }
 
+    /// s·g of a trial's step and gradient, from its products.
+    fn step_times_gradient(&self, p: &Products) -> f64 {
+        p.grad[2 * self.spare()]
+    }
+
     /// s·y of a trial's pair, from its products.
     fn curvature(&self, p: &Products) -> f64 {
         p.pair[(2 * self.spare() + 1) * 2]
@@ -502,10 +507,15 @@ impl Line<'_> {
         let trial = self.trials;
         let x = self.x0 + self.history.write_step(self.d, t, trial);
         let (history, d, g0, sum) = (&mut *self.history, self.d, self.g0, self.sum);
+        // g·d is s·g / t, one of the history's products, where s = t·d is stored unrounded
+        // (f32): no operator of its own
+        let gtd_from_products = !history.bf16() && t != 0.0;
         let (terms, g, v) = evaluate_and_read(problem, &x, |g| {
             history.write_gradient_change(g, g0);
             let mut s = gradient_norms(g, sum);
-            s.push(g.dot(d));
+            if !gtd_from_products {
+                s.push(g.dot(d));
+            }
             s.extend(extra);
             s.extend(history.products(g, true));
             s
@@ -514,10 +524,11 @@ impl Line<'_> {
         let mut next = || v.next().expect("the scalars asked for");
         let gmax = next();
         let gsum = if sum { next() } else { f64::NAN };
-        let gtd = next();
+        let gtd = if gtd_from_products { f64::NAN } else { next() };
         let rest: Vec<f64> = v.collect();
         let (extras, products) = rest.split_at(rest.len() - self.history.rows(true) * 6);
         let products = self.history.split_products(products, true);
+        let gtd = if gtd_from_products { self.history.step_times_gradient(&products) / t } else { gtd };
         Ok((Point { x, t, f: terms[0], g, gtd, gmax, gsum, products, trial }, extras.to_vec()))
     }
 
