@@ -12,26 +12,9 @@ use tch::{Kind, Tensor};
 /// with libtorch's message if the backward pass fails (out of memory, say), as tch's own
 /// `backward` does: a job catches it.
 pub fn backward(roots: &[(Tensor, Tensor)]) {
-    if roots.is_empty() {
-        return;
+    if !roots.is_empty() && !through_libtorch(roots) {
+        through_scalar(roots);
     }
-    #[cfg(autograd_backward)]
-    {
-        let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
-        let r: Vec<_> = roots.iter().map(|(r, _)| ptr(r)).collect();
-        let g: Vec<_> = roots.iter().map(|(_, g)| ptr(g)).collect();
-        let n = std::ffi::c_int::try_from(roots.len()).expect("a few roots");
-        // SAFETY: the pointers are live at::Tensor handles owned by `roots` for the whole call;
-        // the shim catches every C++ exception
-        let error = unsafe { ns_backward(r.as_ptr(), g.as_ptr(), n) };
-        if !error.is_null() {
-            // SAFETY: a NUL-terminated message the shim keeps until its next call on this thread
-            let message = unsafe { std::ffi::CStr::from_ptr(error) }.to_string_lossy().into_owned();
-            panic!("backward pass failed: {message}");
-        }
-    }
-    #[cfg(not(autograd_backward))]
-    through_scalar(roots);
 }
 
 /// The same backward pass through one scalar, `Σ ⟨root, stop(grad)⟩`, whose gradient with
@@ -43,13 +26,32 @@ pub fn through_scalar(roots: &[(Tensor, Tensor)]) {
     }
 }
 
+/// libtorch's `torch::autograd::backward(roots, grads)` through the shim; false where this build
+/// has none.
 #[cfg(autograd_backward)]
-extern "C" {
-    fn ns_backward(
-        roots: *const *const std::ffi::c_void,
-        grads: *const *const std::ffi::c_void,
-        n: std::ffi::c_int,
-    ) -> *const std::ffi::c_char;
+fn through_libtorch(roots: &[(Tensor, Tensor)]) -> bool {
+    use std::ffi::{c_char, c_int, c_void, CStr};
+    extern "C" {
+        fn ns_backward(roots: *const *const c_void, grads: *const *const c_void, n: c_int) -> *const c_char;
+    }
+    let ptr = |t: &Tensor| t.as_ptr() as *const c_void;
+    let r: Vec<_> = roots.iter().map(|(r, _)| ptr(r)).collect();
+    let g: Vec<_> = roots.iter().map(|(_, g)| ptr(g)).collect();
+    let n = c_int::try_from(roots.len()).expect("a few roots");
+    // SAFETY: the pointers are live at::Tensor handles owned by `roots` for the whole call; the
+    // shim catches every C++ exception
+    let error = unsafe { ns_backward(r.as_ptr(), g.as_ptr(), n) };
+    if !error.is_null() {
+        // SAFETY: a NUL-terminated message the shim keeps until its next call on this thread
+        let message = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
+        panic!("backward pass failed: {message}");
+    }
+    true
+}
+
+#[cfg(not(autograd_backward))]
+fn through_libtorch(_roots: &[(Tensor, Tensor)]) -> bool {
+    false
 }
 
 #[cfg(test)]
@@ -73,6 +75,7 @@ mod tests {
 
     #[test]
     fn gradients_of_several_roots_add_up_as_autograd_makes_them() {
+        assert!(cfg!(autograd_backward), "this build has the shim (else both sides below are the scalar)");
         tch::manual_seed(5);
         let x = Tensor::randn([1, 3, 4, 5], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let r = roots(&x);
