@@ -36,7 +36,7 @@
 //! that same scaled difference with the factor `2 β √w_l / (N_l M_l)` applied inside the
 //! product.
 
-use tch::{Kind, Reduction, Tensor};
+use tch::{Kind, Tensor};
 
 use super::backward::backward;
 use super::host;
@@ -152,11 +152,6 @@ pub fn style_gradient(features: &Tensor, parts: &[Tensor], scale: f64) -> Tensor
 pub fn style_gradient_constant(gram: &Tensor, target: &Tensor, scale: f64, positions: f64) -> Tensor {
     let n = gram.size()[0] as f64;
     tch::no_grad(|| (gram - target) * (scale / (n * n * positions)))
-}
-
-/// Eq. 1 for one layer: ½ Σ (F − P)².
-pub fn content_loss(features: &Tensor, target: &Tensor) -> Tensor {
-    features.mse_loss(target, Reduction::Sum) * 0.5
 }
 
 /// Eq. 4 for one layer, given normalised Gram matrices (see module docs):
@@ -400,9 +395,6 @@ mod tests {
         // the paper's form 1/(4 N² M²) Σ (G − A)² on the raw Gram is the same number
         let raw = (5.0f64.powi(2) + 2.0 * 11.0f64.powi(2) + 25.0f64.powi(2)) / (4.0 * 4.0 * 4.0);
         assert!((e - raw).abs() < 1e-5);
-        // eq. 1: ½ Σ (F − P)² with P = 1
-        let c = content_loss(&f, &f.ones_like()).double_value(&[]);
-        assert!((c - 0.5 * (0.0 + 1.0 + 4.0 + 9.0)).abs() < 1e-6);
         // tv on a 2×2 single-channel ramp: dy = 2, 2; dx = 1, 1 → (8 + 2) / 4
         let img = Tensor::from_slice(&[0.0f32, 1.0, 2.0, 3.0]).view([1, 1, 2, 2]);
         assert!((tv_loss(&img).double_value(&[]) - 2.5).abs() < 1e-6);

@@ -24,8 +24,8 @@ use tch::{Kind, Tensor};
 use super::backward::backward;
 use super::host;
 use super::objective::{
-    constant_parts, content_loss, normalised_gram, style_gradient, style_gradient_constant, style_layer_loss, tv_loss,
-    Losses, Objective,
+    constant_parts, normalised_gram, style_gradient, style_gradient_constant, style_layer_loss, tv_loss, Losses,
+    Objective,
 };
 use super::vgg::{Pooling, Vgg19};
 
@@ -246,11 +246,11 @@ impl Objective {
                     tile.core[2] / s,
                     tile.core[2] / s + core.size()[3],
                 ];
-                let target = crop(&term.target, r);
-                content += content_loss(&core.to_kind(Kind::Float), &target).detach().to_kind(Kind::Double);
+                // eq. 1 over the core, ½‖F − P‖², and its gradient α (F − P)
+                let d = tch::no_grad(|| &core - &crop(&term.target, r));
+                content += d.square().sum(Kind::Float).to_kind(Kind::Double) * 0.5;
                 if want_grad && c.alpha != 0.0 {
-                    let d = tch::no_grad(|| (&core - &target) * c.alpha);
-                    roots.push((core, d));
+                    roots.push((core, &d * c.alpha));
                 }
             }
             for ((term, f), k) in self.style.iter().zip(sf).zip(&consts) {
