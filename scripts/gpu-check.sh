@@ -116,25 +116,26 @@ f\"{s['seconds']:.2f} s, {s['evaluations']} evaluations, stop {s['stop_reason']}
     wait "$daemon"
 }
 
+# The steps, most wanted first (the deadline skips the last).
 wanted evaluation && step evaluation 90 "$BIN" bench --device "$DEVICE" --sizes "$EVAL_SIZES" --repeats 20 --warmup 5 \
     ${EVAL_FLAGS:-} --json
+wanted daemon && daemon_jobs default
 wanted ttl-auto && step ttl-auto 120 "$BIN" bench --time-to-loss "${COMMON[@]}" "${IMAGES[@]}" --ttl-size "$TTL_SIZE" \
     --reference-evals "$TTL_EVALS" --budgets 0.1,0.2,0.35 --same-evaluations --json
+wanted loop && step loop 100 "$BIN" bench --loop --device "$DEVICE" --sizes "$LOOP_SIZES" --loop-evaluations "$LOOP_EVALS" \
+    --loop-runs 3 --json
+wanted daemon-graphs && daemon_jobs graphs --cuda-graphs true
 for graphs in true false; do
     wanted ttl-graphs-$graphs && step ttl-graphs-$graphs 120 "$BIN" bench --time-to-loss "${COMMON[@]}" "${IMAGES[@]}" \
         --ttl-size "$TTL_SIZE" --reference-evals "$TTL_EVALS" --budgets 0.2 --same-evaluations --cuda-graphs $graphs --json
 done
-wanted daemon && daemon_jobs default
-wanted daemon-benchmark && daemon_jobs benchmark --cudnn-benchmark true
-wanted daemon-graphs && daemon_jobs graphs --cuda-graphs true
-wanted daemon-v7 && DAEMON_ENV=TORCH_CUDNN_V8_API_DISABLED=1 daemon_jobs v7
-wanted loop && step loop 100 "$BIN" bench --loop --device "$DEVICE" --sizes "$LOOP_SIZES" --loop-evaluations "$LOOP_EVALS" \
-    --loop-runs 3 --json
-wanted graph-probe && [ "$DEVICE" = cuda ] &&
-    step graph-probe 60 "$PY" daemon/python/bench_reference.py graph-probe --sizes "$PROBE_SIZES"
 wanted run-3840 && with_memory step run-3840 90 "$BIN" run --local "${COMMON[@]}" "${RUN_IMAGES[@]}" -o "$RESULTS/3840.png" \
     --size "$BIG" --iterations "$BIG_EVALS" --json
 wanted ttl-fp32 && step ttl-fp32 90 "$BIN" bench --time-to-loss "${COMMON[@]}" "${IMAGES[@]}" --precision fp32 \
     --ttl-size "$TTL_SIZE" --reference-evals "$TTL_EVALS" --budgets 0.2 --same-evaluations --json
+wanted daemon-v7 && DAEMON_ENV=TORCH_CUDNN_V8_API_DISABLED=1 daemon_jobs v7
+wanted daemon-benchmark && daemon_jobs benchmark --cudnn-benchmark true
+wanted graph-probe && [ "$DEVICE" = cuda ] &&
+    step graph-probe 60 "$PY" daemon/python/bench_reference.py graph-probe --sizes "$PROBE_SIZES"
 rm -f "$W" "$RESULTS"/*.png "$RESULTS"/*.sock "$RESULTS/memory.samples"
 echo "== done in $((SECONDS - START)) s"
