@@ -5,7 +5,8 @@
 #   evaluation        one evaluation at 128/256/512/1024 against PyTorch eager (same run), and
 #                     replayed as a CUDA graph (time, and its value and gradient against eager)
 #   graph-probe       PyTorch: one evaluation eager against a replayed CUDA graph, 128/256/512
-#   loop              the optimisation loop per evaluation against the bare evaluation
+#   loop, loop-eager  the optimisation loop per evaluation against the bare evaluation (CUDA
+#                     graphs on, as by default; off)
 #   ttl-auto          512 px: PyTorch torch.optim.LBFGS (fp32, cudnn.benchmark, warm, 500
 #                     evaluations) from our start image, then ours with the default settings
 #                     under 0.1/0.2/0.35 of its time and for the same 500 evaluations (first
@@ -13,7 +14,7 @@
 #   ttl-graphs-*      the same (0.2 of its time only) with CUDA graphs on and off
 #   ttl-fp32          the same with our network in fp32 (the single-scale fp32 ratio)
 #   daemon-*.out      a warm daemon: 512 px × 500 twice, then two sizes it has not seen; with
-#                     the defaults, cuDNN benchmark mode, CUDA graphs, cuDNN's v7 API
+#                     the defaults, cuDNN benchmark mode, CUDA graphs off (eager), cuDNN's v7 API
 #   run-3840.out      3840 px × 100 evaluations, default settings, peak device memory
 # (each as NAME.out, its log as NAME.err). Usage: scripts/gpu-check.sh [path/to/neural-style];
 # CONTENT, STYLE: images (default: drawn samples); DEADLINE: seconds for the whole (default
@@ -124,7 +125,9 @@ wanted ttl-auto && step ttl-auto 120 "$BIN" bench --time-to-loss "${COMMON[@]}" 
     --reference-evals "$TTL_EVALS" --budgets 0.1,0.2,0.35 --same-evaluations --json
 wanted loop && step loop 100 "$BIN" bench --loop --device "$DEVICE" --sizes "$LOOP_SIZES" --loop-evaluations "$LOOP_EVALS" \
     --loop-runs 3 --json
-wanted daemon-graphs && daemon_jobs graphs --cuda-graphs true
+wanted loop-eager && step loop-eager 100 "$BIN" bench --loop --device "$DEVICE" --sizes "$LOOP_SIZES" \
+    --loop-evaluations "$LOOP_EVALS" --loop-runs 3 --cuda-graphs false --json
+wanted daemon-eager && daemon_jobs eager --cuda-graphs false
 for graphs in true false; do
     wanted ttl-graphs-$graphs && step ttl-graphs-$graphs 120 "$BIN" bench --time-to-loss "${COMMON[@]}" "${IMAGES[@]}" \
         --ttl-size "$TTL_SIZE" --reference-evals "$TTL_EVALS" --budgets 0.2 --same-evaluations --cuda-graphs $graphs --json

@@ -106,8 +106,8 @@ fn an_evaluation_and_the_loop_around_it_launch_few_operators() {
             Params { size: Some(64), evaluations: 60, multiscale: Some(false), init: Init::Noise, ..Params::default() };
         // (optimiser, most operators the loop adds per evaluation)
         for (name, params, limit) in [
-            ("L-BFGS, history 100", Params { lbfgs_history: 100, ..single.clone() }, 12.0),
-            ("L-BFGS, history 5 (wraps around)", Params { lbfgs_history: 5, ..single.clone() }, 12.0),
+            ("L-BFGS, history 100", Params { lbfgs_history: 100, ..single.clone() }, 10.0),
+            ("L-BFGS, history 5 (wraps around)", Params { lbfgs_history: 5, ..single.clone() }, 10.0),
             ("Adam", Params { optimizer: OptimizerKind::Adam, ..single.clone() }, 8.0),
         ] {
             let added = per_evaluation(&engine, params, count).0 - bare as f64;

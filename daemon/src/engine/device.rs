@@ -18,8 +18,10 @@ pub struct CudaOptions {
 /// mode) instead of taking its heuristics' choice.
 pub const CUDNN_BENCHMARK: bool = false;
 
-/// Whether small scales are evaluated through CUDA graphs.
-pub const CUDA_GRAPHS: bool = false;
+/// Whether small scales are evaluated through CUDA graphs: on an H200 (2026-11-28) a replayed
+/// evaluation took 0.23 / 0.35 / 0.77 of the eager one at 128 / 256 / 512 px, with the same value
+/// and gradient, and the warm 512 px × 500 daemon job 1.16 s against 1.76 s.
+pub const CUDA_GRAPHS: bool = true;
 
 impl Default for CudaOptions {
     fn default() -> Self {

@@ -3,8 +3,8 @@
 //! evaluation launched op by op, 0.84 ms replayed as one graph: docs/benchmarks.md, "GPU").
 //! A [`Captured`] evaluation is recorded once per scale and network on a side stream (after one
 //! warm-up there, as libtorch asks) and then replayed with one launch: the input is copied into
-//! the graph's static input, the outputs are copied out (the optimiser keeps gradients across
-//! evaluations).
+//! the graph's static input, the gradient is copied out (the optimiser keeps gradients across
+//! evaluations), the terms are read from the graph's output.
 //!
 //! The shim over `at::cuda::CUDAGraph` (cpp/cuda_graph.cpp) is compiled only where libtorch has
 //! CUDA (build.rs, `cfg(cuda_graph)`); elsewhere [`Captured::capture`] says so and the caller
@@ -144,6 +144,9 @@ impl Captured {
     }
 
     /// The captured evaluation at `x` (same shape as the captured input): terms and gradient.
+    /// The gradient is a copy (the optimiser keeps gradients across evaluations); the terms are
+    /// the graph's own output, valid until the next replay (every caller reads them at once: see
+    /// [`super::optim::Problem::evaluate`]).
     pub fn replay(&self, x: &Tensor) -> (Tensor, Tensor) {
         let mut input = self.input.shallow_clone();
         input.copy_(x);
@@ -152,7 +155,7 @@ impl Captured {
         if let Err(e) = check(unsafe { ffi::ns_graph_replay(self.handle.0) }) {
             panic!("CUDA graph replay failed: {e}");
         }
-        (self.terms.copy(), self.grad.copy())
+        (self.terms.shallow_clone(), self.grad.copy())
     }
 }
 

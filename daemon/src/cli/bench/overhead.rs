@@ -74,25 +74,45 @@ fn bare_problem(engine: &Engine, job: &Job) -> (Objective, Tensor) {
     (engine.objective(&content, &[style], job.params()), x)
 }
 
-/// Mean seconds of one bare evaluation (value and gradient, value read) of `job`'s objective,
-/// evaluated as the engine's scales would (through a CUDA graph where they use one):
-/// a mean, like the loop's figure, so that the machine's slow moments weigh on both alike.
-fn bare(engine: &Engine, job: &Job, repeats: usize) -> f64 {
-    let device = engine.device();
-    let (objective, x) = bare_problem(engine, job);
-    // through a CUDA graph where the engine's scales would use one (replays from the third on)
-    let graphs = engine.cuda().graphs && device.is_cuda();
-    let mut slot = Slot::default();
-    let f = |x: &Tensor| objective.evaluate_terms(engine.vgg(), x);
-    let mut times = Vec::new();
-    for i in 0..repeats + 3 {
-        let t0 = Instant::now();
-        let (terms, g) = if graphs { slot.evaluate(&x, &f) } else { f(&x) };
-        drop((host::read(&terms), g));
-        sync(device);
-        if i >= 3 {
-            times.push(t0.elapsed().as_secs_f64());
+/// Bare evaluations of `job`'s objective (value and gradient, value read), evaluated as the
+/// engine's scales would: through a CUDA graph where they use one (replays from the third on).
+struct Bare<'a> {
+    engine: &'a Engine,
+    objective: Objective,
+    x: Tensor,
+    slot: Slot,
+}
+
+impl<'a> Bare<'a> {
+    fn new(engine: &'a Engine, job: &Job) -> Self {
+        let (objective, x) = bare_problem(engine, job);
+        let mut bare = Self { engine, objective, x, slot: Slot::default() };
+        for _ in 0..3 {
+            bare.evaluate();
         }
+        bare
+    }
+
+    fn evaluate(&mut self) {
+        let (engine, objective) = (self.engine, &self.objective);
+        let f = |x: &Tensor| objective.evaluate_terms(engine.vgg(), x);
+        let graphs = engine.cuda().graphs && engine.device().is_cuda();
+        let (terms, g) = if graphs { self.slot.evaluate(&self.x, &f) } else { f(&self.x) };
+        drop((host::read(&terms), g));
+    }
+}
+
+/// Mean seconds of one bare evaluation ([`Bare`]): a mean, like the loop's figure, so that the
+/// machine's slow moments weigh on both alike.
+fn bare(engine: &Engine, job: &Job, repeats: usize) -> f64 {
+    let mut bare = Bare::new(engine, job);
+    sync(engine.device());
+    let mut times = Vec::new();
+    for _ in 0..repeats {
+        let t0 = Instant::now();
+        bare.evaluate();
+        sync(engine.device());
+        times.push(t0.elapsed().as_secs_f64());
     }
     times.iter().sum::<f64>() / times.len() as f64
 }
@@ -103,10 +123,9 @@ fn bare(engine: &Engine, job: &Job, repeats: usize) -> f64 {
 pub fn ops_per_evaluation(engine: &Engine, job: &Job) -> anyhow::Result<(f64, f64)> {
     anyhow::ensure!(ops::enable(), "this build has no operator counter");
     let count = || ops::count().unwrap_or(0);
-    let (objective, x) = bare_problem(engine, job);
-    drop(objective.evaluate(engine.vgg(), &x));
+    let mut evaluation = Bare::new(engine, job);
     let before = count();
-    drop(objective.evaluate(engine.vgg(), &x));
+    evaluation.evaluate();
     let bare = (count() - before) as f64;
     let mut first: Option<(usize, u64)> = None;
     let mut last = (0, 0);
@@ -139,9 +158,10 @@ fn looped(engine: &Engine, job: &Job) -> anyhow::Result<(f64, f64, usize)> {
 /// network, which would mix two networks' costs in one figure; the loop's cost is the same).
 pub fn run(args: &Options, device: Device, cuda: CudaOptions) -> anyhow::Result<serde_json::Value> {
     let engine = Engine::with_options(&Weights::random(0), device, Layout::FP32, cuda);
+    let graphs = if device.is_cuda() && engine.cuda().graphs { ", evaluations replayed as CUDA graphs" } else { "" };
     eprintln!(
         "the optimisation loop per evaluation against the bare evaluation (fp32, single scale, {} evaluations, {} \
-         threads, {})",
+         threads, {}{graphs})",
         args.evaluations,
         tch::get_num_threads(),
         device_name(device)
@@ -200,6 +220,7 @@ pub fn run(args: &Options, device: Device, cuda: CudaOptions) -> anyhow::Result<
     }
     Ok(serde_json::json!({
         "device": device_name(device), "threads": tch::get_num_threads(), "precision": "fp32", "results": rows,
+        "cuda_graphs": !graphs.is_empty(),
         "worst_overhead": worst.map(|w| w.0),
     }))
 }

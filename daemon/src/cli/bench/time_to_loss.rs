@@ -179,7 +179,10 @@ pub fn run(args: &Options, device: Device, engine: &Engine, weights_path: &Path)
         }));
     }
     let same = if args.same_evaluations {
-        same_evaluations(engine, &job, &base, args, (ref_seconds, ref_loss))?
+        // PyTorch's own count: torch.optim.LBFGS ends at its first failed line search (a zero
+        // step meets tolerance_change = 0), often short of the evaluations it was given
+        let ref_evals = rep["evaluations"].as_u64().map_or(args.reference_evals, |n| n as usize);
+        same_evaluations(engine, &job, &base, ref_evals, (ref_seconds, ref_loss))?
     } else {
         vec![]
     };
@@ -205,16 +208,16 @@ pub fn run(args: &Options, device: Device, engine: &Engine, weights_path: &Path)
     Ok(v)
 }
 
-/// neural-style for the reference's number of evaluations: default settings (first and repeated)
-/// and single scale, each against the reference's time and loss.
+/// neural-style for the `evaluations` the reference spent: default settings (first and
+/// repeated) and single scale, each against the reference's time and loss.
 fn same_evaluations(
     engine: &Engine,
     job: &Job,
     base: &Params,
-    args: &Options,
+    evaluations: usize,
     (ref_seconds, ref_loss): (f64, f64),
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    let default = Params { evaluations: args.reference_evals, ..base.clone() };
+    let default = Params { evaluations, ..base.clone() };
     let single = Params { multiscale: Some(false), ..default.clone() };
     let mut out = Vec::new();
     for (name, params) in [("default (first)", &default), ("default (repeated)", &default), ("single scale", &single)] {

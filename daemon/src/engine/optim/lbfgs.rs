@@ -81,14 +81,15 @@ impl Default for LbfgsConfig {
 /// chronological order), D its diagonal and γ = s·y / y·y of the newest pair (H₀ = γI),
 /// H g = γg + [S γY] [[R⁻ᵀ(D + γYᵀY)R⁻¹, −R⁻ᵀ], [−R⁻¹, 0]] [Sᵀg; γYᵀg]; with u = R⁻¹Sᵀg and
 /// w = R⁻ᵀ((D + γYᵀY)u − γYᵀg): H g = γg + S w − γ Y u. Sᵀg and Yᵀg came with g's read, so the
-/// solves run on the host and the device does one product back: −H g = [S; Y; g]ᵀ c with
-/// c = (−w, γu, −γ) (g in the spare slot's first row).
+/// solves run on the host and the device does one operator back: −H g = −γ g + [S; Y]ᵀ c with
+/// c = (−w, γu) (`baddbmm`, its β = −γ; rows of slots not held get a zero coefficient, and
+/// hold finite numbers: every slot the product runs over has been written).
 ///
 /// Stored in bf16 (see [`LbfgsConfig::history_bf16`]) the pairs are rounded once, when written;
 /// every product is taken with the stored (rounded) vectors, so SᵀY, YᵀY, Sᵀg and the direction
 /// are those of one consistent history, in f32 arithmetic over [`BF16_SLICES`] slices of the
 /// coordinates (the f32 copy of a slice is the only temporary: 1/[`BF16_SLICES`] of an f32
-/// history); g is then not stored in the spare slot (it would be rounded) but added apart.
+/// history); −γ g is then added apart.
 pub struct History {
     m: usize,
     pairs: Tensor,
@@ -97,9 +98,6 @@ pub struct History {
     /// Slot of the oldest pair (slots are in chronological order from here, wrapping around
     /// m + 1 slots); 0 until the buffer first wraps.
     oldest: usize,
-    /// Slots 0..written have been written (their rows are finite numbers, not uninitialised
-    /// memory: a product with a zero coefficient must not meet a NaN).
-    written: usize,
     /// [(m + 1)²] by slot: sty[i·(m + 1) + j] = s_i·y_j, yty likewise y_i·y_j.
     sty: Vec<f64>,
     yty: Vec<f64>,
@@ -131,7 +129,6 @@ impl History {
             pairs: Tensor::empty([slots as i64, 2, n], (kind, device)),
             len: 0,
             oldest: 0,
-            written: 0,
             sty: vec![0.0; slots * slots],
             yty: vec![0.0; slots * slots],
             gamma: 1.0,
@@ -209,7 +206,6 @@ impl History {
         } else {
             y_row.copy_(&(g - g0));
         }
-        self.written = self.written.max(spare + 1);
     }
 
     /// Device tensors of the products a point's read brings (see [`Products`]): the rows held
@@ -277,7 +273,6 @@ impl History {
         let row = self.pairs.get(spare as i64);
         row.get(0).copy_(s);
         row.get(1).copy_(y);
-        self.written = self.written.max(spare + 1);
         let rows = self.rows(true);
         let pair = host::read(&forward(&self.held(rows), &row.transpose(0, 1)));
         self.accept(&Products { pair, grad: Vec::new() });
@@ -301,7 +296,6 @@ impl History {
         if k == 0 {
             return out;
         }
-        out.written = k;
         // [2k, 2k] of the rows s_0, y_0, s_1, …: s_i·y_j at (2i, 2j+1), y_i·y_j at (2i+1, 2j+1)
         let gram = host::read(&gram(&out.held(k)));
         let at = |r: usize, c: usize| gram[r * 2 * k + c];
@@ -363,29 +357,21 @@ impl History {
         }
         let (u, w) = self.solve(grad);
         let gamma = self.gamma;
-        let bf16 = self.bf16();
-        // with an f32 history g goes into the spare slot's first row; its second row is given
-        // a zero coefficient (and zeros, if it has never been written)
-        let rows = self.rows(!bf16);
+        // the pairs held are a prefix of the slots until the buffer wraps, then all of them
+        // (the spare slot's rows, written by an earlier pair or trial, get zero coefficients)
+        let rows = self.rows(false);
         let mut c = vec![0f32; 2 * rows];
         for (i, slot) in self.chronological().enumerate() {
             c[2 * slot] = -w[i] as f32;
             c[2 * slot + 1] = (gamma * u[i]) as f32;
         }
-        if bf16 {
-            let back = back(&self.held(rows), &host::upload(&c, g.device()));
-            return g * (-gamma) + back;
+        let c = host::upload(&c, g.device());
+        if self.bf16() {
+            return g * (-gamma) + back(&self.held(rows), &c);
         }
-        let spare = self.spare();
-        c[2 * spare] = -gamma as f32;
-        let row = self.pairs.get(spare as i64);
-        row.get(0).copy_(g);
-        if spare >= self.written {
-            let _ = row.get(1).zero_();
-            self.written = spare + 1;
-        }
-        self.spare_holds = None;
-        back(&self.held(rows), &host::upload(&c, g.device()))
+        // −γ g + heldᵀ c as one operator: [1, 1, n] = β g + [1, 1, 2k] × [1, 2k, n]
+        let n = g.numel() as i64;
+        g.view([1, 1, n]).baddbmm(&c.view([1, 1, -1]), &self.held(rows).unsqueeze(0), -gamma, 1.0).view([n])
     }
 
     /// [`History::step_direction`] for any g: its products with the rows are taken and read

@@ -39,7 +39,8 @@ pub trait Problem {
     type Stop;
     /// Value terms and gradient at `x`, left on the device (no host read): `terms` is 1-D,
     /// `terms[0]` the value minimised; the rest (e.g. the loss terms a progress report shows)
-    /// are read with it.
+    /// are read with it, before the next evaluation (which may overwrite them: a replayed CUDA
+    /// graph's output). The gradient stays valid.
     fn evaluate(&mut self, x: &Tensor) -> (Tensor, Tensor);
     /// The last evaluation's terms, read to the host. `Err` stops the optimiser at once.
     fn evaluated(&mut self, terms: &[f64]) -> Result<(), Self::Stop>;
