@@ -35,8 +35,10 @@ pub fn upload(values: &[f32], device: Device) -> Tensor {
     match device {
         Device::Cpu => host,
         // (should pinning fail, a plain copy: it waits for the device, but the values arrive)
+        // (`_pin_memory`: `pin_memory` with a device, the only form tch binds, prints a
+        // deprecation warning at every call)
         _ => host
-            .f_pin_memory(device)
+            .f_internal_pin_memory(device)
             .and_then(|pinned| pinned.f_to_device_(device, Kind::Float, true, false))
             .unwrap_or_else(|_| host.to_device(device)),
     }
