@@ -209,30 +209,33 @@ impl History {
     }
 
     /// Device tensors of the products a point's read brings (see [`Products`]): the rows held
-    /// (and the spare slot's pair, when `pair`) times the spare slot's pair and times `g`.
+    /// (and the spare slot's pair, when `pair`) times the spare slot's pair and `g`, in one pass
+    /// over the rows (the history is the largest thing an evaluation reads besides the network:
+    /// 0.5 GB at 512 px with 100 pairs, 38 GB at 3840 px).
     fn products(&self, g: &Tensor, pair: bool) -> Vec<Tensor> {
         let rows = self.rows(pair);
         if rows == 0 {
             return Vec::new();
         }
-        let held = self.held(rows);
-        let mut out = Vec::new();
-        if pair {
-            let spare = self.pairs.get(self.spare() as i64).transpose(0, 1);
-            out.push(forward(&held, &spare).reshape([-1]));
-        }
-        out.push(forward(&held, &g.unsqueeze(1)).reshape([-1]));
-        out
+        let columns = match pair {
+            // [s; y; g] as [3, n] (a bf16 pair is widened by the join)
+            true => Tensor::cat(&[self.pairs.get(self.spare() as i64), g.reshape([1, -1])], 0),
+            false => g.reshape([1, -1]),
+        };
+        vec![forward(&self.held(rows), &columns.transpose(0, 1)).reshape([-1])]
     }
 
-    /// The values read for [`History::products`], in the same order.
+    /// Values read for [`History::products`]: each row's products with the columns, row by row.
     fn split_products(&self, values: &[f64], pair: bool) -> Products {
         let rows = self.rows(pair);
         if rows == 0 {
             return Products::default();
         }
-        let (pair, grad) = values.split_at(if pair { 4 * rows } else { 0 });
-        Products { pair: pair.to_vec(), grad: grad[..2 * rows].to_vec() }
+        if !pair {
+            return Products { pair: Vec::new(), grad: values[..2 * rows].to_vec() };
+        }
+        let by_row = values[..6 * rows].chunks_exact(3);
+        Products { pair: by_row.clone().flat_map(|r| [r[0], r[1]]).collect(), grad: by_row.map(|r| r[2]).collect() }
     }
 
     /// s·g of a trial's step and gradient, from its products.
