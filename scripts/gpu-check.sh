@@ -5,11 +5,11 @@
 #   evaluation        one evaluation at 128/256/512/1024 against PyTorch eager (same run), and
 #                     replayed as a CUDA graph (time, and its value and gradient against eager)
 #   graph-probe       PyTorch: one evaluation eager against a replayed CUDA graph, 128/256/512
-#   loop, loop-eager  the optimisation loop per evaluation against the bare evaluation (CUDA
-#                     graphs on, as by default; off)
+#   loop, loop-eager  the optimisation loop per evaluation against the bare evaluation, 5 pairs
+#                     (CUDA graphs on, as by default; off): ±5 points from run to run with 3
 #   ttl-auto          512 px: PyTorch torch.optim.LBFGS (fp32, cudnn.benchmark, warm, 500
 #                     evaluations) from our start image, then ours with the default settings
-#                     under 0.1/0.2/0.35 of its time and for the same 500 evaluations (first
+#                     under 0.1/0.2/0.35 of its time and for the evaluations it spent (first
 #                     at the size, repeated, single scale); both images scored by one objective
 #   ttl-graphs-*      the same (0.2 of its time only) with CUDA graphs on and off
 #   ttl-fp32          the same with our network in fp32 (the single-scale fp32 ratio)
@@ -124,9 +124,9 @@ wanted daemon && daemon_jobs default
 wanted ttl-auto && step ttl-auto 120 "$BIN" bench --time-to-loss "${COMMON[@]}" "${IMAGES[@]}" --ttl-size "$TTL_SIZE" \
     --reference-evals "$TTL_EVALS" --budgets 0.1,0.2,0.35 --same-evaluations --json
 wanted loop && step loop 100 "$BIN" bench --loop --device "$DEVICE" --sizes "$LOOP_SIZES" --loop-evaluations "$LOOP_EVALS" \
-    --loop-runs 3 --json
+    --loop-runs 5 --json
 wanted loop-eager && step loop-eager 100 "$BIN" bench --loop --device "$DEVICE" --sizes "$LOOP_SIZES" \
-    --loop-evaluations "$LOOP_EVALS" --loop-runs 3 --cuda-graphs false --json
+    --loop-evaluations "$LOOP_EVALS" --loop-runs 5 --cuda-graphs false --json
 wanted daemon-eager && daemon_jobs eager --cuda-graphs false
 for graphs in true false; do
     wanted ttl-graphs-$graphs && step ttl-graphs-$graphs 120 "$BIN" bench --time-to-loss "${COMMON[@]}" "${IMAGES[@]}" \
