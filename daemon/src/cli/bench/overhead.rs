@@ -167,8 +167,8 @@ pub fn run(args: &Options, device: Device, cuda: CudaOptions) -> anyhow::Result<
         device_name(device)
     );
     eprintln!(
-        "{:>5} {:>12} {:>12} {:>12} {:>9} {:>11}",
-        "size", "optimizer", "bare ms", "loop ms", "overhead", "reads/eval"
+        "{:>5} {:>12} {:>12} {:>12} {:>9} {:>15} {:>11}",
+        "size", "optimizer", "bare ms", "loop ms", "overhead", "pairs' range", "reads/eval"
     );
     let mut rows = Vec::new();
     let mut worst: Option<(f64, String)> = None;
@@ -185,21 +185,25 @@ pub fn run(args: &Options, device: Device, cuda: CudaOptions) -> anyhow::Result<
             }
             let t_bare = median(pairs.iter().map(|p| p.0).collect());
             let t_loop = median(pairs.iter().map(|p| p.1 .0).collect());
-            let overhead = median(pairs.iter().map(|p| p.1 .0 / p.0).collect()) - 1.0;
+            let each: Vec<f64> = pairs.iter().map(|p| p.1 .0 / p.0 - 1.0).collect();
+            let overhead = median(each.clone());
+            let (low, high) = each.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &o| (l.min(o), h.max(o)));
             let (reads, evaluations) = (pairs[0].1 .1, pairs[0].1 .2);
             if worst.as_ref().is_none_or(|w| overhead > w.0) {
                 worst = Some((overhead, format!("{size} px, {}", v.name)));
             }
             eprintln!(
-                "{size:>5} {:>12} {:>12.3} {:>12.3} {:>8.1}% {reads:>11.2}",
+                "{size:>5} {:>12} {:>12.3} {:>12.3} {:>8.1}% {:>15} {reads:>11.2}",
                 v.name,
                 t_bare * 1e3,
                 t_loop * 1e3,
-                overhead * 100.0
+                overhead * 100.0,
+                format!("{:.1}…{:.1}%", low * 100.0, high * 100.0)
             );
             rows.push(serde_json::json!({
                 "size": size, "optimizer": v.name, "bare_s": t_bare, "loop_s_per_evaluation": t_loop,
-                "overhead": overhead, "host_reads_per_evaluation": reads, "evaluations": evaluations,
+                "overhead": overhead, "overhead_each_pair": each, "host_reads_per_evaluation": reads,
+                "evaluations": evaluations,
             }));
         }
     }
