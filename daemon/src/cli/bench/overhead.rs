@@ -158,10 +158,11 @@ fn looped(engine: &Engine, job: &Job) -> anyhow::Result<(f64, f64, usize)> {
 /// network, which would mix two networks' costs in one figure; the loop's cost is the same).
 pub fn run(args: &Options, device: Device, cuda: CudaOptions) -> anyhow::Result<serde_json::Value> {
     let engine = Engine::with_options(&Weights::random(0), device, Layout::FP32, cuda);
-    let graphs = if device.is_cuda() && engine.cuda().graphs { ", evaluations replayed as CUDA graphs" } else { "" };
+    let graphs = device.is_cuda() && engine.cuda().graphs;
+    let replayed = if graphs { ", evaluations replayed as CUDA graphs" } else { "" };
     eprintln!(
         "the optimisation loop per evaluation against the bare evaluation (fp32, single scale, {} evaluations, {} \
-         threads, {}{graphs})",
+         threads, {}{replayed})",
         args.evaluations,
         tch::get_num_threads(),
         device_name(device)
@@ -224,7 +225,7 @@ pub fn run(args: &Options, device: Device, cuda: CudaOptions) -> anyhow::Result<
     }
     Ok(serde_json::json!({
         "device": device_name(device), "threads": tch::get_num_threads(), "precision": "fp32", "results": rows,
-        "cuda_graphs": !graphs.is_empty(),
+        "cuda_graphs": graphs,
         "worst_overhead": worst.map(|w| w.0),
     }))
 }
