@@ -3,7 +3,8 @@
 //! references it directly (otherwise `tch::Cuda::is_available()` is false on CUDA machines).
 //! Small C++ shims over what tch does not bind: backpropagation from several tensors with their
 //! own gradients (cpp/backward.cpp, `cfg(autograd_backward)`), the operator counter
-//! (cpp/op_counter.cpp, `cfg(op_counter)`), and, where libtorch has CUDA and the CUDA runtime headers are at hand,
+//! (cpp/op_counter.cpp, `cfg(op_counter)`), a copy that does not wait for the device
+//! (cpp/copy.cpp, `cfg(copy_shim)`), and, where libtorch has CUDA and the CUDA runtime headers are at hand,
 //! libtorch's CUDA graphs (cpp/cuda_graph.cpp, `cfg(cuda_graph)`).
 use std::env;
 use std::path::{Path, PathBuf};
@@ -15,9 +16,11 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/cuda_graph.cpp");
     println!("cargo:rerun-if-changed=cpp/backward.cpp");
     println!("cargo:rerun-if-changed=cpp/op_counter.cpp");
+    println!("cargo:rerun-if-changed=cpp/copy.cpp");
     println!("cargo::rustc-check-cfg=cfg(cuda_graph)");
     println!("cargo::rustc-check-cfg=cfg(op_counter)");
     println!("cargo::rustc-check-cfg=cfg(autograd_backward)");
+    println!("cargo::rustc-check-cfg=cfg(copy_shim)");
     let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if let Ok(dir) = env::var("DEP_TCH_LIBTORCH_LIB") {
         if os == "linux" || os == "macos" {
@@ -34,6 +37,8 @@ fn main() {
                 println!("cargo:rustc-cfg=autograd_backward");
                 shim(lib, &include, "op_counter", None);
                 println!("cargo:rustc-cfg=op_counter");
+                shim(lib, &include, "copy", None);
+                println!("cargo:rustc-cfg=copy_shim");
                 cuda_graph_shim(lib, &include);
             }
         }

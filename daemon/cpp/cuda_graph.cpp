@@ -70,8 +70,17 @@ int ns_graph_exit(void* p) {
     });
 }
 
-int ns_graph_capture_begin(void* p) {
-    return guarded([&] { static_cast<Graph*>(p)->graph.capture_begin(); });
+// Begins capturing on the side stream; with `pool` (a captured graph, or null) into that graph's
+// memory pool: graphs that are never replayed at the same time may share their intermediates.
+int ns_graph_capture_begin(void* p, void* pool) {
+    return guarded([&] {
+        auto* g = static_cast<Graph*>(p);
+        if (pool != nullptr) {
+            g->graph.capture_begin(static_cast<Graph*>(pool)->graph.pool());
+        } else {
+            g->graph.capture_begin();
+        }
+    });
 }
 
 int ns_graph_capture_end(void* p) {

@@ -37,7 +37,7 @@ mod ffi {
         pub fn ns_graph_new(device: c_int, out: *mut *mut c_void) -> c_int;
         pub fn ns_graph_enter(g: *mut c_void) -> c_int;
         pub fn ns_graph_exit(g: *mut c_void) -> c_int;
-        pub fn ns_graph_capture_begin(g: *mut c_void) -> c_int;
+        pub fn ns_graph_capture_begin(g: *mut c_void, pool: *mut c_void) -> c_int;
         pub fn ns_graph_capture_end(g: *mut c_void) -> c_int;
         pub fn ns_graph_replay(g: *mut c_void) -> c_int;
         pub fn ns_graph_free(g: *mut c_void);
@@ -47,13 +47,13 @@ mod ffi {
 /// Whether this build can capture CUDA graphs.
 pub const AVAILABLE: bool = cfg!(cuda_graph);
 
-/// One evaluation captured as a CUDA graph, with its static input and outputs.
-pub struct Captured {
+/// Work captured as one CUDA graph: recorded once on a side stream (after one warm-up run
+/// there, as libtorch asks), then replayed with one launch. Its outputs are the graph's own
+/// tensors, overwritten by every replay.
+pub struct Graph {
     #[cfg(cuda_graph)]
     handle: Handle,
-    input: Tensor,
-    terms: Tensor,
-    grad: Tensor,
+    outputs: Vec<Tensor>,
 }
 
 #[cfg(cuda_graph)]
@@ -83,50 +83,109 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
 }
 
-impl Captured {
-    /// Evaluates `f` at `x` once on a side stream (the warm-up a capture needs; its result is
-    /// this evaluation's), then captures `f` on a static copy of `x`. Returns that result and
-    /// the graph, or why it could not be captured.
+impl Graph {
+    /// Runs `f` once on a side stream of `device` (the warm-up a capture needs: its outputs,
+    /// copied, are this run's), then captures `f` (into `pool`'s memory pool where given: graphs
+    /// never replayed at the same time may share their intermediates). `f` runs twice in all,
+    /// and the capture does no work: what `f` writes in place must come out the same when it runs
+    /// again on the same inputs.
     #[cfg(cuda_graph)]
-    pub fn capture(x: &Tensor, f: &Evaluate) -> Result<((Tensor, Tensor), Self), String> {
+    pub fn capture(
+        device: tch::Device,
+        f: &dyn Fn() -> Vec<Tensor>,
+        pool: Option<&Graph>,
+    ) -> Result<(Vec<Tensor>, Self), String> {
         use std::panic::{catch_unwind, AssertUnwindSafe};
 
-        let tch::Device::Cuda(index) = x.device() else { return Err("not a CUDA tensor".into()) };
+        let tch::Device::Cuda(index) = device else { return Err("not a CUDA device".into()) };
         let mut raw = std::ptr::null_mut();
         // SAFETY: the shim writes a new graph's pointer into `raw` or returns an error
         check(unsafe { ffi::ns_graph_new(index as std::ffi::c_int, &mut raw) })?;
         let handle = Handle(raw);
-        let input = x.copy();
-        // SAFETY (every call below): `handle` holds a live graph
+        let pool = pool.map_or(std::ptr::null_mut(), |g| g.handle.0);
+        // SAFETY (every call below): `handle` (and `pool`, where not null) hold live graphs
         check(unsafe { ffi::ns_graph_enter(handle.0) })?;
         let on_side = catch_unwind(AssertUnwindSafe(|| -> Result<_, String> {
-            let warm = f(&input);
-            check(unsafe { ffi::ns_graph_capture_begin(handle.0) })?;
-            let recorded = catch_unwind(AssertUnwindSafe(|| f(&input)));
+            let warm = f();
+            check(unsafe { ffi::ns_graph_capture_begin(handle.0, pool) })?;
+            let recorded = catch_unwind(AssertUnwindSafe(f));
             let end = check(unsafe { ffi::ns_graph_capture_end(handle.0) });
             let outputs = recorded.map_err(panic_message)?;
             end.map(|()| (warm, outputs))
         }));
         let exit = check(unsafe { ffi::ns_graph_exit(handle.0) });
-        let (warm, (terms, grad)) = on_side.map_err(panic_message)??;
+        let (warm, outputs) = on_side.map_err(panic_message)??;
         exit?;
         // the warm-up's outputs were made on the side stream: hand on copies made on this one
-        let result = (warm.0.copy(), warm.1.copy());
-        Ok((result, Self { handle, input, terms, grad }))
+        Ok((warm.iter().map(Tensor::copy).collect(), Self { handle, outputs }))
     }
 
     #[cfg(not(cuda_graph))]
-    pub fn capture(_x: &Tensor, _f: &Evaluate) -> Result<((Tensor, Tensor), Self), String> {
+    pub fn capture(
+        _device: tch::Device,
+        _f: &dyn Fn() -> Vec<Tensor>,
+        _pool: Option<&Graph>,
+    ) -> Result<(Vec<Tensor>, Self), String> {
         Err("this build has no CUDA graph support (libtorch without CUDA, or no CUDA headers at build time)".into())
+    }
+
+    /// Replays the captured work; returns its outputs (the graph's own: valid until the next
+    /// replay).
+    pub fn replay(&self) -> Vec<Tensor> {
+        #[cfg(cuda_graph)]
+        // SAFETY: `handle` holds a live, captured graph
+        if let Err(e) = check(unsafe { ffi::ns_graph_replay(self.handle.0) }) {
+            panic!("CUDA graph replay failed: {e}");
+        }
+        self.outputs.iter().map(Tensor::shallow_clone).collect()
+    }
+
+    /// Relative differences of each of `outputs` from `expected` (max |Δ| / max |expected|).
+    fn disagreement(outputs: &[Tensor], expected: &[Tensor]) -> Vec<f64> {
+        let relative =
+            |a: &Tensor, b: &Tensor| ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).to_kind(tch::Kind::Float);
+        let diffs: Vec<Tensor> = outputs.iter().zip(expected).map(|(a, b)| relative(a, b)).collect();
+        host::read(&Tensor::stack(&diffs, 0))
+    }
+}
+
+/// Checks a replay's differences from the eager run (see [`Graph::disagreement`]) against bounds:
+/// a graph that missed work (the backward on another stream, say) would hand on stale values.
+fn within(diffs: &[f64], bounds: &[f64]) -> Result<(), String> {
+    if diffs.iter().zip(bounds).all(|(d, b)| d <= b) {
+        Ok(())
+    } else {
+        let diffs: Vec<String> = diffs.iter().map(|d| format!("{d:.1e}")).collect();
+        Err(format!("the replayed graph disagrees with the eager run (relative differences {})", diffs.join(", ")))
+    }
+}
+
+/// One evaluation captured as a CUDA graph, with its static input: `x → (terms, gradient)`.
+pub struct Captured {
+    input: Tensor,
+    graph: Graph,
+}
+
+impl Captured {
+    /// Evaluates `f` at `x` once on a side stream (the warm-up a capture needs; its result is
+    /// this evaluation's), then captures `f` on a static copy of `x`. Returns that result and
+    /// the graph, or why it could not be captured.
+    pub fn capture(x: &Tensor, f: &Evaluate) -> Result<((Tensor, Tensor), Self), String> {
+        let input = x.copy();
+        let run = || {
+            let (terms, grad) = f(&input);
+            vec![terms, grad]
+        };
+        let (warm, graph) = Graph::capture(x.device(), &run, None)?;
+        let [terms, grad]: [Tensor; 2] = warm.try_into().map_err(|_| "two outputs".to_string())?;
+        Ok(((terms, grad), Self { input, graph }))
     }
 
     /// Replays at `x` once and compares with `eager`, the eager evaluation at `x`: relative
     /// differences of the value (|Δ| / |value|) and of the gradient (max |Δg| / max |g|).
     pub fn disagreement(&self, x: &Tensor, eager: &(Tensor, Tensor)) -> (f64, f64) {
         let (terms, grad) = self.replay(x);
-        let relative = |a: &Tensor, b: &Tensor| (a - b).abs().max() / b.abs().max().clamp_min(1e-30);
-        let diffs =
-            host::read(&Tensor::stack(&[relative(&terms.get(0), &eager.0.get(0)), relative(&grad, &eager.1)], 0));
+        let diffs = Graph::disagreement(&[terms.get(0), grad], &[eager.0.get(0), eager.1.shallow_clone()]);
         (diffs[0], diffs[1])
     }
 
@@ -134,13 +193,7 @@ impl Captured {
     /// another stream, say) would hand on stale values.
     pub fn verify(&self, x: &Tensor, eager: &(Tensor, Tensor)) -> Result<(), String> {
         let (value, gradient) = self.disagreement(x, eager);
-        if value <= 1e-3 && gradient <= 1e-2 {
-            Ok(())
-        } else {
-            Err(format!(
-                "the replayed graph disagrees with the eager evaluation (value {value:.1e}, gradient {gradient:.1e})"
-            ))
-        }
+        within(&[value, gradient], &[1e-3, 1e-2])
     }
 
     /// The captured evaluation at `x` (same shape as the captured input): terms and gradient.
@@ -150,12 +203,73 @@ impl Captured {
     pub fn replay(&self, x: &Tensor) -> (Tensor, Tensor) {
         let mut input = self.input.shallow_clone();
         input.copy_(x);
-        #[cfg(cuda_graph)]
-        // SAFETY: `handle` holds a live, captured graph
-        if let Err(e) = check(unsafe { ffi::ns_graph_replay(self.handle.0) }) {
-            panic!("CUDA graph replay failed: {e}");
+        let [terms, grad]: [Tensor; 2] = self.graph.replay().try_into().expect("two outputs");
+        (terms, grad.copy())
+    }
+}
+
+/// Steps of an optimiser (see [`super::optim::Step`]) captured with their evaluations, one
+/// graph per step name, all in one memory pool (one step runs at a time). A step is replayed
+/// while it runs over the same tensors as when captured (which this keeps alive), and
+/// captured again when they changed.
+#[derive(Default)]
+pub struct Steps {
+    captured: Vec<CapturedStep>,
+    /// Capturing failed (or the process gave up on graphs): every step runs eagerly.
+    eager: bool,
+}
+
+struct CapturedStep {
+    name: String,
+    /// What the step runs over (kept alive: the graph reads and writes them by address).
+    uses: Vec<Tensor>,
+    graph: Graph,
+}
+
+/// Whether `a` and `b` are the same tensors (storage, offset and shape).
+fn same(a: &[Tensor], b: &[&Tensor]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.data_ptr() == b.data_ptr() && a.size() == b.size())
+}
+
+impl Steps {
+    /// `f`'s outputs (valid until the next step): through the graph captured for `name` over
+    /// `uses` (captured now where there is none yet; on a CPU, or after a failed capture, `f`
+    /// itself). `f` reads and writes nothing but `uses` and what it makes, and writes the same
+    /// when run twice.
+    pub fn run(
+        &mut self,
+        name: &str,
+        uses: &[&Tensor],
+        device: tch::Device,
+        f: &dyn Fn() -> Vec<Tensor>,
+    ) -> Vec<Tensor> {
+        if self.eager || !device.is_cuda() || GAVE_UP.load(Ordering::Relaxed) {
+            return f();
         }
-        (self.terms.shallow_clone(), self.grad.copy())
+        if let Some(step) = self.captured.iter().find(|s| s.name == name && same(&s.uses, uses)) {
+            return step.graph.replay();
+        }
+        self.captured.retain(|s| s.name != name);
+        let pool = self.captured.first().map(|s| &s.graph);
+        let captured = Graph::capture(device, f, pool).and_then(|(warm, graph)| {
+            // a replay over the same inputs must give what the warm-up gave
+            let diffs = Graph::disagreement(&graph.replay(), &warm);
+            within(&diffs, &vec![1e-3; diffs.len()]).map(|()| (warm, graph))
+        });
+        match captured {
+            Ok((warm, graph)) => {
+                let uses = uses.iter().map(|t| t.shallow_clone()).collect();
+                self.captured.push(CapturedStep { name: name.to_string(), uses, graph });
+                warm
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, step = name, "could not capture the optimiser's step as a CUDA graph: running it eagerly from now on");
+                GAVE_UP.store(true, Ordering::Relaxed);
+                self.eager = true;
+                self.captured.clear();
+                f()
+            }
+        }
     }
 }
 

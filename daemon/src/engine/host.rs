@@ -40,7 +40,42 @@ pub fn upload(values: &[f32], device: Device) -> Tensor {
     // (should pinning fail, a plain copy: it waits for the device, but the values arrive)
     STAGING
         .with(|staging| staged(&mut staging.borrow_mut(), values, device))
+        .and_then(|pinned| pinned.f_to_device_(device, Kind::Float, true, false))
         .unwrap_or_else(|_| Tensor::from_slice(values).to_device(device))
+}
+
+/// Writes `values` into the first elements of `dst` (a contiguous 1-D f32 tensor, on any
+/// device), as [`upload`] sends them: one operator, no wait for the device.
+pub fn upload_into(dst: &Tensor, values: &[f32]) {
+    UPLOADS.with(|u| u.set(u.get() + 1));
+    let dst = dst.narrow(0, 0, values.len() as i64);
+    let device = dst.device();
+    let pinned = match device {
+        Device::Cpu => Ok(Tensor::from_slice(values)),
+        _ => STAGING.with(|staging| staged(&mut staging.borrow_mut(), values, device)),
+    };
+    if !pinned.is_ok_and(|src| copy_nonblocking(&dst, &src)) {
+        dst.shallow_clone().copy_(&Tensor::from_slice(values).to_device(device));
+    }
+}
+
+/// `dst.copy_(src, non_blocking = true)` (cpp/copy.cpp); false where it failed or this build
+/// has no shim.
+#[cfg(copy_shim)]
+fn copy_nonblocking(dst: &Tensor, src: &Tensor) -> bool {
+    use std::ffi::{c_char, c_void};
+    extern "C" {
+        fn ns_copy_nonblocking(dst: *const c_void, src: *const c_void) -> *const c_char;
+    }
+    // SAFETY: both are live at::Tensor handles for the whole call (copy_ writes the elements,
+    // not the handle); the shim catches every C++ exception (its message is not needed here:
+    // the caller copies plainly)
+    unsafe { ns_copy_nonblocking(dst.as_ptr() as *const c_void, src.as_ptr() as *const c_void).is_null() }
+}
+
+#[cfg(not(copy_shim))]
+fn copy_nonblocking(_dst: &Tensor, _src: &Tensor) -> bool {
+    false
 }
 
 /// A pinned host buffer for uploads to `device`, and the reads count when it was last filled.
@@ -54,6 +89,7 @@ thread_local! {
     static STAGING: std::cell::RefCell<Option<Staging>> = const { std::cell::RefCell::new(None) };
 }
 
+/// `values` in this thread's pinned buffer for `device` (a slice of it).
 fn staged(staging: &mut Option<Staging>, values: &[f32], device: Device) -> Result<Tensor, tch::TchError> {
     let now = reads();
     let reusable = |s: &Staging| s.device == device && s.buffer.numel() >= values.len() && s.filled_at < now;
@@ -69,7 +105,7 @@ fn staged(staging: &mut Option<Staging>, values: &[f32], device: Device) -> Resu
     // owned by this thread, and no copy from it is in flight (a read has come since the last)
     unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), s.buffer.data_ptr() as *mut f32, values.len()) };
     s.filled_at = now;
-    s.buffer.narrow(0, 0, values.len() as i64).f_to_device_(device, Kind::Float, true, false)
+    Ok(s.buffer.narrow(0, 0, values.len() as i64))
 }
 
 /// Uploads of this thread so far.

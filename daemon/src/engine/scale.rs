@@ -6,10 +6,10 @@ use std::time::Instant;
 use tch::Tensor;
 
 use super::events::{Control, Observer, Progress};
-use super::graph::Slot;
+use super::graph::{Slot, Steps};
 use super::memory::release_freed;
 use super::objective::{Losses, Objective};
-use super::optim::{Curvature, Optimizer, Problem, Stop};
+use super::optim::{run_step, Curvature, Optimizer, Problem, Step, Stop};
 use super::params::Params;
 use super::schedule::{deadline, stalled, CARRIED_GRADIENT_SCALE};
 use super::tiling::{self, Tiling};
@@ -147,8 +147,10 @@ struct Evaluations<'s, 'j, 'o> {
     current: Option<Tensor>,
     /// A line search failed: evaluate on the f32 network from now on (when there is one).
     precise: bool,
-    /// CUDA graphs of the working and the f32 network's evaluation.
+    /// CUDA graphs of the working and the f32 network's evaluation, and of the optimiser's
+    /// steps with them.
     graphs: [Slot; 2],
+    steps: [Steps; 2],
     /// The job's evaluation count and clock after this scale's first evaluation (which pays for
     /// first-call work: cuDNN autotuning, oneDNN primitives, graph capture).
     first: Option<(usize, f64)>,
@@ -173,6 +175,38 @@ impl Problem for Evaluations<'_, '_, '_> {
         };
         self.current = Some(flat.shallow_clone());
         (terms, grad.view([-1]))
+    }
+
+    fn captures_steps(&self) -> bool {
+        self.scale.graphs && self.scale.tiling.is_none()
+    }
+
+    fn evaluate_step(&mut self, step: &Step) -> (Tensor, Tensor, Tensor) {
+        if !self.captures_steps() {
+            return run_step(self, step);
+        }
+        let (net, objective, refined) = self.scale.network(self.job, self.precise);
+        if refined {
+            // the working network's graphs are done with: free their memory
+            self.graphs[0] = Slot::Eager;
+            self.steps[0] = Steps::default();
+        }
+        let shape = self.shape.as_slice();
+        let run = || {
+            let x = (step.point)();
+            let (terms, g) = objective.evaluate_terms(net, &x.view(shape));
+            let g = g.view([-1]);
+            let joined = Tensor::cat(&[terms.reshape([-1]), (step.extras)(&g)], 0);
+            vec![x, joined, g]
+        };
+        let [x, joined, g]: [Tensor; 3] = self.steps[usize::from(refined)]
+            .run(step.name, step.uses, net.device(), &run)
+            .try_into()
+            .expect("three outputs");
+        // the point and the gradient outlive the next step; the joined values are read at once
+        let (x, g) = (x.copy(), g.copy());
+        self.current = Some(x.shallow_clone());
+        (x, joined, g)
     }
 
     fn evaluated(&mut self, terms: &[f64]) -> Result<(), StopReason> {
@@ -227,6 +261,7 @@ impl ScaleRun<'_> {
             current: None,
             precise: false,
             graphs: Default::default(),
+            steps: Default::default(),
             first: None,
         };
         let outcome = self.optimizer.minimize(&x0.view([-1]), self.budget, &mut problem, curvature);

@@ -23,7 +23,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::super::host;
-use super::{evaluate_and_read, FnProblem, Outcome, Problem, Stop};
+use super::{evaluate_and_read, step_and_read, FnProblem, Outcome, Problem, Step, Stepped, Stop};
 
 /// Settings; the defaults are torch.optim.LBFGS's.
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
@@ -182,52 +182,61 @@ impl History {
         self.pairs.narrow(0, 0, rows as i64).view([2 * rows as i64, -1])
     }
 
-    /// Writes a trial's s = t·d into the spare slot; returns s (unrounded where the history is
-    /// bf16).
-    fn write_step(&mut self, d: &Tensor, t: f64, trial: u64) -> Tensor {
-        let mut s_row = self.pairs.get(self.spare() as i64).get(0);
+    /// Slots a trial's products run over: every slot where `all` (a captured step keeps its
+    /// shapes), else the pairs held and the spare slot (see [`History::rows`]).
+    fn trial_rows(&self, all: bool) -> usize {
+        if all {
+            self.slots()
+        } else {
+            self.rows(true)
+        }
+    }
+
+    /// Slots a direction runs over (see [`History::trial_rows`]): the pairs held, or every slot.
+    fn direction_rows(&self, all: bool) -> usize {
+        if all {
+            self.slots()
+        } else {
+            self.rows(false)
+        }
+    }
+
+    /// Zeroes the slots not written yet (once per run, where every slot takes part in the
+    /// products and directions: a slot's rows must then hold finite numbers).
+    fn zero_unwritten(&self) {
+        if self.oldest == 0 && self.len + usize::from(self.spare_holds.is_some()) < self.slots() {
+            let written = (self.len + usize::from(self.spare_holds.is_some())) as i64;
+            let _ = self.pairs.narrow(0, written, self.slots() as i64 - written).zero_();
+        }
+    }
+
+    /// Writes a trial's pair ([2, n]: s, y) into the slot held by `slot` (a device scalar) and
+    /// returns the pair as stored (rounded where the history is bf16).
+    fn write_pair(&self, pair: &Tensor, slot: &Tensor) -> Tensor {
+        let stored = pair.to_kind(self.pairs.kind());
+        let _ = self.pairs.shallow_clone().index_copy_(0, &slot.to_kind(Kind::Int64), &stored.unsqueeze(0));
+        stored
+    }
+
+    /// Writes a trial's pair (s = t·d, y = g − g₀) into the spare slot again, from the host's
+    /// index (the trial taken was not the last one tried along its line).
+    fn rewrite_pair(&mut self, d: &Tensor, t: f64, g: &Tensor, g0: &Tensor, trial: u64) {
+        let pair = Tensor::stack(&[d * t, g - g0], 0).to_kind(self.pairs.kind());
+        self.pairs.get(self.spare() as i64).copy_(&pair);
         self.spare_holds = Some(trial);
-        if s_row.kind() == d.kind() {
-            // (the `out` variants return their output, the row itself)
-            d.mul_scalar_out(&s_row, t)
-        } else {
-            let s = d * t;
-            s_row.copy_(&s);
-            s
-        }
     }
 
-    /// Writes a trial's y = g − g₀ into the spare slot (after [`History::write_step`]).
-    fn write_gradient_change(&mut self, g: &Tensor, g0: &Tensor) {
-        let spare = self.spare();
-        let mut y_row = self.pairs.get(spare as i64).get(1);
-        if y_row.kind() == g.kind() {
-            let _ = g.sub_out(&y_row, g0);
-        } else {
-            y_row.copy_(&(g - g0));
-        }
+    /// The products a point's read brings (see [`Products`]): the first `rows` slots times the
+    /// `columns` ([c, n]: a trial's s, y and g, or a point's g), in one pass over the rows (the
+    /// history is the largest thing an evaluation reads besides the network: 0.5 GB at 512 px
+    /// with 100 pairs, 38 GB at 3840 px).
+    fn products(&self, columns: &Tensor, rows: usize) -> Option<Tensor> {
+        (rows > 0).then(|| forward(&self.held(rows), &columns.transpose(0, 1)).reshape([-1]))
     }
 
-    /// Device tensors of the products a point's read brings (see [`Products`]): the rows held
-    /// (and the spare slot's pair, when `pair`) times the spare slot's pair and `g`, in one pass
-    /// over the rows (the history is the largest thing an evaluation reads besides the network:
-    /// 0.5 GB at 512 px with 100 pairs, 38 GB at 3840 px).
-    fn products(&self, g: &Tensor, pair: bool) -> Vec<Tensor> {
-        let rows = self.rows(pair);
-        if rows == 0 {
-            return Vec::new();
-        }
-        let columns = match pair {
-            // [s; y; g] as [3, n] (a bf16 pair is widened by the join)
-            true => Tensor::cat(&[self.pairs.get(self.spare() as i64), g.reshape([1, -1])], 0),
-            false => g.reshape([1, -1]),
-        };
-        vec![forward(&self.held(rows), &columns.transpose(0, 1)).reshape([-1])]
-    }
-
-    /// Values read for [`History::products`]: each row's products with the columns, row by row.
-    fn split_products(&self, values: &[f64], pair: bool) -> Products {
-        let rows = self.rows(pair);
+    /// Values read for [`History::products`] over `rows` slots: each row's products with the
+    /// columns, row by row.
+    fn split_products(&self, values: &[f64], rows: usize, pair: bool) -> Products {
         if rows == 0 {
             return Products::default();
         }
@@ -351,54 +360,88 @@ impl History {
         (u, w)
     }
 
-    /// The L-BFGS direction −H·g, for the g whose products with the rows (`grad`, by slot)
-    /// came with its read: the solves on the host, one coefficient upload and one product back
-    /// over the history (see [`History`]).
-    fn step_direction(&mut self, g: &Tensor, grad: &[f64]) -> Tensor {
+    /// The coefficients c of the direction −H·g = −γ g + [S; Y]ᵀ c (see [`History`]) over the
+    /// first `rows` slots, for the g whose products with the rows are `grad` (by slot): the
+    /// solves, on the host. Slots that hold no pair get zero.
+    fn coefficients(&self, grad: &[f64], rows: usize) -> Vec<f32> {
+        let mut c = vec![0f32; 2 * rows];
         if self.len == 0 {
-            return g * (-self.gamma);
+            return c;
         }
         let (u, w) = self.solve(grad);
-        let gamma = self.gamma;
-        // the pairs held are a prefix of the slots until the buffer wraps, then all of them
-        // (the spare slot's rows, written by an earlier pair or trial, get zero coefficients)
-        let rows = self.rows(false);
-        let mut c = vec![0f32; 2 * rows];
         for (i, slot) in self.chronological().enumerate() {
             c[2 * slot] = -w[i] as f32;
-            c[2 * slot + 1] = (gamma * u[i]) as f32;
+            c[2 * slot + 1] = (self.gamma * u[i]) as f32;
         }
-        let c = host::upload(&c, g.device());
-        if self.bf16() {
-            return g * (-gamma) + back(&self.held(rows), &c);
-        }
-        // −γ g + heldᵀ c as one operator: [1, 1, n] = β g + [1, 1, 2k] × [1, 2k, n]
-        let n = g.numel() as i64;
-        g.view([1, 1, n]).baddbmm(&c.view([1, 1, -1]), &self.held(rows).unsqueeze(0), -gamma, 1.0).view([n])
+        c
     }
 
-    /// [`History::step_direction`] for any g: its products with the rows are taken and read
-    /// here (one host read).
-    pub fn direction(&mut self, g: &Tensor) -> Tensor {
-        if self.len == 0 {
-            return g * (-self.gamma);
+    /// Writes the direction −H·g = −γ g + [S; Y]ᵀ c into `d`, with the coefficients `c` over
+    /// the first `rows` slots and −γ (`neg_gamma`, [1]) on the device: a product back over the
+    /// history and one operator more.
+    fn direction_into(&self, d: &Tensor, g: &Tensor, c: &Tensor, neg_gamma: &Tensor, rows: usize) {
+        if rows == 0 {
+            let _ = g.mul_out(d, neg_gamma);
+            return;
         }
-        let values = host::read(&Tensor::cat(&self.products(g, false), 0).reshape([-1]));
-        let products = self.split_products(&values, false);
-        self.step_direction(g, &products.grad)
+        back_into(&self.held(rows), c, d);
+        let _ = d.shallow_clone().addcmul_(g, neg_gamma);
+    }
+
+    /// The L-BFGS direction −H·g for any g: its products with the rows are taken and read here
+    /// (one host read), then [`History::coefficients`] and [`History::direction_into`].
+    pub fn direction(&mut self, g: &Tensor) -> Tensor {
+        let rows = self.rows(false);
+        let grad = match self.products(&g.reshape([1, -1]), rows) {
+            Some(p) if self.len > 0 => host::read(&p),
+            _ => Vec::new(),
+        };
+        let mut scalars = vec![-self.gamma as f32];
+        scalars.extend(self.coefficients(&grad, rows));
+        let scalars = host::upload(&scalars, g.device());
+        let d = g.empty_like();
+        self.direction_into(&d, g, &scalars.narrow(0, 1, 2 * rows as i64), &scalars.narrow(0, 0, 1), rows);
+        d
     }
 }
 
-/// The [2k, n] held rows times [n, c] columns, as [2k, c] f32 (a bf16 history slice by slice).
+/// Coordinates per chunk of a product over the history's long dimension on a GPU. cuBLAS runs
+/// [2k, n] × [n, 3] (k pairs, n coordinates, a trial's three columns) on few blocks: on an
+/// H200 (2026-11-28) [202, 49 152] × [49 152, 3] took 87 µs, 3× what reading its 40 MB costs;
+/// as 256 products of 192 coordinates each, summed, 30 µs (docs/benchmarks.md, "GPU").
+const CHUNK: i64 = 256;
+
+/// The [2k, n] held rows times [n, c] columns, as [2k, c] f32 (a bf16 history slice by slice;
+/// on a GPU chunk by chunk of the n coordinates, the chunks' products summed).
 fn forward(held: &Tensor, columns: &Tensor) -> Tensor {
     if held.kind() == Kind::Float && columns.kind() == Kind::Float {
-        return held.matmul(columns);
+        return if held.device().is_cuda() { chunked(held, columns) } else { held.matmul(columns) };
     }
     let columns = columns.to_kind(Kind::Float);
     slices(held.size()[1])
         .map(|(start, len)| held.narrow(1, start, len).to_kind(Kind::Float).matmul(&columns.narrow(0, start, len)))
         .reduce(|acc, part| acc + part)
         .expect("n > 0")
+}
+
+/// `held` [r, n] times `columns` [n, c] as a batch of products over [`CHUNK`] coordinates each
+/// (views of both: no copies), summed, plus the rest of n.
+fn chunked(held: &Tensor, columns: &Tensor) -> Tensor {
+    let (r, n) = (held.size()[0], held.size()[1]);
+    let c = columns.size()[1];
+    let chunks = n / CHUNK;
+    if chunks < 2 {
+        return held.matmul(columns);
+    }
+    let main = chunks * CHUNK;
+    let a = held.narrow(1, 0, main).view([r, chunks, CHUNK]).permute([1, 0, 2]);
+    let b = columns.narrow(0, 0, main).view([chunks, CHUNK, c]);
+    let sum = a.bmm(&b).sum_dim_intlist(0, false, Kind::Float);
+    if main == n {
+        sum
+    } else {
+        sum + held.narrow(1, main, n - main).matmul(&columns.narrow(0, main, n - main))
+    }
 }
 
 /// The [2k, n] held rows times themselves transposed, [2k, 2k] f64 (a bf16 history slice by
@@ -414,17 +457,16 @@ fn gram(held: &Tensor) -> Tensor {
         .expect("n > 0")
 }
 
-/// The held rows' combination heldᵀ·c ([n], f32) for coefficients `c` ([2k]).
-fn back(held: &Tensor, c: &Tensor) -> Tensor {
+/// Writes the held rows' combination heldᵀ·c ([n], f32) for coefficients `c` ([2k]) into `out`.
+fn back_into(held: &Tensor, c: &Tensor, out: &Tensor) {
     if held.kind() == Kind::Float {
-        return held.transpose(0, 1).mv(c);
+        let _ = held.transpose(0, 1).mv_out(out, c);
+        return;
     }
     let n = held.size()[1];
-    let out = Tensor::empty([n], (Kind::Float, held.device()));
     for (start, len) in slices(n) {
-        out.narrow(0, start, len).copy_(&held.narrow(1, start, len).to_kind(Kind::Float).transpose(0, 1).mv(c));
+        let _ = held.narrow(1, start, len).to_kind(Kind::Float).transpose(0, 1).mv_out(&out.narrow(0, start, len), c);
     }
-    out
 }
 
 /// [`BF16_SLICES`] (start, length) slices covering 0..n.
@@ -465,69 +507,163 @@ fn gradient_norms(g: &Tensor, sum: bool) -> Vec<Tensor> {
 /// Evaluates the problem at `x` (not a trial on a line), with max|g|, Σ|g| (when `sum`) and the
 /// history's rows times g in the same host read.
 fn probe<P: Problem>(problem: &mut P, x: &Tensor, sum: bool, history: &History) -> Result<Point, P::Stop> {
+    let rows = history.rows(false);
     let (terms, g, v) = evaluate_and_read(problem, x, |g| {
         let mut s = gradient_norms(g, sum);
-        s.extend(history.products(g, false));
+        s.extend(history.products(&g.reshape([1, -1]), rows));
         s
     })?;
     let gmax = v[0];
     let gsum = if sum { v[1] } else { f64::NAN };
-    let products = history.split_products(&v[1 + usize::from(sum)..], false);
+    let products = history.split_products(&v[1 + usize::from(sum)..], rows, false);
     Ok(Point { x: x.shallow_clone(), t: 0.0, f: terms[0], g, gtd: f64::NAN, gmax, gsum, products, trial: 0 })
 }
 
-/// The line x₀ + t·d searched from a point with gradient g₀; each trial's pair goes into the
-/// history's spare slot.
+/// The device side of a run's line searches, in tensors that stay where they are (a problem may
+/// capture a trial as a CUDA graph, which reads them by address): the line's start x₀ and its
+/// gradient g₀, its direction d, and the scalars uploaded for each trial ([`Scalars`]).
+struct Buffers {
+    x0: Tensor,
+    g0: Tensor,
+    d: Tensor,
+    scalars: Tensor,
+}
+
+/// Positions in [`Buffers::scalars`]: the trial's t, the spare slot, −γ, then the direction's
+/// coefficients by slot (uploaded with a line's first trial).
+struct Scalars;
+
+impl Scalars {
+    const T: i64 = 0;
+    const SLOT: i64 = 1;
+    const NEG_GAMMA: i64 = 2;
+    const COEFFICIENTS: i64 = 3;
+}
+
+impl Buffers {
+    fn new(n: i64, device: Device, slots: usize) -> Self {
+        let vector = || Tensor::zeros([n], (Kind::Float, device));
+        let scalars = Tensor::zeros([Scalars::COEFFICIENTS + 2 * slots as i64], (Kind::Float, device));
+        Self { x0: vector(), g0: vector(), d: vector(), scalars }
+    }
+
+    fn scalar(&self, at: i64) -> Tensor {
+        self.scalars.narrow(0, at, 1)
+    }
+}
+
+/// The direction of a line, as a line's first trial computes it on the device: −γ and the
+/// coefficients over `rows` slots (see [`History::direction_into`]).
+struct Direction {
+    neg_gamma: f32,
+    coefficients: Vec<f32>,
+    rows: usize,
+}
+
+/// The line x₀ + t·d searched from a point (`from`: x₀ and g₀, also in `buffers`); each trial's
+/// pair goes into the history's spare slot, its products with every slot (`all`) or with those
+/// written so far.
 struct Line<'a> {
-    x0: &'a Tensor,
-    d: &'a Tensor,
-    g0: &'a Tensor,
+    from: &'a Point,
+    buffers: &'a Buffers,
     history: &'a mut History,
     sum: bool,
+    /// max|d| is read with the first trial (a tolerance on the change asks for it).
+    dmax: bool,
+    all: bool,
     trials: u64,
 }
 
 impl Line<'_> {
-    /// Evaluates the problem at x₀ + t·d, with max|g|, Σ|g| (when `sum`), g·d and the history's
-    /// rows times the trial's pair and g, then `extra`, all in the same host read; returns the
-    /// point and the extras.
-    fn probe<P: Problem>(&mut self, problem: &mut P, t: f64, extra: Vec<Tensor>) -> Result<(Point, Vec<f64>), P::Stop> {
+    /// Evaluates the problem at x₀ + t·d (the line's first trial computes d, from `first`),
+    /// with max|g|, Σ|g| (when `sum`), g·d, the history's rows times the trial's pair and g,
+    /// and with the first trial g₀·d and max|d|, all in the same host read: one [`Step`], which
+    /// the problem may capture. Returns the point and, for the first trial, [g₀·d, max|d|].
+    fn probe<P: Problem>(
+        &mut self,
+        problem: &mut P,
+        t: f64,
+        first: Option<&Direction>,
+    ) -> Result<(Point, Vec<f64>), P::Stop> {
         self.trials += 1;
         let trial = self.trials;
-        let x = self.x0 + self.history.write_step(self.d, t, trial);
-        let (history, d, g0, sum) = (&mut *self.history, self.d, self.g0, self.sum);
-        // g·d is s·g / t, one of the history's products, where s = t·d is stored unrounded
-        // (f32): no operator of its own
-        let gtd_from_products = !history.bf16() && t != 0.0;
-        let (terms, g, v) = evaluate_and_read(problem, &x, |g| {
-            history.write_gradient_change(g, g0);
-            let mut s = gradient_norms(g, sum);
-            if !gtd_from_products {
-                s.push(g.dot(d));
+        let (b, history, sum) = (self.buffers, &*self.history, self.sum);
+        let mut scalars = vec![t as f32, history.spare() as f32];
+        if let Some(dir) = first {
+            scalars.push(dir.neg_gamma);
+            scalars.extend(&dir.coefficients);
+        }
+        host::upload_into(&b.scalars, &scalars);
+        let rows = history.trial_rows(self.all);
+        let bf16 = history.bf16();
+        let dmax = first.is_some() && self.dmax;
+        // s = t·d, made by the point and used by the extras
+        let step = std::cell::RefCell::new(None);
+        let point = || {
+            if let Some(dir) = first {
+                let c = b.scalars.narrow(0, Scalars::COEFFICIENTS, 2 * dir.rows as i64);
+                history.direction_into(&b.d, &b.g0, &c, &b.scalar(Scalars::NEG_GAMMA), dir.rows);
             }
-            s.extend(extra);
-            s.extend(history.products(g, true));
-            s
-        })?;
+            let s = &b.d * b.scalar(Scalars::T);
+            let x = &b.x0 + &s;
+            *step.borrow_mut() = Some(s);
+            x
+        };
+        let extras = |g: &Tensor| {
+            let s = step.borrow_mut().take().expect("the point is made first");
+            let pair = history.write_pair(&Tensor::stack(&[s, g - &b.g0], 0), &b.scalar(Scalars::SLOT));
+            let mut e = gradient_norms(g, sum);
+            if bf16 {
+                // (with an f32 history g·d is s·g / t, one of the products)
+                e.push(g.dot(&b.d));
+            }
+            if first.is_some() {
+                e.push(b.g0.dot(&b.d));
+            }
+            if dmax {
+                e.push(b.d.linalg_norm(f64::INFINITY, None::<i64>, false, None::<Kind>));
+            }
+            e.extend(history.products(&Tensor::cat(&[pair, g.reshape([1, -1])], 0), rows));
+            Tensor::cat(&e.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0)
+        };
+        let name = format!(
+            "lbfgs {} trial: sum {sum}, max|d| {dmax}, rows {rows}, direction rows {}",
+            if first.is_some() { "first" } else { "next" },
+            first.map_or(0, |d| d.rows)
+        );
+        let uses = [&b.x0, &b.g0, &b.d, &b.scalars, &history.pairs];
+        let n_extras =
+            1 + usize::from(sum) + usize::from(bf16) + usize::from(first.is_some()) + usize::from(dmax) + 6 * rows;
+        let Stepped { x, terms, g, extras: v } =
+            step_and_read(problem, &Step { name: &name, uses: &uses, point: &point, extras: &extras }, n_extras)?;
+        self.history.spare_holds = Some(trial);
         let mut v = v.into_iter();
         let mut next = || v.next().expect("the scalars asked for");
         let gmax = next();
         let gsum = if sum { next() } else { f64::NAN };
-        let gtd = if gtd_from_products { f64::NAN } else { next() };
-        let rest: Vec<f64> = v.collect();
-        let (extras, products) = rest.split_at(rest.len() - self.history.rows(true) * 6);
-        let products = self.history.split_products(products, true);
-        let gtd = if gtd_from_products { self.history.step_times_gradient(&products) / t } else { gtd };
-        Ok((Point { x, t, f: terms[0], g, gtd, gmax, gsum, products, trial }, extras.to_vec()))
+        let gtd = if bf16 { next() } else { f64::NAN };
+        let mut line = Vec::new();
+        if first.is_some() {
+            line.push(next());
+            line.push(if dmax { next() } else { f64::INFINITY });
+        }
+        let products = self.history.split_products(&v.collect::<Vec<f64>>(), rows, true);
+        let gtd = match (bf16, t == 0.0) {
+            (true, _) => gtd,
+            // at t = 0 the point is x₀, whose g·d is g₀·d
+            (false, true) => line.first().copied().unwrap_or(f64::NAN),
+            (false, false) => self.history.step_times_gradient(&products) / t,
+        };
+        Ok((Point { x, t, f: terms[0], g, gtd, gmax, gsum, products, trial }, line))
     }
 
     /// The start of the line as a point (t = 0).
     fn start(&self, f0: f64, gtd0: f64) -> Point {
         Point {
-            x: self.x0.shallow_clone(),
+            x: self.from.x.shallow_clone(),
             t: 0.0,
             f: f0,
-            g: self.g0.shallow_clone(),
+            g: self.from.g.shallow_clone(),
             gtd: gtd0,
             gmax: 0.0,
             gsum: 0.0,
@@ -544,8 +680,7 @@ impl Line<'_> {
             return;
         }
         if self.history.spare_holds != Some(p.trial) {
-            let _ = self.history.write_step(self.d, p.t, p.trial);
-            self.history.write_gradient_change(&p.g, self.g0);
+            self.history.rewrite_pair(&self.buffers.d, p.t, &p.g, &self.buffers.g0, p.trial);
         }
         self.history.accept(&p.products);
     }
@@ -593,6 +728,13 @@ pub fn minimize_with_history<P: Problem>(
         *history = Some(History::new(m, n, x.device(), config.history_bf16));
     }
     let history = history.as_mut().expect("set above");
+    // a problem that captures its steps gets the same shapes at every trial: products and
+    // directions over every slot of the history (the slots not written yet hold zeros)
+    let all = problem.captures_steps();
+    if all {
+        history.zero_unwritten();
+    }
+    let buffers = Buffers::new(n, x.device(), history.slots());
     // Σ|g| only for torch's default first step
     let sum = config.first_step.is_none();
     let mut here = probe(problem, &x, sum, history)?;
@@ -620,8 +762,20 @@ pub fn minimize_with_history<P: Problem>(
     while evals < max_evals {
         iterations += 1;
         problem.iteration();
-        let g = &here.g;
-        let d = if fresh { g.neg() } else { history.step_direction(g, &here.products.grad) };
+        // the line starts here (in place: a captured trial reads these by address)
+        buffers.x0.shallow_clone().copy_(&here.x);
+        buffers.g0.shallow_clone().copy_(&here.g);
+        let rows = history.direction_rows(all);
+        let direction = if fresh {
+            // −g: no pair takes part
+            Direction { neg_gamma: -1.0, coefficients: vec![0.0; 2 * rows], rows }
+        } else {
+            Direction {
+                neg_gamma: -history.gamma as f32,
+                coefficients: history.coefficients(&here.products.grad, rows),
+                rows,
+            }
+        };
         let t = if fresh {
             let shorter = 0.1f64.powi(restarts);
             match config.first_step {
@@ -632,24 +786,19 @@ pub fn minimize_with_history<P: Problem>(
             config.lr
         };
         let prev_loss = here.f;
-        // g·d (and max|d|) are read with the first evaluation along d
-        let mut extra = vec![g.dot(&d)];
-        if dmax_needed {
-            extra.push(d.linalg_norm(f64::INFINITY, None::<i64>, false, None::<Kind>));
-        }
-        let mut line = Line { x0: &here.x, d: &d, g0: g, history, sum, trials: 0 };
+        let mut line = Line { from: &here, buffers: &buffers, history, sum, dmax: dmax_needed, all, trials: 0 };
         let (point, gtd0, dmax) = if config.strong_wolfe {
             // the search's first evaluation plus at most `max_ls` more stay within the budget
             let max_ls = (max_evals - evals).min(25) - 1;
             let limits = Limits { tolerance_change: config.tolerance_change, max_ls, patience: config.patience };
-            let ls = strong_wolfe(problem, &mut line, t, here.f, extra, limits)?;
+            let ls = strong_wolfe(problem, &mut line, t, here.f, &direction, limits)?;
             evals += ls.evals;
             tracing::trace!(iterations, fresh, trials = ls.evals, t = ls.best.t, value = ls.best.f, "line search");
             (ls.best, ls.gtd0, ls.dmax)
         } else {
-            let (p, v) = line.probe(problem, t, extra)?;
+            let (p, v) = line.probe(problem, t, Some(&direction))?;
             evals += 1;
-            (p, v[0], v.get(1).copied().unwrap_or(f64::INFINITY))
+            (p, v[0], v[1])
         };
         if gtd0 > -config.tolerance_change || point.t == 0.0 {
             // not a descent direction, or no decrease found along it
@@ -721,20 +870,20 @@ struct LineSearch {
 }
 
 /// Strong-Wolfe line search (c1 = 1e-4, c2 = 0.9), as torch.optim.lbfgs._strong_wolfe, along
-/// `line` from its start (value f0). g₀·d (and max|d|) come as device scalars in `first` and
-/// are read with the first evaluation.
+/// `line` from its start (value f0) along `direction`, which the first trial computes and reads
+/// g₀·d (and max|d|) with.
 fn strong_wolfe<P: Problem>(
     problem: &mut P,
     line: &mut Line,
     mut t: f64,
     f0: f64,
-    first: Vec<Tensor>,
+    direction: &Direction,
     limits: Limits,
 ) -> Result<LineSearch, P::Stop> {
     let Limits { tolerance_change, max_ls, patience } = limits;
     let (c1, c2) = (1e-4, 0.9);
-    let (mut new, v) = line.probe(problem, t, first)?;
-    let (gtd0, d_norm) = (v[0], v.get(1).copied().unwrap_or(f64::INFINITY));
+    let (mut new, v) = line.probe(problem, t, Some(direction))?;
+    let (gtd0, d_norm) = (v[0], v[1]);
     let mut evals = 1;
     // trials so far, and whether any was below the start
     let mut decreased = new.f < f0;
@@ -765,7 +914,7 @@ fn strong_wolfe<P: Problem>(
         let max_step = new.t * 10.0;
         t = cubic_interpolate(prev.t, prev.f, prev.gtd, new.t, new.f, new.gtd, Some((min_step, max_step)));
         prev = new;
-        new = line.probe(problem, t, Vec::new())?.0;
+        new = line.probe(problem, t, None)?.0;
         evals += 1;
         ls_iter += 1;
         decreased |= new.f < f0;
@@ -807,7 +956,7 @@ fn strong_wolfe<P: Problem>(
         } else {
             insuf_progress = false;
         }
-        let p = line.probe(problem, t, Vec::new())?.0;
+        let p = line.probe(problem, t, None)?.0;
         evals += 1;
         ls_iter += 1;
         decreased |= p.f < f0;
@@ -1013,6 +1162,77 @@ mod tests {
     }
 
     /// The settings the engine runs with (line search, no tolerances, a first step in pixels).
+    /// A problem that says it captures its steps (as the engine's does on a GPU) but runs them
+    /// eagerly, checking what a captured step needs: every step of a name runs over the same
+    /// tensors (a graph reads them by address).
+    struct CapturingProblem<F> {
+        inner: FnProblem<F, ()>,
+        captures: bool,
+        seen: std::collections::HashMap<String, Vec<(usize, Vec<i64>)>>,
+    }
+
+    impl<F: FnMut(&Tensor) -> Result<(f64, Tensor), ()>> Problem for CapturingProblem<F> {
+        type Stop = ();
+
+        fn evaluate(&mut self, x: &Tensor) -> (Tensor, Tensor) {
+            self.inner.evaluate(x)
+        }
+
+        fn evaluated(&mut self, terms: &[f64]) -> Result<(), ()> {
+            self.inner.evaluated(terms)
+        }
+
+        fn captures_steps(&self) -> bool {
+            self.captures
+        }
+
+        fn evaluate_step(&mut self, step: &Step) -> (Tensor, Tensor, Tensor) {
+            let uses: Vec<(usize, Vec<i64>)> = step.uses.iter().map(|t| (t.data_ptr() as usize, t.size())).collect();
+            let first = self.seen.entry(step.name.to_string()).or_insert_with(|| uses.clone());
+            assert_eq!(*first, uses, "step {:?} runs over other tensors than when first run", step.name);
+            super::super::run_step(self, step)
+        }
+    }
+
+    #[test]
+    fn steps_that_a_problem_captures_keep_their_tensors_and_take_the_same_path() {
+        let n = 40;
+        let opts = (Kind::Float, Device::Cpu);
+        let c = (Tensor::arange(n, opts) * (2.0 / (n - 1) as f64 * std::f64::consts::LN_10)).exp();
+        let f = |x: &Tensor| -> Result<(f64, Tensor), ()> {
+            let r = x - Tensor::arange(n, opts).sin();
+            Ok((
+                (&c * r.square()).sum(Kind::Float).double_value(&[]) * 0.5
+                    + r.pow_tensor_scalar(4).sum(Kind::Float).double_value(&[]),
+                &c * &r + r.pow_tensor_scalar(3) * 4.0,
+            ))
+        };
+        let run = |captures: bool, m: usize| {
+            let cfg = LbfgsConfig { history_size: m, ..engine_like() };
+            let mut problem = CapturingProblem { inner: FnProblem::new(f), captures, seen: Default::default() };
+            let out = minimize_problem(&cfg, &Tensor::zeros([n], opts), 60, &mut problem).unwrap();
+            (out, problem.seen.len())
+        };
+        // history 5 fills and wraps around within 60 evaluations; 100 does not fill
+        for m in [5, 100] {
+            let ((eager, _), (captured, names)) = (run(false, m), run(true, m));
+            eprintln!(
+                "m = {m}: eager {:.6e} ({} iterations), captured {:.6e} ({} iterations, {names} step names)",
+                eager.value, eager.iterations, captured.value, captured.iterations
+            );
+            assert_eq!(names, 2, "a line's first trial and the next ones");
+            assert_eq!(captured.evaluations, eager.evaluations);
+            assert!(eager.value < 1e-3 * f(&Tensor::zeros([n], opts)).unwrap().0, "the run converges: {}", eager.value);
+            // the same arithmetic, over more rows (zeros): the same path to rounding
+            assert!(
+                (captured.value - eager.value).abs() <= 1e-3 * eager.value.abs().max(1e-12),
+                "{} vs {}",
+                captured.value,
+                eager.value
+            );
+        }
+    }
+
     fn engine_like() -> LbfgsConfig {
         LbfgsConfig {
             strong_wolfe: true,
@@ -1066,14 +1286,37 @@ mod tests {
             Ok(((v * v / 0.05).round() * 0.05, Tensor::from_slice(&[2.0 * v as f32])))
         };
         let x = Tensor::zeros([1], (Kind::Float, Device::Cpu));
-        let d = Tensor::ones([1], (Kind::Float, Device::Cpu));
         let (f0, g0) = f(&x).unwrap();
+        let start = Point {
+            x: x.shallow_clone(),
+            t: 0.0,
+            f: f0,
+            g: g0.shallow_clone(),
+            gtd: f64::NAN,
+            gmax: 0.0,
+            gsum: 0.0,
+            products: Products::default(),
+            trial: 0,
+        };
+        // d = −g₀ / |g₀| = 1 (to f32 rounding)
+        let direction =
+            Direction { neg_gamma: (-1.0 / g0.double_value(&[0]).abs()) as f32, coefficients: vec![], rows: 0 };
         let search = |patience| {
             let limits = Limits { tolerance_change: 0.0, max_ls: 24, patience };
-            let first = vec![g0.dot(&d), d.abs().max()];
             let mut history = History::new(1, 1, Device::Cpu, false);
-            let mut line = Line { x0: &x, d: &d, g0: &g0, history: &mut history, sum: false, trials: 0 };
-            let search = strong_wolfe(&mut FnProblem::new(f), &mut line, 1.0, f0, first, limits).unwrap();
+            let buffers = Buffers::new(1, Device::Cpu, 2);
+            buffers.x0.shallow_clone().copy_(&x);
+            buffers.g0.shallow_clone().copy_(&g0);
+            let mut line = Line {
+                from: &start,
+                buffers: &buffers,
+                history: &mut history,
+                sum: false,
+                dmax: true,
+                all: false,
+                trials: 0,
+            };
+            let search = strong_wolfe(&mut FnProblem::new(f), &mut line, 1.0, f0, &direction, limits).unwrap();
             line.take(&search.best);
             (search, history)
         };

@@ -54,6 +54,74 @@ pub trait Problem {
     /// An iteration (a step and its line search) begins: counted by the problem too, because
     /// an `Err` from [`Problem::evaluated`] ends the run without an [`Outcome`].
     fn iteration(&mut self) {}
+    /// Whether [`Problem::evaluate_step`] captures steps (as CUDA graphs): the optimiser then
+    /// keeps every step's shapes the same (L-BFGS's products run over every slot of its
+    /// history, not only the slots written so far).
+    fn captures_steps(&self) -> bool {
+        false
+    }
+    /// Evaluates at the point `step` makes, and takes its extras from the gradient: returns
+    /// the point (the caller may keep it), the evaluation's terms followed by the extras (1-D,
+    /// read before the next evaluation) and the gradient (the caller may keep it). A problem may
+    /// capture the whole step with its evaluation and replay it (see [`Step`]).
+    fn evaluate_step(&mut self, step: &Step) -> (Tensor, Tensor, Tensor) {
+        run_step(self, step)
+    }
+}
+
+/// An evaluation at a point that an optimiser makes on the device, with values it takes from
+/// the gradient: the work of one step around the network, which a problem may capture with the
+/// evaluation as one CUDA graph (its launches then cost one). So `point` and `extras` read and
+/// write only the tensors in `uses` (the optimiser updates them in place between steps) and
+/// tensors they make, and leave the same when run twice on the same inputs; the steps of one
+/// `name` run the same operators over the same `uses` every time.
+pub struct Step<'a> {
+    pub name: &'a str,
+    pub uses: &'a [&'a Tensor],
+    /// Makes the point (flat).
+    pub point: &'a dyn Fn() -> Tensor,
+    /// The values read with the terms (1-D f32), from the point's gradient (flat).
+    pub extras: &'a dyn Fn(&Tensor) -> Tensor,
+}
+
+/// [`Problem::evaluate_step`] run eagerly: the point, [`Problem::evaluate`], the extras.
+pub fn run_step<P: Problem + ?Sized>(problem: &mut P, step: &Step) -> (Tensor, Tensor, Tensor) {
+    let x = (step.point)();
+    let (terms, g) = problem.evaluate(&x);
+    let joined = Tensor::cat(&[terms.reshape([-1]), (step.extras)(&g)], 0);
+    (x, joined, g)
+}
+
+thread_local! {
+    static STEP_OPERATORS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Operators (see [`super::ops`]) this thread ran inside [`Problem::evaluate_step`] so far: what
+/// a problem that captures its steps launches as one graph. The rest of a loop's operators are
+/// launched one by one.
+pub fn step_operators() -> u64 {
+    STEP_OPERATORS.with(|c| c.get())
+}
+
+/// A step's results as read: the point, its terms, its gradient and the step's extras.
+struct Stepped {
+    x: Tensor,
+    terms: Vec<f64>,
+    g: Tensor,
+    extras: Vec<f64>,
+}
+
+/// One step through the problem, read to the host once (`n_extras` extras after the terms).
+fn step_and_read<P: Problem>(problem: &mut P, step: &Step, n_extras: usize) -> Result<Stepped, P::Stop> {
+    let before = super::ops::count();
+    let (x, joined, g) = problem.evaluate_step(step);
+    if let (Some(a), Some(b)) = (before, super::ops::count()) {
+        STEP_OPERATORS.with(|c| c.set(c.get() + b - a));
+    }
+    let mut values = super::host::read(&joined);
+    let extras = values.split_off(values.len() - n_extras);
+    problem.evaluated(&values)?;
+    Ok(Stepped { x, terms: values, g, extras })
 }
 
 /// A closure `x → (value, gradient)` whose value is already on the host, as a [`Problem`].
