@@ -13,7 +13,7 @@ use super::timing::{median, sync};
 use crate::engine::graph::Slot;
 use crate::engine::image_io::Picture;
 use crate::engine::objective::Objective;
-use crate::engine::ops;
+use crate::engine::{ops, optim};
 use crate::engine::params::OptimizerKind;
 use crate::engine::vgg::Layout;
 use crate::engine::weights::Weights;
@@ -117,26 +117,28 @@ fn bare(engine: &Engine, job: &Job, repeats: usize) -> f64 {
     times.iter().sum::<f64>() / times.len() as f64
 }
 
-/// libtorch operators per evaluation (see [`ops`]): of the bare evaluation, and of a whole run
-/// between its first and last progress. Counting slows every operator, so this runs after all
-/// the timings.
-pub fn ops_per_evaluation(engine: &Engine, job: &Job) -> anyhow::Result<(f64, f64)> {
+/// libtorch operators per evaluation (see [`ops`]): of the bare evaluation, of a whole run
+/// between its first and last progress, and of those the run's optimiser steps ran
+/// ([`optim::step_operators`]: replayed as one graph where steps are captured). Counting slows
+/// every operator, so this runs after all the timings.
+pub fn ops_per_evaluation(engine: &Engine, job: &Job) -> anyhow::Result<(f64, f64, f64)> {
     anyhow::ensure!(ops::enable(), "this build has no operator counter");
     let count = || ops::count().unwrap_or(0);
     let mut evaluation = Bare::new(engine, job);
     let before = count();
     evaluation.evaluate();
     let bare = (count() - before) as f64;
-    let mut first: Option<(usize, u64)> = None;
-    let mut last = (0, 0);
+    let mut first: Option<(usize, u64, u64)> = None;
+    let mut last = (0, 0, 0);
     engine.stylize(job, &mut |p: &Progress| {
-        let now = (p.evaluation, count());
+        let now = (p.evaluation, count(), optim::step_operators());
         first.get_or_insert(now);
         last = now;
         Control::Continue
     })?;
-    let (n0, c0) = first.expect("at least one evaluation");
-    Ok((bare, (last.1 - c0) as f64 / (last.0 - n0).max(1) as f64))
+    let (n0, c0, s0) = first.expect("at least one evaluation");
+    let n = (last.0 - n0).max(1) as f64;
+    Ok((bare, (last.1 - c0) as f64 / n, (last.2 - s0) as f64 / n))
 }
 
 /// Seconds and host reads per evaluation of a whole run, between its first and last progress.
@@ -209,16 +211,22 @@ pub fn run(args: &Options, device: Device, cuda: CudaOptions) -> anyhow::Result<
         }
     }
     // operator counts last: counting slows every operator
-    eprintln!("operators per evaluation (calls into libtorch and backward nodes: on a GPU each costs a launch):");
-    eprintln!("{:>5} {:>12} {:>8} {:>8} {:>8}", "size", "optimizer", "bare", "loop", "added");
+    eprintln!(
+        "operators per evaluation (calls into libtorch and backward nodes: on a GPU each costs a launch, but those \
+         of a captured step or evaluation are replayed as one graph; \"outside\": the loop's operators outside its \
+         steps, launched one by one):"
+    );
+    eprintln!("{:>5} {:>12} {:>8} {:>8} {:>8} {:>8}", "size", "optimizer", "bare", "loop", "added", "outside");
     for row in &mut rows {
         let (size, name) = (row["size"].as_i64().unwrap_or(0), row["optimizer"].as_str().unwrap_or("").to_string());
         let v = VARIANTS.iter().find(|v| v.name == name).expect("a variant of the table");
         let job = Job::new(picture(size, 1), vec![picture(size, 2)], loop_params(v, args.evaluations.min(60)))?;
-        let (bare, looped) = ops_per_evaluation(&engine, &job)?;
-        eprintln!("{size:>5} {name:>12} {bare:>8.0} {looped:>8.1} {:>8.1}", looped - bare);
+        let (bare, looped, stepped) = ops_per_evaluation(&engine, &job)?;
+        let outside = looped - stepped.max(bare);
+        eprintln!("{size:>5} {name:>12} {bare:>8.0} {looped:>8.1} {:>8.1} {outside:>8.1}", looped - bare);
         row["ops_bare"] = bare.into();
         row["ops_loop_per_evaluation"] = looped.into();
+        row["ops_outside_steps_per_evaluation"] = outside.into();
     }
     if let Some((w, case)) = &worst {
         eprintln!("worst overhead: {:.1}% ({case}); overhead = median over {} pairs of (loop run's mean / the mean of {} bare evaluations just before it)", w * 100.0, args.runs, args.repeats);
