@@ -13,11 +13,11 @@ use super::timing::{median, sync};
 use crate::engine::graph::Slot;
 use crate::engine::image_io::Picture;
 use crate::engine::objective::Objective;
-use crate::engine::{ops, optim};
 use crate::engine::params::OptimizerKind;
 use crate::engine::vgg::Layout;
 use crate::engine::weights::Weights;
 use crate::engine::{device_name, host, Control, CudaOptions, Engine, Init, Job, Params, Progress};
+use crate::engine::{ops, optim};
 
 /// What to time.
 pub struct Options {

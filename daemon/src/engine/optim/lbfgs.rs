@@ -529,15 +529,17 @@ struct Buffers {
     scalars: Tensor,
 }
 
-/// Positions in [`Buffers::scalars`]: the trial's t, the spare slot, −γ, then the direction's
-/// coefficients by slot (uploaded with a line's first trial).
+/// Positions in [`Buffers::scalars`]: the trial's t, the spare slot, whether the trial is its
+/// line's first (1) or not (0), then −γ and the direction's coefficients by slot (uploaded with
+/// a line's first trial).
 struct Scalars;
 
 impl Scalars {
     const T: i64 = 0;
     const SLOT: i64 = 1;
-    const NEG_GAMMA: i64 = 2;
-    const COEFFICIENTS: i64 = 3;
+    const FIRST: i64 = 2;
+    const NEG_GAMMA: i64 = 3;
+    const COEFFICIENTS: i64 = 4;
 }
 
 impl Buffers {
@@ -578,7 +580,10 @@ impl Line<'_> {
     /// Evaluates the problem at x₀ + t·d (the line's first trial computes d, from `first`),
     /// with max|g|, Σ|g| (when `sum`), g·d, the history's rows times the trial's pair and g,
     /// and with the first trial g₀·d and max|d|, all in the same host read: one [`Step`], which
-    /// the problem may capture. Returns the point and, for the first trial, [g₀·d, max|d|].
+    /// the problem may capture. Where it does (`all`), every trial runs the same operators (one
+    /// graph per run): each computes the direction and keeps it only when it is its line's
+    /// first, and reads g₀·d and max|d|. Returns the point and, for the first trial,
+    /// [g₀·d, max|d|].
     fn probe<P: Problem>(
         &mut self,
         problem: &mut P,
@@ -587,22 +592,30 @@ impl Line<'_> {
     ) -> Result<(Point, Vec<f64>), P::Stop> {
         self.trials += 1;
         let trial = self.trials;
-        let (b, history, sum) = (self.buffers, &*self.history, self.sum);
-        let mut scalars = vec![t as f32, history.spare() as f32];
+        let (b, history, sum, all) = (self.buffers, &*self.history, self.sum, self.all);
+        let mut scalars = vec![t as f32, history.spare() as f32, f32::from(u8::from(first.is_some()))];
         if let Some(dir) = first {
             scalars.push(dir.neg_gamma);
             scalars.extend(&dir.coefficients);
         }
         host::upload_into(&b.scalars, &scalars);
-        let rows = history.trial_rows(self.all);
+        let rows = history.trial_rows(all);
         let bf16 = history.bf16();
-        let dmax = first.is_some() && self.dmax;
+        // g₀·d and max|d|: read with a line's first trial (with every trial where `all`)
+        let line_values = first.is_some() || all;
+        let dmax = line_values && self.dmax;
+        let direction_rows = first.map_or(history.direction_rows(all), |d| d.rows);
         // s = t·d, made by the point and used by the extras
         let step = std::cell::RefCell::new(None);
         let point = || {
-            if let Some(dir) = first {
-                let c = b.scalars.narrow(0, Scalars::COEFFICIENTS, 2 * dir.rows as i64);
-                history.direction_into(&b.d, &b.g0, &c, &b.scalar(Scalars::NEG_GAMMA), dir.rows);
+            let c = b.scalars.narrow(0, Scalars::COEFFICIENTS, 2 * direction_rows as i64);
+            let neg_gamma = b.scalar(Scalars::NEG_GAMMA);
+            if all {
+                let d = b.d.empty_like();
+                history.direction_into(&d, &b.g0, &c, &neg_gamma, direction_rows);
+                b.d.shallow_clone().copy_(&d.where_self(&b.scalar(Scalars::FIRST).gt(0.5), &b.d));
+            } else if first.is_some() {
+                history.direction_into(&b.d, &b.g0, &c, &neg_gamma, direction_rows);
             }
             let s = &b.d * b.scalar(Scalars::T);
             let x = &b.x0 + &s;
@@ -617,7 +630,7 @@ impl Line<'_> {
                 // (with an f32 history g·d is s·g / t, one of the products)
                 e.push(g.dot(&b.d));
             }
-            if first.is_some() {
+            if line_values {
                 e.push(b.g0.dot(&b.d));
             }
             if dmax {
@@ -626,14 +639,14 @@ impl Line<'_> {
             e.extend(history.products(&Tensor::cat(&[pair, g.reshape([1, -1])], 0), rows));
             Tensor::cat(&e.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0)
         };
-        let name = format!(
-            "lbfgs {} trial: sum {sum}, max|d| {dmax}, rows {rows}, direction rows {}",
-            if first.is_some() { "first" } else { "next" },
-            first.map_or(0, |d| d.rows)
-        );
+        let name = match (all, first.is_some()) {
+            (true, _) => format!("lbfgs trial: sum {sum}, max|d| {dmax}, rows {rows}"),
+            (false, true) => "lbfgs first trial".to_string(),
+            (false, false) => "lbfgs next trial".to_string(),
+        };
         let uses = [&b.x0, &b.g0, &b.d, &b.scalars, &history.pairs];
         let n_extras =
-            1 + usize::from(sum) + usize::from(bf16) + usize::from(first.is_some()) + usize::from(dmax) + 6 * rows;
+            1 + usize::from(sum) + usize::from(bf16) + usize::from(line_values) + usize::from(dmax) + 6 * rows;
         let Stepped { x, terms, g, extras: v } =
             step_and_read(problem, &Step { name: &name, uses: &uses, point: &point, extras: &extras }, n_extras)?;
         self.history.spare_holds = Some(trial);
@@ -643,7 +656,7 @@ impl Line<'_> {
         let gsum = if sum { next() } else { f64::NAN };
         let gtd = if bf16 { next() } else { f64::NAN };
         let mut line = Vec::new();
-        if first.is_some() {
+        if line_values {
             line.push(next());
             line.push(if dmax { next() } else { f64::INFINITY });
         }
@@ -1220,7 +1233,7 @@ mod tests {
                 "m = {m}: eager {:.6e} ({} iterations), captured {:.6e} ({} iterations, {names} step names)",
                 eager.value, eager.iterations, captured.value, captured.iterations
             );
-            assert_eq!(names, 2, "a line's first trial and the next ones");
+            assert_eq!(names, 1, "one step for every trial where captured");
             assert_eq!(captured.evaluations, eager.evaluations);
             assert!(eager.value < 1e-3 * f(&Tensor::zeros([n], opts)).unwrap().0, "the run converges: {}", eager.value);
             // the same arithmetic, over more rows (zeros): the same path to rounding
