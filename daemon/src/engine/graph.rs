@@ -234,12 +234,13 @@ fn same(a: &[Tensor], b: &[&Tensor]) -> bool {
 impl Steps {
     /// `f`'s outputs (valid until the next step): through the graph captured for `name` over
     /// `uses` (captured now where there is none yet; on a CPU, or after a failed capture, `f`
-    /// itself). `f` reads and writes nothing but `uses` and what it makes, and writes the same
-    /// when run twice.
+    /// itself). `f` reads and writes nothing but `uses` and what it makes; of those, `state` is
+    /// what it updates from its own values: saved before a capture and put back before the
+    /// replay that checks it (and before `f` runs again when the capture failed).
     pub fn run(
         &mut self,
         name: &str,
-        uses: &[&Tensor],
+        (uses, state): (&[&Tensor], &[&Tensor]),
         device: tch::Device,
         f: &dyn Fn() -> Vec<Tensor>,
     ) -> Vec<Tensor> {
@@ -250,9 +251,17 @@ impl Steps {
             return step.graph.replay();
         }
         self.captured.retain(|s| s.name != name);
+        let saved: Vec<Tensor> = state.iter().map(|t| t.copy()).collect();
+        let restore = || {
+            for (to, from) in state.iter().zip(&saved) {
+                to.shallow_clone().copy_(from);
+            }
+        };
         let pool = self.captured.first().map(|s| &s.graph);
         let captured = Graph::capture(device, f, pool).and_then(|(warm, graph)| {
-            // a replay over the same inputs must give what the warm-up gave
+            // a replay from the same state must give what the warm-up gave (and leave the state
+            // as the warm-up did)
+            restore();
             let diffs = Graph::disagreement(&graph.replay(), &warm);
             within(&diffs, &vec![1e-3; diffs.len()]).map(|()| (warm, graph))
         });
@@ -267,6 +276,7 @@ impl Steps {
                 GAVE_UP.store(true, Ordering::Relaxed);
                 self.eager = true;
                 self.captured.clear();
+                restore();
                 f()
             }
         }

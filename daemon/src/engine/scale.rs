@@ -200,7 +200,7 @@ impl Problem for Evaluations<'_, '_, '_> {
             vec![x, joined, g]
         };
         let [x, joined, g]: [Tensor; 3] = self.steps[usize::from(refined)]
-            .run(step.name, step.uses, net.device(), &run)
+            .run(step.name, (step.uses, step.state), net.device(), &run)
             .try_into()
             .expect("three outputs");
         // the point and the gradient outlive the next step; the joined values are read at once

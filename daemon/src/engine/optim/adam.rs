@@ -30,26 +30,11 @@ pub fn minimize<E>(
     minimize_problem(config, x0, max_evals, &mut FnProblem::new(f))
 }
 
-/// Adam's state on the device: the point, its gradient and the two moments. A step reads one
-/// state and writes the other (so it leaves the same when run twice, as a captured step must),
-/// and the two swap roles after each step.
-struct State {
-    x: Tensor,
-    g: Tensor,
-    m: Tensor,
-    v: Tensor,
-}
-
-impl State {
-    fn zeros(like: &Tensor) -> Self {
-        Self { x: like.zeros_like(), g: like.zeros_like(), m: like.zeros_like(), v: like.zeros_like() }
-    }
-}
-
 /// Runs `max_evals` evaluations of `problem`; every evaluation but the last is followed by a
 /// step, so the returned point is the last one evaluated. One host read per evaluation (its
 /// terms) and one upload (the step's two scalars); the step and the evaluation after it are
-/// one [`Step`], which the problem may capture as one CUDA graph.
+/// one [`Step`] over the state (x, g, m, v) on the device, which the problem may capture as
+/// one CUDA graph.
 pub fn minimize_problem<P: Problem>(
     config: &AdamConfig,
     x0: &Tensor,
@@ -60,39 +45,38 @@ pub fn minimize_problem<P: Problem>(
     let mut x = x0.detach().copy();
     let (terms, g, _) = evaluate_and_read(problem, &x, |_| Vec::new())?;
     let mut value = terms[0];
-    let mut states = [State::zeros(&x), State::zeros(&x)];
-    states[0].x.copy_(&x);
-    states[0].g.copy_(&g);
+    // the state the step updates in place: the last point and its gradient, the moments
+    let state = [x.copy(), g, x.zeros_like(), x.zeros_like()];
+    let [last, grad, m, v] = &state;
     // the step's scalars: its denominator's scale and offset
     let scalars = Tensor::zeros([2], (tch::Kind::Float, x.device()));
     let mut evals = 1;
     while evals < max_evals {
         let step = evals as i32;
         problem.iteration();
-        // torch.optim.Adam's arithmetic: m ← lerp(m, g, 1 − β₁), v ← β₂ v + (1 − β₂) g²,
-        // x ← x − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε), the step's sign and size
-        // folded into the denominator (one addcdiv makes the new x)
         let step_size = lr / (1.0 - beta1.powi(step));
         let bias2_sqrt = (1.0 - beta2.powi(step)).sqrt();
         host::upload_into(&scalars, &[(-1.0 / (step_size * bias2_sqrt)) as f32, (-eps / step_size) as f32]);
-        let (now, next) = (&states[(evals - 1) % 2], &states[evals % 2]);
+        // torch.optim.Adam's arithmetic: m ← lerp(m, g, 1 − β₁), v ← β₂ v + (1 − β₂) g²,
+        // x ← x − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε), the step's sign and size
+        // folded into the denominator (one addcdiv makes the new x)
         let point = || {
-            let _ = now.m.lerp_scalar_out(&next.m, &now.g, 1.0 - beta1);
-            let _ = now.v.mul_scalar_out(&next.v, beta2);
-            let _ = next.v.shallow_clone().addcmul_(&(&now.g * (1.0 - beta2)), &now.g);
-            let denominator = next.v.sqrt() * scalars.narrow(0, 0, 1) + scalars.narrow(0, 1, 1);
-            // a new tensor (the problem may keep the points it evaluated), and the next state's
-            let x = now.x.addcdiv(&next.m, &denominator);
-            next.x.shallow_clone().copy_(&x);
+            let _ = m.shallow_clone().lerp_(grad, 1.0 - beta1);
+            let _ = v.shallow_clone().g_mul_scalar_(beta2);
+            let _ = v.shallow_clone().addcmul_(&(grad * (1.0 - beta2)), grad);
+            let denominator = v.sqrt() * scalars.narrow(0, 0, 1) + scalars.narrow(0, 1, 1);
+            // a new tensor (the problem may keep the points it evaluated), and the state's
+            let x = last.addcdiv(m, &denominator);
+            last.shallow_clone().copy_(&x);
             x
         };
         let extras = |g: &Tensor| {
-            next.g.shallow_clone().copy_(g);
+            grad.shallow_clone().copy_(g);
             Tensor::empty([0], (tch::Kind::Float, g.device()))
         };
-        let uses = [&now.x, &now.g, &now.m, &now.v, &next.x, &next.g, &next.m, &next.v, &scalars];
-        let name = if evals % 2 == 0 { "adam step (even)" } else { "adam step (odd)" };
-        let stepped = step_and_read(problem, &Step { name, uses: &uses, point: &point, extras: &extras }, 0)?;
+        let uses = [last, grad, m, v, &scalars];
+        let step = Step { name: "adam step", uses: &uses, state: &uses[..4], point: &point, extras: &extras };
+        let stepped = step_and_read(problem, &step, 0)?;
         (x, value) = (stepped.x, stepped.terms[0]);
         evals += 1;
     }

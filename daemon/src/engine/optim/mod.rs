@@ -73,11 +73,14 @@ pub trait Problem {
 /// the gradient: the work of one step around the network, which a problem may capture with the
 /// evaluation as one CUDA graph (its launches then cost one). So `point` and `extras` read and
 /// write only the tensors in `uses` (the optimiser updates them in place between steps) and
-/// tensors they make, and leave the same when run twice on the same inputs; the steps of one
-/// `name` run the same operators over the same `uses` every time.
+/// tensors they make; the steps of one `name` run the same operators over the same `uses`
+/// every time.
 pub struct Step<'a> {
     pub name: &'a str,
     pub uses: &'a [&'a Tensor],
+    /// Those of `uses` the step updates from their own values (so that running it twice is not
+    /// running it once): a problem that runs a step again (to check a capture) restores them.
+    pub state: &'a [&'a Tensor],
     /// Makes the point (flat).
     pub point: &'a dyn Fn() -> Tensor,
     /// The values read with the terms (1-D f32), from the point's gradient (flat).
