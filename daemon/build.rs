@@ -17,6 +17,7 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/backward.cpp");
     println!("cargo:rerun-if-changed=cpp/op_counter.cpp");
     println!("cargo:rerun-if-changed=cpp/copy.cpp");
+    println!("cargo:rerun-if-changed=cpp/guard.h");
     println!("cargo::rustc-check-cfg=cfg(cuda_graph)");
     println!("cargo::rustc-check-cfg=cfg(op_counter)");
     println!("cargo::rustc-check-cfg=cfg(autograd_backward)");

@@ -1,15 +1,15 @@
 // A small C ABI over libtorch's CUDA graphs (at::cuda::CUDAGraph), which tch does not bind:
 // capture one evaluation (forward, loss, backward) on a side stream, then replay it with one
 // launch. Every entry point catches C++ exceptions and returns nonzero; the message is kept per
-// thread (ns_graph_error). Compiled by daemon/build.rs only where libtorch has CUDA.
+// thread (ns_graph_error, guard.h). Compiled by daemon/build.rs only where libtorch has CUDA.
 #include <c10/core/Event.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include <exception>
 #include <optional>
-#include <string>
+
+#include "guard.h"
 
 namespace {
 
@@ -20,19 +20,10 @@ struct Graph {
     explicit Graph(int device) : side(c10::cuda::getStreamFromPool(false, static_cast<c10::DeviceIndex>(device))) {}
 };
 
-thread_local std::string last_error;
-
+// 0 on success, else 1 with the message kept for ns_graph_error
 template <class F>
 int guarded(F f) {
-    try {
-        f();
-        return 0;
-    } catch (const std::exception& e) {
-        last_error = e.what();
-    } catch (...) {
-        last_error = "unknown C++ exception";
-    }
-    return 1;
+    return ns::guarded(f) == nullptr ? 0 : 1;
 }
 
 // `to` waits for the work queued so far on `from`
@@ -46,7 +37,7 @@ void order(c10::cuda::CUDAStream from, c10::cuda::CUDAStream to) {
 
 extern "C" {
 
-const char* ns_graph_error() { return last_error.c_str(); }
+const char* ns_graph_error() { return ns::last_error.c_str(); }
 
 int ns_graph_new(int device, void** out) {
     return guarded([&] { *out = new Graph(device); });

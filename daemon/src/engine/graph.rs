@@ -1,13 +1,19 @@
 //! CUDA graphs for the evaluation. Below ~1 megapixel the GPU spends most of an evaluation
 //! waiting for the CPU to launch its few hundred kernels (an H100 took 4.6 ms per 128 px bf16
 //! evaluation launched op by op, 0.84 ms replayed as one graph: docs/benchmarks.md, "GPU").
-//! A [`Captured`] evaluation is recorded once per scale and network on a side stream (after one
-//! warm-up there, as libtorch asks) and then replayed with one launch: the input is copied into
-//! the graph's static input, the gradient is copied out (the optimiser keeps gradients across
-//! evaluations), the terms are read from the graph's output.
+//! Work is recorded once on a side stream (after one warm-up there, as libtorch asks) and then
+//! replayed with one launch ([`Graph`]):
+//!
+//! * a [`Captured`] evaluation `x → (terms, gradient)`: the input is copied into the graph's
+//!   static input, the gradient is copied out (the optimiser keeps gradients across
+//!   evaluations), the terms are read from the graph's output;
+//! * an optimiser's step with its evaluation ([`Steps`], see [`super::optim::Step`]): the point
+//!   made from the optimiser's buffers, the evaluation and the values read with it, one graph
+//!   per step name, replayed while the step runs over the same buffers. The loop then launches
+//!   one upload and one read per evaluation.
 //!
 //! The shim over `at::cuda::CUDAGraph` (cpp/cuda_graph.cpp) is compiled only where libtorch has
-//! CUDA (build.rs, `cfg(cuda_graph)`); elsewhere [`Captured::capture`] says so and the caller
+//! CUDA (build.rs, `cfg(cuda_graph)`); elsewhere [`Graph::capture`] says so and the caller
 //! evaluates eagerly. Any failure to capture is reported, never fatal: the scale goes on eagerly.
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,10 +1,11 @@
 //! Values crossing between the device and the host. On a GPU each read waits for every queued
 //! kernel (a device sync: about 33 µs on an H100, against ~0 on a CPU), so the optimisation loop
 //! reads once per evaluation: the objective's terms and the optimiser's scalars together; and
-//! what it sends (L-BFGS's coefficients, once per iteration) goes from pinned memory without
-//! waiting for the device. Every read and upload of the loop goes through [`read`] and
-//! [`upload`], which count them per thread, so a test can hold the loop to its budget on any
-//! machine.
+//! what it sends (a step's scalars, and L-BFGS's coefficients once per line) goes from pinned
+//! memory without waiting for the device, into a buffer that stays where it is (a captured step
+//! reads it by address). Every read and upload of the loop goes through [`read`], [`upload`] and
+//! [`upload_into`], which count them per thread, so a test can hold the loop to its budget on
+//! any machine.
 
 use std::cell::Cell;
 

@@ -10,8 +10,10 @@
 //!   evaluation's single host read brings, with the problem's own terms, the history's rows
 //!   times the trial's pair and times its gradient (two matrix products); the 2m-sized algebra
 //!   (SᵀY and YᵀY, two triangular solves) then runs on the host in f64, and the direction is one
-//!   product back over the history with the coefficients uploaded: about a dozen operators per
-//!   evaluation, where a GPU pays each one's launch;
+//!   product back over the history with the coefficients uploaded. A trial (the direction on a
+//!   line's first, x₀ + t·d, the evaluation, the pair written, the products) is one [`Step`]
+//!   over fixed device buffers, which a problem may capture as one CUDA graph: the loop then
+//!   launches an upload and a read per evaluation;
 //! * **a failed line search is not convergence.** When the strong-Wolfe search finds no lower
 //!   value (at low precision the values' rounding can hide a decrease), the history is dropped
 //!   and the next iteration starts again from steepest descent with a first step in pixel
