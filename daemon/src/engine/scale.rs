@@ -9,7 +9,7 @@ use super::events::{Control, Observer, Progress};
 use super::graph::{Slot, Steps};
 use super::memory::release_freed;
 use super::objective::{Losses, Objective};
-use super::optim::{run_step, Curvature, Optimizer, Problem, Step, Stop};
+use super::optim::{run_step, step_with, Curvature, Optimizer, Problem, Step, Stop};
 use super::params::Params;
 use super::schedule::{deadline, stalled, CARRIED_GRADIENT_SCALE};
 use super::tiling::{self, Tiling};
@@ -193,10 +193,10 @@ impl Problem for Evaluations<'_, '_, '_> {
         }
         let shape = self.shape.as_slice();
         let run = || {
-            let x = (step.point)();
-            let (terms, g) = objective.evaluate_terms(net, &x.view(shape));
-            let g = g.view([-1]);
-            let joined = Tensor::cat(&[terms.reshape([-1]), (step.extras)(&g)], 0);
+            let (x, joined, g) = step_with(step, |x| {
+                let (terms, g) = objective.evaluate_terms(net, &x.view(shape));
+                (terms, g.view([-1]))
+            });
             vec![x, joined, g]
         };
         let [x, joined, g]: [Tensor; 3] = self.steps[usize::from(refined)]

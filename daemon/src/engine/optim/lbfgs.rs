@@ -548,10 +548,14 @@ impl Scalars {
 }
 
 impl Buffers {
-    fn new(n: i64, device: Device, slots: usize) -> Self {
-        let vector = || Tensor::zeros([n], (Kind::Float, device));
-        let scalars = Tensor::zeros([Scalars::COEFFICIENTS + 2 * slots as i64], (Kind::Float, device));
-        Self { x0: vector(), g0: vector(), d: vector(), last_x: vector(), last_g: vector(), scalars }
+    /// Buffers for vectors of `n` and a history of `slots` slots; x₀, g₀ and the last trial's
+    /// point and gradient only where the steps are captured (`all`: elsewhere a line reads its
+    /// start point's own tensors, and these stay empty).
+    fn new(n: i64, device: Device, slots: usize, all: bool) -> Self {
+        let vector = |n| Tensor::zeros([n], (Kind::Float, device));
+        let captured = || vector(if all { n } else { 0 });
+        let scalars = vector(Scalars::COEFFICIENTS + 2 * slots as i64);
+        Self { x0: captured(), g0: captured(), d: vector(n), last_x: captured(), last_g: captured(), scalars }
     }
 
     fn scalar(&self, at: i64) -> Tensor {
@@ -580,6 +584,8 @@ struct Line<'a> {
     dmax: bool,
     all: bool,
     trials: u64,
+    /// g₀·d, once the first trial has read it.
+    gtd0: f64,
 }
 
 impl Line<'_> {
@@ -692,12 +698,13 @@ impl Line<'_> {
         if line_values {
             line.push(next());
             line.push(if dmax { next() } else { f64::INFINITY });
+            self.gtd0 = line[0];
         }
         let products = self.history.split_products(&v.collect::<Vec<f64>>(), rows, true);
         let gtd = match (bf16, t == 0.0) {
             (true, _) => gtd,
             // at t = 0 the point is x₀, whose g·d is g₀·d
-            (false, true) => line.first().copied().unwrap_or(f64::NAN),
+            (false, true) => self.gtd0,
             (false, false) => self.history.step_times_gradient(&products) / t,
         };
         Ok((Point { x, t, f: terms[0], g, gtd, gmax, gsum, products, trial }, line))
@@ -781,7 +788,7 @@ pub fn minimize_with_history<P: Problem>(
     if all {
         history.zero_unwritten();
     }
-    let buffers = Buffers::new(n, x.device(), history.slots());
+    let buffers = Buffers::new(n, x.device(), history.slots(), all);
     // Σ|g| only for torch's default first step
     let sum = config.first_step.is_none();
     let mut here = probe(problem, &x, sum, history)?;
@@ -837,7 +844,8 @@ pub fn minimize_with_history<P: Problem>(
             config.lr
         };
         let prev_loss = here.f;
-        let mut line = Line { from: &here, buffers: &buffers, history, sum, dmax: dmax_needed, all, trials: 0 };
+        let mut line =
+            Line { from: &here, buffers: &buffers, history, sum, dmax: dmax_needed, all, trials: 0, gtd0: f64::NAN };
         let (point, gtd0, dmax) = if config.strong_wolfe {
             // the search's first evaluation plus at most `max_ls` more stay within the budget
             let max_ls = (max_evals - evals).min(25) - 1;
@@ -1393,9 +1401,7 @@ mod tests {
         let search = |patience| {
             let limits = Limits { tolerance_change: 0.0, max_ls: 24, patience };
             let mut history = History::new(1, 1, Device::Cpu, false);
-            let buffers = Buffers::new(1, Device::Cpu, 2);
-            buffers.x0.shallow_clone().copy_(&x);
-            buffers.g0.shallow_clone().copy_(&g0);
+            let buffers = Buffers::new(1, Device::Cpu, 2, false);
             let mut line = Line {
                 from: &start,
                 buffers: &buffers,
@@ -1404,6 +1410,7 @@ mod tests {
                 dmax: true,
                 all: false,
                 trials: 0,
+                gtd0: f64::NAN,
             };
             let search = strong_wolfe(&mut FnProblem::new(f), &mut line, 1.0, f0, &direction, limits).unwrap();
             line.take(&search.best);

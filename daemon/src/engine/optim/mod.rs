@@ -89,8 +89,14 @@ pub struct Step<'a> {
 
 /// [`Problem::evaluate_step`] run eagerly: the point, [`Problem::evaluate`], the extras.
 pub fn run_step<P: Problem + ?Sized>(problem: &mut P, step: &Step) -> (Tensor, Tensor, Tensor) {
+    step_with(step, |x| problem.evaluate(x))
+}
+
+/// The work of `step` around `evaluate` (x → terms, gradient): the point, its terms joined with
+/// the extras, its gradient.
+pub fn step_with(step: &Step, evaluate: impl FnOnce(&Tensor) -> (Tensor, Tensor)) -> (Tensor, Tensor, Tensor) {
     let x = (step.point)();
-    let (terms, g) = problem.evaluate(&x);
+    let (terms, g) = evaluate(&x);
     let joined = Tensor::cat(&[terms.reshape([-1]), (step.extras)(&g)], 0);
     (x, joined, g)
 }
