@@ -66,6 +66,7 @@ test: build
 	python3 -m unittest discover -s plugin-gimp/tests -v
 	cargo test --release --workspace
 	cargo clippy --release --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps --workspace
 	cargo fmt --all -- --check
 
 # Benchmarks against PyTorch in the same run (not tests: timings vary with the machine).

@@ -18,7 +18,7 @@ pub enum PixelFormat {
     Rgba8,
     /// Raw RGBA, 16-bit little-endian samples.
     Rgba16,
-    /// Raw RGBA, 32-bit little-endian float samples in [0,1].
+    /// Raw RGBA, 32-bit little-endian float samples in `[0,1]`.
     Rgba32f,
 }
 
@@ -435,7 +435,7 @@ pub enum Event {
         losses: Losses,
         elapsed: f64,
         eta: f64,
-        /// [width, height] of the scale being optimised (coarse-to-fine: smaller than the
+        /// `[width, height]` of the scale being optimised (coarse-to-fine: smaller than the
         /// output's until the last scale; absent from older daemons).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scale: Option<[u32; 2]>,

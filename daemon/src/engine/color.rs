@@ -11,7 +11,7 @@ fn apply(matrix: &Tensor, image: &Tensor) -> Tensor {
     matrix.matmul(&image.reshape([c, b * h * w])).reshape([b, c, h, w])
 }
 
-/// Stylized luminance + content chroma, both [1,3,H,W] RGB in [0,1].
+/// Stylized luminance + content chroma, both `[1,3,H,W]` RGB in `[0,1]`.
 pub fn luminance_transfer(stylized: &Tensor, content: &Tensor) -> Tensor {
     let m = Tensor::from_slice(&RGB_TO_YIQ).view([3, 3]).to_kind(Kind::Double).to_device(stylized.device());
     let inv = m.inverse();

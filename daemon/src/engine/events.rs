@@ -18,7 +18,7 @@ pub struct Progress {
     pub max_evaluations: usize,
     pub losses: Losses,
     pub elapsed: Duration,
-    /// The image just evaluated, [1,3,H,W] on the engine's device (values may leave [0,1]).
+    /// The image just evaluated, `[1,3,H,W]` on the engine's device (values may leave `[0,1]`).
     pub image: Tensor,
 }
 

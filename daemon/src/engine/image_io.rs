@@ -46,7 +46,7 @@ impl Default for DecodeLimits {
     }
 }
 
-/// A decoded image, RGBA f32 in [0,1] (alpha 1 when the file has none).
+/// A decoded image, RGBA f32 in `[0,1]` (alpha 1 when the file has none).
 #[derive(Clone)]
 pub struct Picture {
     pub rgba: Rgba32FImage,
@@ -150,7 +150,7 @@ impl Picture {
         self.resized(nw, nh)
     }
 
-    /// Resized to exactly w × h (Lanczos3, values clamped to [0,1]).
+    /// Resized to exactly w × h (Lanczos3, values clamped to `[0,1]`).
     pub fn resized(&self, w: u32, h: u32) -> Self {
         if (w, h) == (self.width(), self.height()) {
             return self.clone();
@@ -168,7 +168,7 @@ impl Picture {
         Ok(())
     }
 
-    /// RGB as a [1,3,H,W] f32 CPU tensor.
+    /// RGB as a `[1,3,H,W]` f32 CPU tensor.
     pub fn rgb_tensor(&self) -> Tensor {
         let (w, h) = (self.width() as i64, self.height() as i64);
         Tensor::from_slice(self.rgba.as_raw())
@@ -225,7 +225,7 @@ impl OutputFormat {
     }
 }
 
-/// An image ready to encode: RGB [1,3,H,W] in [0,1], optional alpha (row-major, same size).
+/// An image ready to encode: RGB `[1,3,H,W]` in `[0,1]`, optional alpha (row-major, same size).
 pub struct Output<'a> {
     pub rgb: &'a Tensor,
     pub alpha: Option<&'a [f32]>,
@@ -286,7 +286,7 @@ impl Output<'_> {
     }
 }
 
-/// RGB [1,3,H,W] in [0,1] (+ optional alpha) as raw RGBA bytes in `format` (alpha 1 when none).
+/// RGB `[1,3,H,W]` in `[0,1]` (+ optional alpha) as raw RGBA bytes in `format` (alpha 1 when none).
 pub fn encode_raw(rgb: &Tensor, alpha: Option<&[f32]>, format: PixelFormat) -> Vec<u8> {
     let hwc = rgb.squeeze_dim(0).permute([1, 2, 0]).clamp(0.0, 1.0).to_kind(Kind::Float).contiguous();
     let v: Vec<f32> = Vec::<f32>::try_from(hwc.to_device(tch::Device::Cpu).view([-1])).expect("f32 pixels");
@@ -305,7 +305,7 @@ pub fn encode_raw(rgb: &Tensor, alpha: Option<&[f32]>, format: PixelFormat) -> V
     out
 }
 
-/// An RGBA8 preview of an image tensor [1,3,h,w] (any scale of a job) as the output of
+/// An RGBA8 preview of an image tensor `[1,3,h,w]` (any scale of a job) as the output of
 /// `full` = (width, height) looks: its proportions, longest side at most `size`.
 pub fn preview(image: &Tensor, size: u32, full: (u32, u32)) -> (u32, u32, Vec<u8>) {
     let (w, h) = if full.0.max(full.1) > size { longest_side_dims(full.0, full.1, size) } else { full };

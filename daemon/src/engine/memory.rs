@@ -12,7 +12,7 @@
 //!   (measured: 1024×768, bf16 with refinement 2.38 GiB, fp32 throughout 2.30 GiB);
 //! * f32 copies of the tapped activations and their gradients;
 //! * image-sized f32 vectors: the optimiser's (L-BFGS: [`PAIR_VECTORS`] per history pair, or
-//!   [`BF16_PAIR_VECTORS`] when the pairs are stored in bf16) and about sixteen working copies
+//!   [`BF16_PAIR_HALVES`] halves when the pairs are stored in bf16) and about sixteen working copies
 //!   (image, gradient, direction, best point, targets, pictures);
 //! * [`BASE_BYTES`] for the process itself (libtorch, thread pools).
 //!

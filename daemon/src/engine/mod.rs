@@ -1,7 +1,7 @@
 //! The engine: one style-transfer job from decoded pictures to a stylized image. It knows
 //! nothing of sockets, queues or flags (the rule is checked by `tests/architecture.rs`).
 //!
-//! [`Engine::stylize`] prepares the job's [`Inputs`](targets::Inputs), plans its memory
+//! [`Engine::stylize`] prepares the job's [`targets::Inputs`], plans its memory
 //! ([`memory`]), and runs the coarse-to-fine [`schedule`]: each scale builds its
 //! [`objective`] (targets through the style [`cache`]) and optimises it ([`scale`],
 //! [`optim`]), reporting to an [`Observer`]. The result is reported with f32 losses at the
@@ -98,7 +98,7 @@ impl Job {
     }
 }
 
-/// The result: RGB [1,3,H,W] in [0,1] on the CPU, the content's alpha if it had one.
+/// The result: RGB `[1,3,H,W]` in `[0,1]` on the CPU, the content's alpha if it had one.
 pub struct Stylized {
     pub rgb: Tensor,
     pub alpha: Option<Vec<f32>>,
@@ -440,7 +440,7 @@ impl Engine {
         memory::plan(w, h, p, self.layout(), limit, p.tile.map(i64::from))
     }
 
-    /// The f32 objective of any image `x` ([1,3,H,W] at the job's output size) for `job`: the
+    /// The f32 objective of any image `x` (`[1,3,H,W]` at the job's output size) for `job`: the
     /// figure a [`Summary`] reports, so results from elsewhere (a PyTorch run) can be compared.
     pub fn exact_losses(&self, job: &Job, x: &Tensor) -> Result<Losses, EngineError> {
         let inputs = Inputs::prepare(&job.content, &job.styles, &job.params, self.device())?;

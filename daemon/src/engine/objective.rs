@@ -16,9 +16,9 @@
 //! same size, and still meaningful when `--style-scale` makes them differ. Several style
 //! images blend their normalised Gram matrices with weights that sum to one.
 //!
-//! `L_tv = Σ_c Σ_ij [(x_{i+1,j} − x_ij)² + (x_{i,j+1} − x_ij)²] / (H·W)` on the image in [0,1].
+//! `L_tv = Σ_c Σ_ij [(x_{i+1,j} − x_ij)² + (x_{i,j+1} − x_ij)²] / (H·W)` on the image in `[0,1]`.
 //!
-//! The image is kept in [0,1] inside the objective: the network sees `clamp(x, 0, 1)`, so the
+//! The image is kept in `[0,1]` inside the objective: the network sees `clamp(x, 0, 1)`, so the
 //! optimiser never gains anything from values that would be clipped away on output.
 //!
 //! The loss's gradients with respect to the tapped activations are written out rather than left
@@ -42,7 +42,7 @@ use super::backward::backward;
 use super::host;
 use super::vgg::{Pooling, Vgg19};
 
-/// Activations [1, N, H, W] as a batch of one matrix, without a copy: F (N × M) when stored
+/// Activations `[1, N, H, W]` as a batch of one matrix, without a copy: F (N × M) when stored
 /// NCHW, Fᵀ (M × N) when stored channels-last (whose storage already is that matrix).
 struct Matrix {
     mat: Tensor,
@@ -63,7 +63,7 @@ impl Matrix {
         Self { mat: self.mat.to_kind(kind), channels_last: self.channels_last }
     }
 
-    /// `beta · minus + alpha · F Fᵀ` ([1, N, N]; `minus` broadcasts), one matrix product.
+    /// `beta · minus + alpha · F Fᵀ` (`[1, N, N]`; `minus` broadcasts), one matrix product.
     fn gram(&self, minus: &Tensor, beta: f64, alpha: f64) -> Tensor {
         let t = self.mat.transpose(1, 2);
         match self.channels_last {
@@ -72,7 +72,7 @@ impl Matrix {
         }
     }
 
-    /// `alpha · F C (+ plus)` for a symmetric N × N `c` ([1, N, N]), in the matrix's layout and
+    /// `alpha · F C (+ plus)` for a symmetric N × N `c` (`[1, N, N]`), in the matrix's layout and
     /// kind, one matrix product (with `plus`, libtorch copies it into the result first).
     fn times(&self, c: &Tensor, alpha: f64, plus: Option<&Tensor>) -> Tensor {
         // with β = 0 the input is ignored (its shape only): the matrix itself serves
@@ -90,7 +90,7 @@ fn flat(t: &Tensor) -> Tensor {
     Matrix::of(t).mat.reshape([-1])
 }
 
-/// G^l / M_l for activations of shape [1, N, H, W]: eq. 3 divided by the number of positions.
+/// G^l / M_l for activations of shape `[1, N, H, W]`: eq. 3 divided by the number of positions.
 pub fn normalised_gram(features: &Tensor) -> Tensor {
     let (_, _, h, w) = features.size4().expect("activations are 4-D");
     let f = Matrix::of(features);
@@ -99,7 +99,7 @@ pub fn normalised_gram(features: &Tensor) -> Tensor {
     g.squeeze_dim(0) / (h * w) as f64
 }
 
-/// `r · (G/M − A)` ([1, N, N]) for activations [1, N, H, W] (in their kind) and a target A
+/// `r · (G/M − A)` (`[1, N, N]`) for activations `[1, N, H, W]` (in their kind) and a target A
 /// (N × N): one matrix product.
 pub fn scaled_gram_difference(features: &Tensor, target: &Tensor, r: f64) -> Tensor {
     let (_, _, h, w) = features.size4().expect("activations are 4-D");
@@ -123,7 +123,7 @@ pub fn constant_parts(c: &Tensor, kind: Kind) -> Vec<Tensor> {
     })
 }
 
-/// `scale · F C` shaped and stored like `features` ([1, N, h, w], any precision and memory
+/// `scale · F C` shaped and stored like `features` (`[1, N, h, w]`, any precision and memory
 /// format), for a symmetric N × N constant `C = Σ parts` ([`constant_parts`]): with
 /// `scale · C = s·(G − A)/(N² M)` it is `s·∂E_l/∂F` (see the module docs), the gradient a
 /// backward pass ([`backward`](super::backward)) takes from this layer.
@@ -273,8 +273,8 @@ impl Objective {
         self.content.iter().map(|c| c.index).chain(self.style.iter().map(|s| s.index)).collect()
     }
 
-    /// Eq. 7 at x (shape [1,3,H,W], values meant to be in [0,1]): the loss terms on the device
-    /// (total, content, style[, tv]; f32), and with `gradient` the tensors its gradient flows
+    /// Eq. 7 at x (shape `[1,3,H,W]`, values meant to be in `[0,1]`): the loss terms on the device
+    /// (total, content, style`[, tv]`; f32), and with `gradient` the tensors its gradient flows
     /// back from, each with its gradient of eq. 7 (for [`backward`]): the content and style
     /// layers' activations F (∂L/∂F written out) and the tv term. Written for few operators
     /// (see the module docs): no term is computed that the coefficients zero out.
@@ -354,7 +354,7 @@ impl Objective {
     }
 
     /// Value terms and gradient of eq. 7 at x, left on the device (no host read): the terms
-    /// are total, content, style[, tv] ([`Losses::from_terms`] once read).
+    /// are total, content, style`[, tv]` ([`Losses::from_terms`] once read).
     pub fn evaluate_terms(&self, vgg: &Vgg19, x: &Tensor) -> (Tensor, Tensor) {
         let x = x.detach().set_requires_grad(true);
         let (terms, roots) = self.graph(vgg, &x, true);

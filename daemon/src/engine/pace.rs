@@ -104,7 +104,7 @@ impl Pace {
     }
 
     /// What an evaluation at `size` costs relative to one at `output`: from what was measured
-    /// (see [`Pace::curve`]) once two sizes are, else from the pixel counts plus the device's
+    /// (see `Pace::curve`) once two sizes are, else from the pixel counts plus the device's
     /// fixed part ([`UNMEASURED_OVERHEAD_PIXELS`], [`UNMEASURED_OVERHEAD_PIXELS_CUDA`]).
     pub fn relative_cost(&self, size: (u32, u32), output: (u32, u32)) -> f64 {
         match (self.curve(size), self.curve(output)) {

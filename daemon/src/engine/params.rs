@@ -15,7 +15,7 @@ use super::weights::{layer_index, vgg19_layers};
 pub const STYLE_WEIGHT_PER_STRENGTH: f64 = 500.0;
 
 /// L-BFGS's first step at each scale moves the pixel with the largest gradient by this much (of
-/// the [0,1] range); the line search then adapts it. torch's default first step, min(1, 1/|g|₁),
+/// the `[0,1]` range); the line search then adapts it. torch's default first step, min(1, 1/|g|₁),
 /// is ~1e-6 of a pixel on this objective and costs a handful of evaluations per scale to grow.
 pub const FIRST_STEP: f64 = 0.1;
 
@@ -45,7 +45,7 @@ impl OptimizerKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Init {
-    /// Seeded uniform white noise in [0,1].
+    /// Seeded uniform white noise in `[0,1]`.
     Noise,
     Content,
     /// The first style image, resized to the output size.

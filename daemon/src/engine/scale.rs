@@ -248,7 +248,7 @@ impl Problem for Evaluations<'_, '_, '_> {
 }
 
 impl ScaleRun<'_> {
-    /// Optimises from `x0` ([1,3,h,w]) and what `curvature` holds (a coarser scale's, carried);
+    /// Optimises from `x0` (`[1,3,h,w]`) and what `curvature` holds (a coarser scale's, carried);
     /// returns the scale's image, why it stopped and its pace (evaluations after the first, and
     /// their seconds), and leaves this scale's curvature in `curvature`.
     pub fn run(&self, x0: &Tensor, job: &mut JobRun, curvature: &mut Curvature) -> (Tensor, StopReason, (usize, f64)) {

@@ -17,9 +17,9 @@ use super::vgg::Vgg19;
 pub struct Inputs {
     pub content_picture: Picture,
     pub style_pictures: Vec<Picture>,
-    /// RGB [1,3,H,W] of the content at the output size.
+    /// RGB `[1,3,H,W]` of the content at the output size.
     pub content: Tensor,
-    /// RGB [1,3,H,W] per style image.
+    /// RGB `[1,3,H,W]` per style image.
     pub styles: Vec<Tensor>,
     device: Device,
 }

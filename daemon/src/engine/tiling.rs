@@ -99,7 +99,7 @@ fn core_in_features(tile: &Tile, stride: i64, feature: &Tensor) -> Tensor {
     feature.narrow(2, y0, (y1 - y0).max(0)).narrow(3, x0, (x1 - x0).max(0))
 }
 
-/// F Fᵀ (not normalised) of [1, N, h, w] features, in f32.
+/// F Fᵀ (not normalised) of `[1, N, h, w]` features, in f32.
 fn gram_sum(f: &Tensor) -> Tensor {
     let (_, n, h, w) = f.size4().expect("4-D");
     if h * w == 0 {

@@ -162,7 +162,7 @@ pub struct Vgg19 {
     layers: Vec<Layer>,
     names: Vec<String>,
     preprocessing: Preprocessing,
-    /// The input normalisation's mean and std ([1,3,1,1], f32, on the device: made once, as a
+    /// The input normalisation's mean and std (`[1,3,1,1]`, f32, on the device: made once, as a
     /// copy to a GPU per evaluation would wait for the device).
     mean: Tensor,
     std: Tensor,
@@ -227,7 +227,7 @@ impl Vgg19 {
         &self.names
     }
 
-    /// Maps an image in [0,1] RGB, shape [1,3,H,W], to the network's input space, in the
+    /// Maps an image in `[0,1]` RGB, shape `[1,3,H,W]`, to the network's input space, in the
     /// network's dtype and memory format (one copy, none in fp32). Torchvision's arithmetic,
     /// `(x − mean) / std`: `x · (1/std) − mean/std` would save an operator, but its last bits
     /// take L-BFGS off PyTorch's path (the step-for-step test).

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `format` | `neural-style-vgg19` |
 //! | `pretrained` | `true` or `false` |
-//! | `preprocessing` | `torchvision` (RGB in [0,1], ImageNet mean/std) or `caffe` (BGR ×255, mean subtracted) |
+//! | `preprocessing` | `torchvision` (RGB in `[0,1]`, ImageNet mean/std) or `caffe` (BGR ×255, mean subtracted) |
 //! | `source` | where the numbers came from (URL, or `random`) |
 //! | `sha256` | checksum of the source file (pretrained) |
 //! | `seed` | the seed (random weights) |
@@ -89,9 +89,9 @@ pub fn manifest() -> Vec<(String, Vec<i64>)> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preprocessing {
-    /// RGB in [0,1], minus ImageNet mean (0.485, 0.456, 0.406), divided by std (0.229, 0.224, 0.225).
+    /// RGB in `[0,1]`, minus ImageNet mean (0.485, 0.456, 0.406), divided by std (0.229, 0.224, 0.225).
     Torchvision,
-    /// BGR in [0,255] minus (103.939, 116.779, 123.68): Caffe's VGG (the author's `vgg_conv.pth`).
+    /// BGR in `[0,255]` minus (103.939, 116.779, 123.68): Caffe's VGG (the author's `vgg_conv.pth`).
     Caffe,
 }
 

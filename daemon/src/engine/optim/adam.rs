@@ -5,7 +5,7 @@ use tch::Tensor;
 use super::super::host;
 use super::{evaluate_and_read, step_and_read, FnProblem, Outcome, Problem, Step, Stop};
 
-/// Adam's settings. The learning rate is in pixel units (the image lives in [0,1]).
+/// Adam's settings. The learning rate is in pixel units (the image lives in `[0,1]`).
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AdamConfig {
     pub lr: f64,

@@ -70,7 +70,7 @@ impl Default for LbfgsConfig {
 }
 
 /// The L-BFGS history: pairs s_i = x_{i+1} − x_i, y_i = g_{i+1} − g_i on the device, stored
-/// interleaved as rows of one [m + 1, 2, n] f32 (or bf16) tensor: a ring buffer of m pairs and
+/// interleaved as rows of one `[m + 1, 2, n]` f32 (or bf16) tensor: a ring buffer of m pairs and
 /// a spare slot (allocated once and uninitialised: no copies as it fills, and on the CPU its
 /// pages become resident only as rows are written; the memory plan counts the full history).
 /// A line search writes each trial's pair (t·d, g − g₀) into the spare slot, and the trial's
@@ -212,7 +212,7 @@ impl History {
         }
     }
 
-    /// Writes a trial's pair ([2, n]: s, y) into the slot held by `slot` (a device scalar) and
+    /// Writes a trial's pair (`[2, n]`: s, y) into the slot held by `slot` (a device scalar) and
     /// returns the pair as stored (rounded where the history is bf16).
     fn write_pair(&self, pair: &Tensor, slot: &Tensor) -> Tensor {
         let stored = pair.to_kind(self.pairs.kind());
@@ -229,7 +229,7 @@ impl History {
     }
 
     /// The products a point's read brings (see [`Products`]): the first `rows` slots times the
-    /// `columns` ([c, n]: a trial's s, y and g, or a point's g), in one pass over the rows (the
+    /// `columns` (`[c, n]`: a trial's s, y and g, or a point's g), in one pass over the rows (the
     /// history is the largest thing an evaluation reads besides the network: 0.5 GB at 512 px
     /// with 100 pairs, 38 GB at 3840 px).
     fn products(&self, columns: &Tensor, rows: usize) -> Option<Tensor> {
@@ -391,7 +391,7 @@ impl History {
     }
 
     /// The L-BFGS direction −H·g for any g: its products with the rows are taken and read here
-    /// (one host read), then [`History::coefficients`] and [`History::direction_into`].
+    /// (one host read), then the coefficients and the product back as for a line (see [`History`]).
     pub fn direction(&mut self, g: &Tensor) -> Tensor {
         let rows = self.rows(false);
         let grad = match self.products(&g.reshape([1, -1]), rows) {
@@ -408,12 +408,12 @@ impl History {
 }
 
 /// Coordinates per chunk of a product over the history's long dimension on a GPU. cuBLAS runs
-/// [2k, n] × [n, 3] (k pairs, n coordinates, a trial's three columns) on few blocks: on an
-/// H200 (2026-11-28) [202, 49 152] × [49 152, 3] took 87 µs, 3× what reading its 40 MB costs;
+/// `[2k, n]` × `[n, 3]` (k pairs, n coordinates, a trial's three columns) on few blocks: on an
+/// H200 (2026-11-28) `[202, 49 152]` × `[49 152, 3]` took 87 µs, 3× what reading its 40 MB costs;
 /// as 256 products of 192 coordinates each, summed, 30 µs (docs/benchmarks.md, "GPU").
 const CHUNK: i64 = 256;
 
-/// The [2k, n] held rows times [n, c] columns, as [2k, c] f32 (a bf16 history slice by slice;
+/// The `[2k, n]` held rows times `[n, c]` columns, as `[2k, c]` f32 (a bf16 history slice by slice;
 /// on a GPU chunk by chunk of the n coordinates, the chunks' products summed).
 fn forward(held: &Tensor, columns: &Tensor) -> Tensor {
     if held.kind() == Kind::Float && columns.kind() == Kind::Float {
@@ -426,7 +426,7 @@ fn forward(held: &Tensor, columns: &Tensor) -> Tensor {
         .expect("n > 0")
 }
 
-/// `held` [r, n] times `columns` [n, c] as a batch of products over [`CHUNK`] coordinates each
+/// `held` `[r, n]` times `columns` `[n, c]` as a batch of products over [`CHUNK`] coordinates each
 /// (views of both: no copies), summed, plus the rest of n.
 fn chunked(held: &Tensor, columns: &Tensor) -> Tensor {
     let (r, n) = (held.size()[0], held.size()[1]);
@@ -446,7 +446,7 @@ fn chunked(held: &Tensor, columns: &Tensor) -> Tensor {
     }
 }
 
-/// The [2k, n] held rows times themselves transposed, [2k, 2k] f64 (a bf16 history slice by
+/// The `[2k, n]` held rows times themselves transposed, `[2k, 2k]` f64 (a bf16 history slice by
 /// slice: the f32 copy of one slice is the only temporary).
 fn gram(held: &Tensor) -> Tensor {
     let product = |h: Tensor| h.matmul(&h.transpose(0, 1)).to_kind(Kind::Double);
