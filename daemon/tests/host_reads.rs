@@ -109,9 +109,9 @@ fn an_evaluation_and_the_loop_around_it_launch_few_operators() {
         // evaluation as one optim::Step, which a GPU replays as one CUDA graph, so what it
         // launches one by one is what runs outside them (the upload, the read)
         for (name, params, outside_limit, added_limit) in [
-            ("L-BFGS, history 100", Params { lbfgs_history: 100, ..single.clone() }, 3.0, 16.0),
-            ("L-BFGS, history 5 (wraps around)", Params { lbfgs_history: 5, ..single.clone() }, 3.0, 16.0),
-            ("Adam", Params { optimizer: OptimizerKind::Adam, ..single.clone() }, 3.0, 14.0),
+            ("L-BFGS, history 100", Params { lbfgs_history: 100, ..single.clone() }, 3.0, 12.0),
+            ("L-BFGS, history 5 (wraps around)", Params { lbfgs_history: 5, ..single.clone() }, 3.0, 12.0),
+            ("Adam", Params { optimizer: OptimizerKind::Adam, ..single.clone() }, 3.0, 13.0),
         ] {
             let (total, _) = per_evaluation(&engine, params.clone(), count);
             let (stepped, _) = per_evaluation(&engine, params, optim::step_operators);

@@ -72,7 +72,7 @@ pub fn minimize_problem<P: Problem>(
         };
         let extras = |g: &Tensor| {
             grad.shallow_clone().copy_(g);
-            Tensor::empty([0], (tch::Kind::Float, g.device()))
+            Vec::new()
         };
         let uses = [last, grad, m, v, &scalars];
         let step = Step { name: "adam step", uses: &uses, state: &uses[..4], point: &point, extras: &extras };

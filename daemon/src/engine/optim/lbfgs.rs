@@ -220,6 +220,32 @@ impl History {
         stored
     }
 
+    /// Writes a trial's s = t·d into the spare slot (by the host's index); returns s (unrounded
+    /// where the history is bf16).
+    fn write_step(&self, d: &Tensor, t: f64) -> Tensor {
+        let s_row = self.pairs.get(self.spare() as i64).get(0);
+        if s_row.kind() == d.kind() {
+            // (the `out` variants return their output, the row itself)
+            return d.mul_scalar_out(&s_row, t);
+        }
+        let s = d * t;
+        s_row.shallow_clone().copy_(&s);
+        s
+    }
+
+    /// Writes a trial's y = g − g₀ into the spare slot (after [`History::write_step`]); returns
+    /// the slot's pair as stored ([2, n]).
+    fn write_gradient_change(&self, g: &Tensor, g0: &Tensor) -> Tensor {
+        let pair = self.pairs.get(self.spare() as i64);
+        let y_row = pair.get(1);
+        if y_row.kind() == g.kind() {
+            let _ = g.sub_out(&y_row, g0);
+        } else {
+            y_row.shallow_clone().copy_(&(g - g0));
+        }
+        pair
+    }
+
     /// Writes a trial's pair (s = t·d, y = g − g₀) into the spare slot again, from the host's
     /// index (the trial taken was not the last one tried along its line).
     fn rewrite_pair(&mut self, d: &Tensor, t: f64, g: &Tensor, g0: &Tensor, trial: u64) {
@@ -620,7 +646,10 @@ impl Line<'_> {
             scalars.push(dir.neg_gamma);
             scalars.extend(&dir.coefficients);
         }
-        host::upload_into(&b.scalars, &scalars);
+        // a captured trial reads t and the slot on the device; an eager one only the direction
+        if all || first.is_some() {
+            host::upload_into(&b.scalars, &scalars);
+        }
         let rows = history.trial_rows(all);
         let bf16 = history.bf16();
         // g₀·d and max|d|: read with a line's first trial (with every trial where `all`)
@@ -645,7 +674,7 @@ impl Line<'_> {
             } else if first.is_some() {
                 history.direction_into(&b.d, g0, &c, &neg_gamma, direction_rows);
             }
-            let s = &b.d * b.scalar(Scalars::T);
+            let s = if all { &b.d * b.scalar(Scalars::T) } else { history.write_step(&b.d, t) };
             let x = x0 + &s;
             if all {
                 b.last_x.shallow_clone().copy_(&x);
@@ -658,7 +687,11 @@ impl Line<'_> {
             if all {
                 b.last_g.shallow_clone().copy_(g);
             }
-            let pair = history.write_pair(&Tensor::stack(&[s, g - g0], 0), &b.scalar(Scalars::SLOT));
+            let pair = if all {
+                history.write_pair(&Tensor::stack(&[s, g - g0], 0), &b.scalar(Scalars::SLOT))
+            } else {
+                history.write_gradient_change(g, g0)
+            };
             let mut e = gradient_norms(g, sum);
             if bf16 {
                 // (with an f32 history g·d is s·g / t, one of the products)
@@ -671,7 +704,7 @@ impl Line<'_> {
                 e.push(b.d.linalg_norm(f64::INFINITY, None::<i64>, false, None::<Kind>));
             }
             e.extend(history.products(&Tensor::cat(&[pair, g.reshape([1, -1])], 0), rows));
-            Tensor::cat(&e.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0)
+            e
         };
         let name = match (all, first.is_some()) {
             (true, _) => format!("lbfgs trial: sum {sum}, max|d| {dmax}, rows {rows}"),

@@ -83,8 +83,9 @@ pub struct Step<'a> {
     pub state: &'a [&'a Tensor],
     /// Makes the point (flat).
     pub point: &'a dyn Fn() -> Tensor,
-    /// The values read with the terms (1-D f32), from the point's gradient (flat).
-    pub extras: &'a dyn Fn(&Tensor) -> Tensor,
+    /// The values read with the terms (scalars or vectors, f32), from the point's gradient
+    /// (flat).
+    pub extras: &'a dyn Fn(&Tensor) -> Vec<Tensor>,
 }
 
 /// [`Problem::evaluate_step`] run eagerly: the point, [`Problem::evaluate`], the extras.
@@ -97,8 +98,7 @@ pub fn run_step<P: Problem + ?Sized>(problem: &mut P, step: &Step) -> (Tensor, T
 pub fn step_with(step: &Step, evaluate: impl FnOnce(&Tensor) -> (Tensor, Tensor)) -> (Tensor, Tensor, Tensor) {
     let x = (step.point)();
     let (terms, g) = evaluate(&x);
-    let joined = Tensor::cat(&[terms.reshape([-1]), (step.extras)(&g)], 0);
-    (x, joined, g)
+    (x, joined(&terms, (step.extras)(&g)), g)
 }
 
 thread_local! {
@@ -192,6 +192,18 @@ impl Optimizer {
     }
 }
 
+/// `terms` and `extras` as one 1-D tensor, in one operator (promoting to the widest kind; none
+/// without extras).
+fn joined(terms: &Tensor, extras: Vec<Tensor>) -> Tensor {
+    let mut parts = vec![terms.reshape([-1])];
+    parts.extend(extras.into_iter().map(|t| t.reshape([-1])));
+    if parts.len() == 1 {
+        parts.pop().expect("the terms")
+    } else {
+        Tensor::cat(&parts, 0)
+    }
+}
+
 /// One evaluation through the problem, read to the host once with `extra` values (scalars or
 /// vectors) computed from the gradient: returns (terms, gradient, extras flattened).
 fn evaluate_and_read<P: Problem>(
@@ -200,13 +212,8 @@ fn evaluate_and_read<P: Problem>(
     extra: impl FnOnce(&Tensor) -> Vec<Tensor>,
 ) -> Result<(Vec<f64>, Tensor, Vec<f64>), P::Stop> {
     let (terms, grad) = problem.evaluate(x);
-    // one operator joins them all (promoting to the widest kind; none without extras), one more
-    // copies them out
-    let mut parts = vec![terms.reshape([-1])];
-    parts.extend(extra(&grad).into_iter().map(|t| t.reshape([-1])));
-    let n_terms = parts[0].numel();
-    let joined = if parts.len() == 1 { parts.pop().expect("the terms") } else { Tensor::cat(&parts, 0) };
-    let mut values = super::host::read(&joined);
+    let n_terms = terms.numel();
+    let mut values = super::host::read(&joined(&terms, extra(&grad)));
     let extras = values.split_off(n_terms);
     problem.evaluated(&values)?;
     Ok((values, grad, extras))
