@@ -246,14 +246,6 @@ impl History {
         pair
     }
 
-    /// Writes a trial's pair (s = t·d, y = g − g₀) into the spare slot again, from the host's
-    /// index (the trial taken was not the last one tried along its line).
-    fn rewrite_pair(&mut self, d: &Tensor, t: f64, g: &Tensor, g0: &Tensor, trial: u64) {
-        let pair = Tensor::stack(&[d * t, g - g0], 0).to_kind(self.pairs.kind());
-        self.pairs.get(self.spare() as i64).copy_(&pair);
-        self.spare_holds = Some(trial);
-    }
-
     /// The products a point's read brings (see [`Products`]): the first `rows` slots times the
     /// `columns` (`[c, n]`: a trial's s, y and g, or a point's g), in one pass over the rows (the
     /// history is the largest thing an evaluation reads besides the network: 0.5 GB at 512 px
@@ -767,7 +759,9 @@ impl Line<'_> {
         }
         if self.history.spare_holds != Some(p.trial) {
             let g0 = self.start_vectors().1.shallow_clone();
-            self.history.rewrite_pair(&self.buffers.d, p.t, &p.g, &g0, p.trial);
+            let _ = self.history.write_step(&self.buffers.d, p.t);
+            let _ = self.history.write_gradient_change(&p.g, &g0);
+            self.history.spare_holds = Some(p.trial);
         }
         self.history.accept(&p.products);
     }
