@@ -69,6 +69,10 @@ pub struct DeviceArgs {
     /// Evaluate small scales through CUDA graphs (one launch per evaluation).
     #[arg(long, default_value_t = Config::default().cuda_graphs, action = clap::ArgAction::Set)]
     pub cuda_graphs: bool,
+    /// The L-BFGS history's products by CUDA kernels of our own, compiled at start-up (true), or
+    /// by cuBLAS (false).
+    #[arg(long, default_value_t = Config::default().cuda_kernels, action = clap::ArgAction::Set)]
+    pub cuda_kernels: bool,
 }
 
 impl DeviceArgs {
@@ -87,7 +91,11 @@ impl DeviceArgs {
 
     /// The CUDA settings of these flags.
     pub fn cuda(&self) -> crate::engine::CudaOptions {
-        crate::engine::CudaOptions { cudnn_benchmark: self.cudnn_benchmark, graphs: self.cuda_graphs }
+        crate::engine::CudaOptions {
+            cudnn_benchmark: self.cudnn_benchmark,
+            graphs: self.cuda_graphs,
+            kernels: self.cuda_kernels,
+        }
     }
 }
 

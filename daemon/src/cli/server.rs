@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Evaluate small scales through CUDA graphs (one launch per evaluation). CUDA only.
     #[arg(long)]
     pub cuda_graphs: Option<bool>,
+    /// The L-BFGS history's products by CUDA kernels of our own (true) or by cuBLAS. CUDA only.
+    #[arg(long)]
+    pub cuda_kernels: Option<bool>,
     /// Largest output in pixels per job.
     #[arg(long)]
     pub max_pixels: Option<u64>,
@@ -97,7 +100,8 @@ impl ServeArgs {
             cache_mb,
             on_signal,
             cudnn_benchmark,
-            cuda_graphs
+            cuda_graphs,
+            cuda_kernels
         );
         if self.threads.is_some() {
             c.threads = self.threads;

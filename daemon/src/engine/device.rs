@@ -12,6 +12,8 @@ pub struct CudaOptions {
     pub cudnn_benchmark: bool,
     /// Evaluate small scales through CUDA graphs ([`super::graph`]).
     pub graphs: bool,
+    /// The L-BFGS history's products by kernels of our own ([`super::products`]).
+    pub kernels: bool,
 }
 
 /// Whether cuDNN times every convolution algorithm the first time it meets a shape (benchmark
@@ -25,7 +27,7 @@ pub const CUDA_GRAPHS: bool = true;
 
 impl Default for CudaOptions {
     fn default() -> Self {
-        Self { cudnn_benchmark: CUDNN_BENCHMARK, graphs: CUDA_GRAPHS }
+        Self { cudnn_benchmark: CUDNN_BENCHMARK, graphs: CUDA_GRAPHS, kernels: super::products::ENABLED }
     }
 }
 

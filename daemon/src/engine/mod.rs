@@ -22,6 +22,7 @@ pub mod objective;
 pub mod ops;
 pub mod optim;
 pub mod pace;
+pub mod products;
 pub mod params;
 pub mod rng;
 pub mod scale;
@@ -163,6 +164,12 @@ impl Engine {
     pub fn with_options(weights: &Weights, device: Device, layout: Layout, cuda: CudaOptions) -> Self {
         if device.is_cuda() {
             device::set_cudnn_benchmark(cuda.cudnn_benchmark);
+            products::set_enabled(cuda.kernels);
+            if cuda.kernels {
+                // compiled and checked now, outside any graph capture (a failure is logged and
+                // leaves libtorch's products)
+                let _ = products::load(device);
+            }
         }
         let reference = (layout != Layout::FP32).then(|| Vgg19::load(weights, device, Layout::FP32));
         Self {

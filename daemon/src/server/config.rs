@@ -35,6 +35,8 @@ pub struct Config {
     pub cudnn_benchmark: bool,
     /// Evaluate small scales through CUDA graphs (CUDA).
     pub cuda_graphs: bool,
+    /// The L-BFGS history's products by CUDA kernels of our own, or by cuBLAS (CUDA).
+    pub cuda_kernels: bool,
     /// Largest working image (output) in pixels.
     pub max_pixels: u64,
     /// Largest input image (decode limit) in pixels.
@@ -66,6 +68,7 @@ impl Default for Config {
             threads: None,
             cudnn_benchmark: crate::engine::device::CUDNN_BENCHMARK,
             cuda_graphs: crate::engine::device::CUDA_GRAPHS,
+            cuda_kernels: crate::engine::products::ENABLED,
             max_pixels: 4096 * 4096,
             max_input_pixels: DecodeLimits::default().max_pixels,
             max_iterations: 10_000,

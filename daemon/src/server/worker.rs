@@ -65,7 +65,7 @@ fn serve(state: &State, weights: Weights) -> anyhow::Result<()> {
     let device = parse_device(&cfg.device).map_err(anyhow::Error::msg)?;
     let layout = cfg.precision.layout(device);
     let t0 = Instant::now();
-    let cuda = CudaOptions { cudnn_benchmark: cfg.cudnn_benchmark, graphs: cfg.cuda_graphs };
+    let cuda = CudaOptions { cudnn_benchmark: cfg.cudnn_benchmark, graphs: cfg.cuda_graphs, kernels: cfg.cuda_kernels };
     let engine = Engine::with_options(&weights, device, layout, cuda);
     drop(weights);
     if cfg.warmup {

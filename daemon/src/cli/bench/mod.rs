@@ -6,6 +6,7 @@
 mod evaluation;
 mod latency;
 mod overhead;
+mod products;
 mod suite;
 mod time_to_loss;
 mod timing;

@@ -161,6 +161,7 @@ fn looped(engine: &Engine, job: &Job) -> anyhow::Result<(f64, f64, usize)> {
 pub fn run(args: &Options, device: Device, cuda: CudaOptions) -> anyhow::Result<serde_json::Value> {
     let engine = Engine::with_options(&Weights::random(0), device, Layout::FP32, cuda);
     let graphs = device.is_cuda() && engine.cuda().graphs;
+    let passes = if graphs { super::products::run(&args.sizes, device)? } else { serde_json::json!([]) };
     let replayed = if graphs { ", evaluations replayed as CUDA graphs" } else { "" };
     eprintln!(
         "the optimisation loop per evaluation against the bare evaluation (fp32, single scale, {} evaluations, {} \
@@ -233,7 +234,7 @@ pub fn run(args: &Options, device: Device, cuda: CudaOptions) -> anyhow::Result<
     }
     Ok(serde_json::json!({
         "device": device_name(device), "threads": tch::get_num_threads(), "precision": "fp32", "results": rows,
-        "cuda_graphs": graphs,
+        "cuda_graphs": graphs, "cuda_kernels": engine.cuda().kernels, "history_passes": passes,
         "worst_overhead": worst.map(|w| w.0),
     }))
 }

@@ -432,10 +432,15 @@ impl History {
 const CHUNK: i64 = 256;
 
 /// The `[2k, n]` held rows times `[n, c]` columns, as `[2k, c]` f32 (a bf16 history slice by slice;
-/// on a GPU chunk by chunk of the n coordinates, the chunks' products summed).
-fn forward(held: &Tensor, columns: &Tensor) -> Tensor {
+/// on a GPU by the kernels of [`crate::engine::products`] where they are loaded, else chunk by
+/// chunk of the n coordinates, the chunks' products summed).
+pub fn forward(held: &Tensor, columns: &Tensor) -> Tensor {
     if held.kind() == Kind::Float && columns.kind() == Kind::Float {
-        return if held.device().is_cuda() { chunked(held, columns) } else { held.matmul(columns) };
+        if !held.device().is_cuda() {
+            return held.matmul(columns);
+        }
+        return crate::engine::products::products(held, &columns.transpose(0, 1))
+            .unwrap_or_else(|| chunked(held, columns));
     }
     let columns = columns.to_kind(Kind::Float);
     slices(held.size()[1])
@@ -478,7 +483,7 @@ fn gram(held: &Tensor) -> Tensor {
 }
 
 /// Writes the held rows' combination heldᵀ·c ([n], f32) for coefficients `c` ([2k]) into `out`.
-fn back_into(held: &Tensor, c: &Tensor, out: &Tensor) {
+pub fn back_into(held: &Tensor, c: &Tensor, out: &Tensor) {
     if held.kind() == Kind::Float {
         let _ = held.transpose(0, 1).mv_out(out, c);
         return;
@@ -541,14 +546,16 @@ fn probe<P: Problem>(problem: &mut P, x: &Tensor, sum: bool, history: &History) 
 
 /// The device side of a run's line searches, in tensors that stay where they are (a problem may
 /// capture a trial as a CUDA graph, which reads them by address): the line's start x₀ and its
-/// gradient g₀, its direction d, the last trial's point and gradient (where a captured line's
-/// first trial takes x₀ and g₀ from), and the scalars uploaded for each trial ([`Scalars`]).
+/// gradient g₀, its direction d, the last trial's point (where a captured line's first trial
+/// takes x₀ from), the last trial's s, y and g as the rows of one `[3, n]` tensor (the columns
+/// of its products; a captured line's first trial takes g₀ from its g), and the scalars
+/// uploaded for each trial ([`Scalars`]).
 struct Buffers {
     x0: Tensor,
     g0: Tensor,
     d: Tensor,
     last_x: Tensor,
-    last_g: Tensor,
+    trial: Tensor,
     scalars: Tensor,
 }
 
@@ -567,17 +574,36 @@ impl Scalars {
 
 impl Buffers {
     /// Buffers for vectors of `n` and a history of `slots` slots; x₀, g₀ and the last trial's
-    /// point and gradient only where the steps are captured (`all`: elsewhere a line reads its
+    /// point and vectors only where the steps are captured (`all`: elsewhere a line reads its
     /// start point's own tensors, and these stay empty).
     fn new(n: i64, device: Device, slots: usize, all: bool) -> Self {
         let vector = |n| Tensor::zeros([n], (Kind::Float, device));
-        let captured = || vector(if all { n } else { 0 });
+        let n_captured = if all { n } else { 0 };
         let scalars = vector(Scalars::COEFFICIENTS + 2 * slots as i64);
-        Self { x0: captured(), g0: captured(), d: vector(n), last_x: captured(), last_g: captured(), scalars }
+        let trial = Tensor::zeros([3, n_captured], (Kind::Float, device));
+        Self { x0: vector(n_captured), g0: vector(n_captured), d: vector(n), last_x: vector(n_captured), trial, scalars }
     }
 
     fn scalar(&self, at: i64) -> Tensor {
         self.scalars.narrow(0, at, 1)
+    }
+
+    /// The last trial's s = t·d, y = g − g₀ (as `[2, n]`: the pair a captured trial writes into
+    /// the history) and g.
+    fn pair(&self) -> Tensor {
+        self.trial.narrow(0, 0, 2)
+    }
+
+    fn s(&self) -> Tensor {
+        self.trial.get(0)
+    }
+
+    fn y(&self) -> Tensor {
+        self.trial.get(1)
+    }
+
+    fn last_g(&self) -> Tensor {
+        self.trial.get(2)
     }
 }
 
@@ -648,39 +674,35 @@ impl Line<'_> {
         let line_values = first.is_some() || all;
         let dmax = line_values && self.dmax;
         let direction_rows = first.map_or(history.direction_rows(all), |d| d.rows);
-        // s = t·d, made by the point and used by the extras
-        let step = std::cell::RefCell::new(None);
         let point = || {
             let c = b.scalars.narrow(0, Scalars::COEFFICIENTS, 2 * direction_rows as i64);
             let neg_gamma = b.scalar(Scalars::NEG_GAMMA);
             if all {
-                // a line's first trial starts from the last trial's point (or the point copied
-                // there) and computes the direction; later trials keep them
+                // a line's first trial starts from the last trial's point and gradient (or those
+                // copied there) and computes the direction; later trials keep them (each a
+                // `where` into the buffer itself: one operator)
                 let first = b.scalar(Scalars::FIRST).gt(0.5);
-                let keep = |to: &Tensor, from: &Tensor| to.shallow_clone().copy_(&from.where_self(&first, to));
-                keep(&b.x0, &b.last_x);
-                keep(&b.g0, &b.last_g);
+                let _ = b.last_x.where_self_out(&b.x0, &first, &b.x0);
+                let _ = b.last_g().where_self_out(&b.g0, &first, &b.g0);
                 let d = b.d.empty_like();
                 history.direction_into(&d, &b.g0, &c, &neg_gamma, direction_rows);
-                keep(&b.d, &d);
-            } else if first.is_some() {
+                let _ = d.where_self_out(&b.d, &first, &b.d);
+                // s into the trial's first row, x into the last point's buffer
+                let s = b.d.mul_out(&b.s(), &b.scalar(Scalars::T));
+                return b.x0.add_out(&b.last_x, &s);
+            }
+            if first.is_some() {
                 history.direction_into(&b.d, g0, &c, &neg_gamma, direction_rows);
             }
-            let s = if all { &b.d * b.scalar(Scalars::T) } else { history.write_step(&b.d, t) };
-            let x = x0 + &s;
-            if all {
-                b.last_x.shallow_clone().copy_(&x);
-            }
-            *step.borrow_mut() = Some(s);
-            x
+            x0 + history.write_step(&b.d, t)
         };
         let extras = |g: &Tensor| {
-            let s = step.borrow_mut().take().expect("the point is made first");
-            if all {
-                b.last_g.shallow_clone().copy_(g);
-            }
             let pair = if all {
-                history.write_pair(&Tensor::stack(&[s, g - g0], 0), &b.scalar(Scalars::SLOT))
+                // y and g beside s in the trial's rows, the pair into the spare slot by the
+                // device's index
+                let _ = b.last_g().copy_(g);
+                let _ = g.sub_out(&b.y(), g0);
+                history.write_pair(&b.pair(), &b.scalar(Scalars::SLOT))
             } else {
                 history.write_gradient_change(g, g0)
             };
@@ -695,7 +717,10 @@ impl Line<'_> {
             if dmax {
                 e.push(b.d.linalg_norm(f64::INFINITY, None::<i64>, false, None::<Kind>));
             }
-            e.extend(history.products(&Tensor::cat(&[pair, g.reshape([1, -1])], 0), rows));
+            // the trial's rows are the columns as they are, where the history holds them
+            // unrounded (an f32 history); else the pair as stored, and g
+            let columns = if all && !bf16 { b.trial.shallow_clone() } else { Tensor::cat(&[pair, g.reshape([1, -1])], 0) };
+            e.extend(history.products(&columns, rows));
             e
         };
         let name = match (all, first.is_some()) {
@@ -703,9 +728,9 @@ impl Line<'_> {
             (false, true) => "lbfgs first trial".to_string(),
             (false, false) => "lbfgs next trial".to_string(),
         };
-        let uses = [x0, g0, &b.d, &b.last_x, &b.last_g, &b.scalars, &history.pairs];
+        let uses = [x0, g0, &b.d, &b.last_x, &b.trial, &b.scalars, &history.pairs];
         // what a captured trial updates from its own values (see Step::state)
-        let state: &[&Tensor] = if all { &[&b.x0, &b.g0, &b.d, &b.last_x, &b.last_g] } else { &[] };
+        let state: &[&Tensor] = if all { &[&b.x0, &b.g0, &b.d, &b.last_x, &b.trial] } else { &[] };
         let n_extras =
             1 + usize::from(sum) + usize::from(bf16) + usize::from(line_values) + usize::from(dmax) + 6 * rows;
         let Stepped { x, terms, g, extras: v } = step_and_read(
@@ -848,7 +873,7 @@ pub fn minimize_with_history<P: Problem>(
         if all && !last_is_here {
             // a captured line's first trial starts from the last trial's point: this one
             buffers.last_x.shallow_clone().copy_(&here.x);
-            buffers.last_g.shallow_clone().copy_(&here.g);
+            buffers.last_g().copy_(&here.g);
         }
         let rows = history.direction_rows(all);
         let direction = if fresh {
@@ -1282,16 +1307,22 @@ mod tests {
             if self.captures {
                 assert_eq!(*first, uses, "step {:?} runs over other tensors than when first run", step.name);
             }
-            if !self.captures || self.replayed.contains(step.name) {
+            if !self.captures {
                 return super::super::run_step(self, step);
+            }
+            // as the engine's problem does: a captured step's outputs (a replayed graph's, or
+            // tensors of its `uses`) are overwritten by the next step, so the caller gets copies
+            let copied = |(x, joined, g): (Tensor, Tensor, Tensor)| (x.copy(), joined.copy(), g.copy());
+            if self.replayed.contains(step.name) {
+                return copied(super::super::run_step(self, step));
             }
             self.replayed.insert(step.name.to_string());
             let saved: Vec<Tensor> = step.state.iter().map(|t| t.copy()).collect();
-            let warm = super::super::run_step(self, step);
+            let warm = copied(super::super::run_step(self, step));
             for (to, from) in step.state.iter().zip(&saved) {
                 to.shallow_clone().copy_(from);
             }
-            let again = super::super::run_step(self, step);
+            let again = copied(super::super::run_step(self, step));
             for (a, b) in [(&warm.0, &again.0), (&warm.1, &again.1), (&warm.2, &again.2)] {
                 assert!(a.equal(b), "step {:?} run again from its saved state differs", step.name);
             }

@@ -56,7 +56,9 @@ pub trait Problem {
     fn iteration(&mut self) {}
     /// Whether [`Problem::evaluate_step`] captures steps (as CUDA graphs): the optimiser then
     /// keeps every step's shapes the same (L-BFGS's products run over every slot of its
-    /// history, not only the slots written so far).
+    /// history, not only the slots written so far), and a step's point may be one of its `uses`
+    /// (overwritten by the next step): such a problem returns copies of the point and the
+    /// gradient, as it must of a replayed graph's outputs anyway.
     fn captures_steps(&self) -> bool {
         false
     }
