@@ -21,6 +21,7 @@
 #include <nvrtc.h>
 
 #include <array>
+#include <cstdint>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -38,7 +39,8 @@ constexpr int kThreads = 256;
 constexpr int kMaxColumns = 4;
 
 const char* kSource = R"CUDA(
-template <int K>
+// VEC: 16-byte loads (every row's start and n a multiple of 4 floats)
+template <int K, bool VEC>
 __device__ void products(const float* __restrict__ held, long long held_stride, int rows,
                          const float* __restrict__ cols, long long col_stride, long long n,
                          float* __restrict__ partial) {
@@ -60,6 +62,23 @@ __device__ void products(const float* __restrict__ held, long long held_stride, 
         __syncthreads();
         if (mine <= 0) continue;
         const float* h = held + (long long)r0 * held_stride + start;
+        if (VEC) {
+            for (int i = lane * 4; i < len; i += 128) {
+                float4 v[K];
+#pragma unroll
+                for (int c = 0; c < K; ++c) v[c] = *reinterpret_cast<const float4*>(shared + c * 1024 + i);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    if (j < mine) {
+                        const float4 x = *reinterpret_cast<const float4*>(h + j * held_stride + i);
+#pragma unroll
+                        for (int c = 0; c < K; ++c)
+                            acc[j][c] += x.x * v[c].x + x.y * v[c].y + x.z * v[c].z + x.w * v[c].w;
+                    }
+                }
+            }
+            continue;
+        }
 #pragma unroll 2
         for (int i = lane; i < len; i += 32) {
             float v[K];
@@ -91,7 +110,12 @@ __device__ void products(const float* __restrict__ held, long long held_stride, 
     extern "C" __global__ void __launch_bounds__(256) ns_products##K(                           \
         const float* held, long long held_stride, int rows, const float* cols,                  \
         long long col_stride, long long n, float* partial) {                                    \
-        products<K>(held, held_stride, rows, cols, col_stride, n, partial);                     \
+        products<K, false>(held, held_stride, rows, cols, col_stride, n, partial);              \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(256) ns_products##K##v(                        \
+        const float* held, long long held_stride, int rows, const float* cols,                  \
+        long long col_stride, long long n, float* partial) {                                    \
+        products<K, true>(held, held_stride, rows, cols, col_stride, n, partial);               \
     }
 NS_PRODUCTS(1)
 NS_PRODUCTS(2)
@@ -223,6 +247,7 @@ const Api& api() {
 // The kernels as loaded into one device's context.
 struct Kernels {
     std::array<CUfunction, kMaxColumns> products{};
+    std::array<CUfunction, kMaxColumns> vectorized{};
     CUfunction sum{};
 };
 
@@ -269,6 +294,7 @@ const Kernels& kernels(int device) {
     for (int c = 1; c <= kMaxColumns; ++c) {
         const std::string name = "ns_products" + std::to_string(c);
         a.driver(a.cuModuleGetFunction(&k.products[c - 1], module, name.c_str()), "cuModuleGetFunction");
+        a.driver(a.cuModuleGetFunction(&k.vectorized[c - 1], module, (name + "v").c_str()), "cuModuleGetFunction");
     }
     a.driver(a.cuModuleGetFunction(&k.sum, module, "ns_products_sum"), "cuModuleGetFunction");
     return loaded.emplace(device, k).first->second;
@@ -322,7 +348,10 @@ const char* ns_products(const void* held_p, const void* cols_p, const void* out_
         long long held_stride = held.stride(0), col_stride = cols.stride(0);
         void* args[] = {&held_data, &held_stride, &rows, &cols_data, &col_stride, &n, &partial_data};
         CUstream stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
-        a.driver(a.cuLaunchKernel(kern.products[k - 1], parts, row_blocks, 1, kThreads, 1, 1, 0, stream, args, nullptr),
+        const auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+        const bool vec = n % 4 == 0 && held_stride % 4 == 0 && col_stride % 4 == 0 && aligned(held_data) &&
+                         aligned(cols_data);
+        a.driver(a.cuLaunchKernel((vec ? kern.vectorized : kern.products)[k - 1], parts, row_blocks, 1, kThreads, 1, 1, 0, stream, args, nullptr),
                  "launching the history's products");
         int parts_i = static_cast<int>(parts), outs = rows * k;
         void* sum_args[] = {&partial_data, &parts_i, &outs, &out_data};

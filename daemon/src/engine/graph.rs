@@ -16,7 +16,8 @@
 //! CUDA (build.rs, `cfg(cuda_graph)`); elsewhere [`Graph::capture`] says so and the caller
 //! evaluates eagerly. Any failure to capture is reported, never fatal: the scale goes on eagerly.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use tch::Tensor;
 
@@ -25,6 +26,20 @@ use super::host;
 /// Set by the first failed capture: the process stops trying (a failure is not specific to one
 /// shape, and a failed capture is not free).
 static GAVE_UP: AtomicBool = AtomicBool::new(false);
+
+/// Nanoseconds spent capturing graphs (warm-up, capture, check), process-wide.
+static CAPTURING: AtomicU64 = AtomicU64::new(0);
+
+/// Seconds the process has spent capturing graphs so far (the warm-up run, the capture and the
+/// checking replay of each).
+pub fn capture_seconds() -> f64 {
+    CAPTURING.load(Ordering::Relaxed) as f64 * 1e-9
+}
+
+/// Adds the time since `t0` to [`capture_seconds`].
+fn captured_since(t0: Instant) {
+    CAPTURING.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+}
 
 /// Images up to this many pixels are evaluated through a graph: above it the network's kernels
 /// are long enough that launches no longer matter, and a graph would keep a second copy of the
@@ -138,6 +153,7 @@ impl Graph {
     /// Replays the captured work; returns its outputs (the graph's own: valid until the next
     /// replay).
     pub fn replay(&self) -> Vec<Tensor> {
+        host::device_resumes();
         #[cfg(cuda_graph)]
         // SAFETY: `handle` holds a live, captured graph
         if let Err(e) = check(unsafe { ffi::ns_graph_replay(self.handle.0) }) {
@@ -264,6 +280,7 @@ impl Steps {
             }
         };
         let pool = self.captured.first().map(|s| &s.graph);
+        let t0 = Instant::now();
         let captured = Graph::capture(device, f, pool).and_then(|(warm, graph)| {
             // a replay from the same state must give what the warm-up gave (and leave the state
             // as the warm-up did)
@@ -271,6 +288,7 @@ impl Steps {
             let diffs = Graph::disagreement(&graph.replay(), &warm);
             within(&diffs, &vec![1e-3; diffs.len()]).map(|()| (warm, graph))
         });
+        captured_since(t0);
         match captured {
             Ok((warm, graph)) => {
                 let uses = uses.iter().map(|t| t.shallow_clone()).collect();
@@ -316,7 +334,10 @@ impl Slot {
                 f(x)
             }
             Slot::Once => {
-                match Captured::capture(x, f).and_then(|(out, graph)| graph.verify(x, &out).map(|()| (out, graph))) {
+                let t0 = Instant::now();
+                let captured = Captured::capture(x, f).and_then(|(out, graph)| graph.verify(x, &out).map(|()| (out, graph)));
+                captured_since(t0);
+                match captured {
                     Ok((out, graph)) => {
                         *self = Slot::Captured(graph);
                         out

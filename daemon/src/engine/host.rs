@@ -8,12 +8,15 @@
 //! any machine.
 
 use std::cell::Cell;
+use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
 thread_local! {
     static READS: Cell<u64> = const { Cell::new(0) };
     static UPLOADS: Cell<u64> = const { Cell::new(0) };
+    static READ_END: Cell<Option<Instant>> = const { Cell::new(None) };
+    static HOST_GAP: Cell<f64> = const { Cell::new(0.0) };
 }
 
 /// The values of `t` (any shape, any float kind, any device) as f64 on the host: one read (one
@@ -23,9 +26,27 @@ pub fn read(t: &Tensor) -> Vec<f64> {
     let cpu = t.detach().to_device(Device::Cpu).reshape([-1]);
     if cpu.kind() == Kind::Float {
         let values = Vec::<f32>::try_from(cpu).expect("an f32 tensor converts to f32");
+        READ_END.with(|r| r.set(Some(Instant::now())));
         return values.into_iter().map(f64::from).collect();
     }
-    Vec::<f64>::try_from(cpu.to_kind(Kind::Double)).expect("a float tensor converts to f64")
+    let values = Vec::<f64>::try_from(cpu.to_kind(Kind::Double)).expect("a float tensor converts to f64");
+    READ_END.with(|r| r.set(Some(Instant::now())));
+    values
+}
+
+/// Called where the device gets its next work after a read (a CUDA graph's replay): adds the
+/// time since the read's end to this thread's host gap ([`host_gap`]). The device has nothing to
+/// do over that time unless work was queued before the read.
+pub fn device_resumes() {
+    if let Some(t) = READ_END.with(|r| r.take()) {
+        HOST_GAP.with(|g| g.set(g.get() + t.elapsed().as_secs_f64()));
+    }
+}
+
+/// Seconds this thread spent between a read and the next replay so far (see
+/// [`device_resumes`]): the host's share of a captured loop, while the GPU waits.
+pub fn host_gap() -> f64 {
+    HOST_GAP.with(|g| g.get())
 }
 
 /// `values` as an f32 tensor on `device`: on a GPU copied from pinned memory without waiting

@@ -96,7 +96,8 @@ fn load_and_check(device: Device) -> Result<(), String> {
         // SAFETY: plain C call
         result(unsafe { ffi::ns_products_load(index as std::ffi::c_int) })?;
     }
-    for (rows, k, n) in [(37, 3, 5003), (202, 1, 70_001), (6, 4, 1000)] {
+    // a ragged chunk and block (scalar loads), then whole ones (16-byte loads)
+    for (rows, k, n) in [(37, 3, 5003), (202, 1, 70_001), (70, 3, 8192), (6, 4, 1000)] {
         let held = Tensor::randn([rows, n], (Kind::Float, device));
         let cols = Tensor::randn([k, n], (Kind::Float, device));
         let out = Tensor::empty([rows, k], (Kind::Float, device));

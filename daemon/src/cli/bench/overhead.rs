@@ -10,7 +10,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use super::timing::{median, sync};
-use crate::engine::graph::Slot;
+use crate::engine::graph::{self, Slot};
 use crate::engine::image_io::Picture;
 use crate::engine::objective::Objective;
 use crate::engine::params::OptimizerKind;
@@ -141,19 +141,35 @@ pub fn ops_per_evaluation(engine: &Engine, job: &Job) -> anyhow::Result<(f64, f6
     Ok((bare, (last.1 - c0) as f64 / n, (last.2 - s0) as f64 / n))
 }
 
-/// Seconds and host reads per evaluation of a whole run, between its first and last progress.
-fn looped(engine: &Engine, job: &Job) -> anyhow::Result<(f64, f64, usize)> {
-    let mut first: Option<(usize, Instant, u64)> = None;
-    let mut last = (0, Instant::now(), 0);
+/// A whole run, between its first and last progress: per evaluation its seconds, host reads
+/// and the host's time between a read and the next replay (where evaluations are replayed), its
+/// evaluations, and the seconds its graph captures took in all.
+struct Looped {
+    seconds: f64,
+    reads: f64,
+    host_gap: f64,
+    evaluations: usize,
+    capture: f64,
+}
+
+fn looped(engine: &Engine, job: &Job) -> anyhow::Result<Looped> {
+    let mut first: Option<(usize, Instant, u64, f64, f64)> = None;
+    let mut last = (0, Instant::now(), 0, 0.0, 0.0);
     let out = engine.stylize(job, &mut |p: &Progress| {
-        let now = (p.evaluation, Instant::now(), host::reads());
+        let now = (p.evaluation, Instant::now(), host::reads(), host::host_gap(), graph::capture_seconds());
         first.get_or_insert(now);
         last = now;
         Control::Continue
     })?;
-    let (n0, t0, r0) = first.expect("at least one evaluation");
+    let (n0, t0, r0, h0, c0) = first.expect("at least one evaluation");
     let n = (last.0 - n0).max(1) as f64;
-    Ok((last.1.duration_since(t0).as_secs_f64() / n, (last.2 - r0) as f64 / n, out.summary.evaluations))
+    Ok(Looped {
+        seconds: last.1.duration_since(t0).as_secs_f64() / n,
+        reads: (last.2 - r0) as f64 / n,
+        host_gap: (last.3 - h0) / n,
+        evaluations: out.summary.evaluations,
+        capture: last.4 - c0,
+    })
 }
 
 /// Runs the loop bench on `device`; fp32 throughout (a reduced-precision job ends on the f32
@@ -171,8 +187,8 @@ pub fn run(args: &Options, device: Device, cuda: CudaOptions) -> anyhow::Result<
         device_name(device)
     );
     eprintln!(
-        "{:>5} {:>12} {:>12} {:>12} {:>9} {:>15} {:>11}",
-        "size", "optimizer", "bare ms", "loop ms", "overhead", "pairs' range", "reads/eval"
+        "{:>5} {:>12} {:>12} {:>12} {:>9} {:>15} {:>11} {:>9} {:>11}",
+        "size", "optimizer", "bare ms", "loop ms", "overhead", "pairs' range", "reads/eval", "host µs", "capture ms"
     );
     let mut rows = Vec::new();
     let mut worst: Option<(f64, String)> = None;
@@ -188,26 +204,30 @@ pub fn run(args: &Options, device: Device, cuda: CudaOptions) -> anyhow::Result<
                 pairs.push((b, looped(&engine, &job)?));
             }
             let t_bare = median(pairs.iter().map(|p| p.0).collect());
-            let t_loop = median(pairs.iter().map(|p| p.1 .0).collect());
-            let each: Vec<f64> = pairs.iter().map(|p| p.1 .0 / p.0 - 1.0).collect();
+            let t_loop = median(pairs.iter().map(|p| p.1.seconds).collect());
+            let host_gap = median(pairs.iter().map(|p| p.1.host_gap).collect());
+            let capture = median(pairs.iter().map(|p| p.1.capture).collect());
+            let each: Vec<f64> = pairs.iter().map(|p| p.1.seconds / p.0 - 1.0).collect();
             let overhead = median(each.clone());
             let (low, high) = each.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &o| (l.min(o), h.max(o)));
-            let (reads, evaluations) = (pairs[0].1 .1, pairs[0].1 .2);
+            let (reads, evaluations) = (pairs[0].1.reads, pairs[0].1.evaluations);
             if worst.as_ref().is_none_or(|w| overhead > w.0) {
                 worst = Some((overhead, format!("{size} px, {}", v.name)));
             }
             eprintln!(
-                "{size:>5} {:>12} {:>12.3} {:>12.3} {:>8.1}% {:>15} {reads:>11.2}",
+                "{size:>5} {:>12} {:>12.3} {:>12.3} {:>8.1}% {:>15} {reads:>11.2} {:>9.1} {:>11.2}",
                 v.name,
                 t_bare * 1e3,
                 t_loop * 1e3,
                 overhead * 100.0,
-                format!("{:.1}…{:.1}%", low * 100.0, high * 100.0)
+                format!("{:.1}…{:.1}%", low * 100.0, high * 100.0),
+                host_gap * 1e6,
+                capture * 1e3
             );
             rows.push(serde_json::json!({
                 "size": size, "optimizer": v.name, "bare_s": t_bare, "loop_s_per_evaluation": t_loop,
                 "overhead": overhead, "overhead_each_pair": each, "host_reads_per_evaluation": reads,
-                "evaluations": evaluations,
+                "evaluations": evaluations, "host_gap_s_per_evaluation": host_gap, "capture_s_per_run": capture,
             }));
         }
     }
