@@ -6,7 +6,7 @@
 //! (cpp/op_counter.cpp, `cfg(op_counter)`), a copy that does not wait for the device
 //! (cpp/copy.cpp, `cfg(copy_shim)`), and, where libtorch has CUDA and the CUDA runtime headers are at hand,
 //! libtorch's CUDA graphs (cpp/cuda_graph.cpp, `cfg(cuda_graph)`) and the L-BFGS history's
-//! products as CUDA kernels compiled at run time (cpp/products.cpp, `cfg(cuda_products)`).
+//! products as CUDA kernels compiled at run time (cpp/cuda_driver.cpp, `cfg(cuda_driver)`).
 use std::env;
 use std::path::{Path, PathBuf};
 
@@ -19,12 +19,12 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/op_counter.cpp");
     println!("cargo:rerun-if-changed=cpp/copy.cpp");
     println!("cargo:rerun-if-changed=cpp/guard.h");
-    println!("cargo:rerun-if-changed=cpp/products.cpp");
+    println!("cargo:rerun-if-changed=cpp/cuda_driver.cpp");
     println!("cargo::rustc-check-cfg=cfg(cuda_graph)");
     println!("cargo::rustc-check-cfg=cfg(op_counter)");
     println!("cargo::rustc-check-cfg=cfg(autograd_backward)");
     println!("cargo::rustc-check-cfg=cfg(copy_shim)");
-    println!("cargo::rustc-check-cfg=cfg(cuda_products)");
+    println!("cargo::rustc-check-cfg=cfg(cuda_driver)");
     let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if let Ok(dir) = env::var("DEP_TCH_LIBTORCH_LIB") {
         if os == "linux" || os == "macos" {
@@ -119,8 +119,8 @@ fn cuda_graph_shim(lib: &Path, include: &Path) {
             // the history's products as kernels compiled at run time (NVRTC's header is among
             // the CUDA headers of the same wheels)
             if cuda.join("nvrtc.h").is_file() && cuda.join("cuda.h").is_file() {
-                shim(lib, include, "products", Some(&cuda));
-                println!("cargo:rustc-cfg=cuda_products");
+                shim(lib, include, "cuda_driver", Some(&cuda));
+                println!("cargo:rustc-cfg=cuda_driver");
             }
         }
         (why, _) => println!(

@@ -36,6 +36,14 @@ pub fn capture_seconds() -> f64 {
     CAPTURING.load(Ordering::Relaxed) as f64 * 1e-9
 }
 
+/// Steps (name and shapes of what they run over) captured and checked in this process.
+static CHECKED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn checked(signature: &str) -> bool {
+    CHECKED.lock().unwrap_or_else(|e| e.into_inner()).contains(signature)
+}
+
 /// Adds the time since `t0` to [`capture_seconds`].
 fn captured_since(t0: Instant) {
     CAPTURING.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -110,12 +118,35 @@ impl Graph {
     /// never replayed at the same time may share their intermediates). `f` runs twice in all,
     /// and the capture does no work: what `f` writes in place must come out the same when it runs
     /// again on the same inputs.
-    #[cfg(cuda_graph)]
     pub fn capture(
         device: tch::Device,
         f: &dyn Fn() -> Vec<Tensor>,
         pool: Option<&Graph>,
     ) -> Result<(Vec<Tensor>, Self), String> {
+        let (warm, graph) = Self::record(device, f, pool, true)?;
+        Ok((warm.expect("a warm-up ran"), graph))
+    }
+
+    /// Captures `f` without running it first: for work whose first run in this process (its
+    /// libraries' lazy set-up) is done. `f` runs once, recording; the work is done by the first
+    /// replay.
+    pub fn capture_without_warm_up(
+        device: tch::Device,
+        f: &dyn Fn() -> Vec<Tensor>,
+        pool: Option<&Graph>,
+    ) -> Result<Self, String> {
+        Self::record(device, f, pool, false).map(|(_, graph)| graph)
+    }
+
+    /// [`Graph::capture`] (with the warm-up run, whose outputs it returns) or
+    /// [`Graph::capture_without_warm_up`].
+    #[cfg(cuda_graph)]
+    fn record(
+        device: tch::Device,
+        f: &dyn Fn() -> Vec<Tensor>,
+        pool: Option<&Graph>,
+        warm_up: bool,
+    ) -> Result<(Option<Vec<Tensor>>, Self), String> {
         use std::panic::{catch_unwind, AssertUnwindSafe};
 
         let tch::Device::Cuda(index) = device else { return Err("not a CUDA device".into()) };
@@ -127,7 +158,7 @@ impl Graph {
         // SAFETY (every call below): `handle` (and `pool`, where not null) hold live graphs
         check(unsafe { ffi::ns_graph_enter(handle.0) })?;
         let on_side = catch_unwind(AssertUnwindSafe(|| -> Result<_, String> {
-            let warm = f();
+            let warm = warm_up.then(f);
             check(unsafe { ffi::ns_graph_capture_begin(handle.0, pool) })?;
             let recorded = catch_unwind(AssertUnwindSafe(f));
             let end = check(unsafe { ffi::ns_graph_capture_end(handle.0) });
@@ -138,15 +169,16 @@ impl Graph {
         let (warm, outputs) = on_side.map_err(panic_message)??;
         exit?;
         // the warm-up's outputs were made on the side stream: hand on copies made on this one
-        Ok((warm.iter().map(Tensor::copy).collect(), Self { handle, outputs }))
+        Ok((warm.map(|w| w.iter().map(Tensor::copy).collect()), Self { handle, outputs }))
     }
 
     #[cfg(not(cuda_graph))]
-    pub fn capture(
+    fn record(
         _device: tch::Device,
         _f: &dyn Fn() -> Vec<Tensor>,
         _pool: Option<&Graph>,
-    ) -> Result<(Vec<Tensor>, Self), String> {
+        _warm_up: bool,
+    ) -> Result<(Option<Vec<Tensor>>, Self), String> {
         Err("this build has no CUDA graph support (libtorch without CUDA, or no CUDA headers at build time)".into())
     }
 
@@ -273,13 +305,35 @@ impl Steps {
             return step.graph.replay();
         }
         self.captured.retain(|s| s.name != name);
+        let pool = self.captured.first().map(|s| &s.graph);
+        // a step this process has captured and checked at these shapes before (an earlier run
+        // at this scale): captured without the warm-up run and the check, the work done by its
+        // first replay (a capture is some milliseconds, a run at 128 px some hundred
+        // evaluations of 1 ms); where that fails, the whole way below
+        let signature = format!("{name} {:?}", uses.iter().map(|t| t.size()).collect::<Vec<_>>());
+        if checked(&signature) {
+            let t0 = Instant::now();
+            let graph = Graph::capture_without_warm_up(device, f, pool);
+            captured_since(t0);
+            match graph {
+                Ok(graph) => {
+                    let outputs = graph.replay();
+                    let uses = uses.iter().map(|t| t.shallow_clone()).collect();
+                    self.captured.push(CapturedStep { name: name.to_string(), uses, graph });
+                    return outputs;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, step = name, "capturing without a warm-up failed: capturing with one")
+                }
+            }
+        }
+        let pool = self.captured.first().map(|s| &s.graph);
         let saved: Vec<Tensor> = state.iter().map(|t| t.copy()).collect();
         let restore = || {
             for (to, from) in state.iter().zip(&saved) {
                 to.shallow_clone().copy_(from);
             }
         };
-        let pool = self.captured.first().map(|s| &s.graph);
         let t0 = Instant::now();
         let captured = Graph::capture(device, f, pool).and_then(|(warm, graph)| {
             // a replay from the same state must give what the warm-up gave (and leave the state
@@ -293,6 +347,7 @@ impl Steps {
             Ok((warm, graph)) => {
                 let uses = uses.iter().map(|t| t.shallow_clone()).collect();
                 self.captured.push(CapturedStep { name: name.to_string(), uses, graph });
+                CHECKED.lock().unwrap_or_else(|e| e.into_inner()).insert(signature);
                 warm
             }
             Err(e) => {
@@ -335,7 +390,8 @@ impl Slot {
             }
             Slot::Once => {
                 let t0 = Instant::now();
-                let captured = Captured::capture(x, f).and_then(|(out, graph)| graph.verify(x, &out).map(|()| (out, graph)));
+                let captured =
+                    Captured::capture(x, f).and_then(|(out, graph)| graph.verify(x, &out).map(|()| (out, graph)));
                 captured_since(t0);
                 match captured {
                     Ok((out, graph)) => {

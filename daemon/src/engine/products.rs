@@ -2,7 +2,7 @@
 //! (`[r, n]` × `[k, n]`ᵀ, k ≤ 4): the L-BFGS history's rows times a trial's s, y and g, the
 //! largest read of the loop around the network (0.6 GB at 512 px with 100 pairs). cuBLAS reads
 //! those rows at half the memory's speed on an H200 (docs/benchmarks.md, "GPU"); two kernels
-//! of our own (cpp/products.cpp, compiled at run time with NVRTC from libtorch's CUDA wheels)
+//! of our own (cpp/cuda_driver.cpp, compiled at run time with NVRTC from libtorch's CUDA wheels)
 //! read them once at full speed, and sum the blocks' partial products in double in a fixed
 //! order.
 //!
@@ -35,7 +35,7 @@ pub fn enabled() -> bool {
     ON.load(Ordering::Relaxed)
 }
 
-#[cfg(cuda_products)]
+#[cfg(cuda_driver)]
 mod ffi {
     use std::ffi::{c_char, c_int, c_void};
 
@@ -46,7 +46,7 @@ mod ffi {
 }
 
 /// The shim's error message, where `message` is not null.
-#[cfg(cuda_products)]
+#[cfg(cuda_driver)]
 fn result(message: *const std::ffi::c_char) -> Result<(), String> {
     if message.is_null() {
         return Ok(());
@@ -57,15 +57,17 @@ fn result(message: *const std::ffi::c_char) -> Result<(), String> {
 }
 
 /// `out` ([r, k]) = `held` ([r, n]) × `cols` ([k, n])ᵀ by the kernels, on the current stream.
-#[cfg(cuda_products)]
+#[cfg(cuda_driver)]
 fn launch(held: &Tensor, cols: &Tensor, out: &Tensor) -> Result<(), String> {
     use std::ffi::c_void;
     // SAFETY: the pointers are live tensors for the duration of the call; the shim checks
     // their devices, kinds and shapes
-    result(unsafe { ffi::ns_products(held.as_ptr() as *const c_void, cols.as_ptr() as *const c_void, out.as_ptr() as *const c_void) })
+    result(unsafe {
+        ffi::ns_products(held.as_ptr() as *const c_void, cols.as_ptr() as *const c_void, out.as_ptr() as *const c_void)
+    })
 }
 
-#[cfg(not(cuda_products))]
+#[cfg(not(cuda_driver))]
 fn launch(_held: &Tensor, _cols: &Tensor, _out: &Tensor) -> Result<(), String> {
     Err("this build has no CUDA kernels of its own (libtorch without CUDA, or no CUDA headers at build time)".into())
 }
@@ -83,14 +85,17 @@ pub fn load(device: Device) -> Result<(), String> {
     let r = load_and_check(device);
     match &r {
         Ok(()) => tracing::debug!(device = index, "history products: CUDA kernels loaded"),
-        Err(e) => tracing::warn!(device = index, "history products: the CUDA kernels are not used ({e}); cuBLAS computes them"),
+        Err(e) => tracing::warn!(
+            device = index,
+            "history products: the CUDA kernels are not used ({e}); cuBLAS computes them"
+        ),
     }
     map.insert(index, r.clone());
     r
 }
 
 fn load_and_check(device: Device) -> Result<(), String> {
-    #[cfg(cuda_products)]
+    #[cfg(cuda_driver)]
     {
         let Device::Cuda(index) = device else { unreachable!() };
         // SAFETY: plain C call
@@ -105,8 +110,10 @@ fn load_and_check(device: Device) -> Result<(), String> {
         let exact = held.to_kind(Kind::Double).matmul(&cols.to_kind(Kind::Double).transpose(0, 1));
         let scale = exact.abs().max().double_value(&[]).max(1e-30);
         let err = (out.to_kind(Kind::Double) - &exact).abs().max().double_value(&[]) / scale;
-        if !(err <= 1e-5) {
-            return Err(format!("they disagree with libtorch's product ([{rows}, {n}] × [{n}, {k}]: relative error {err:.1e})"));
+        if err.is_nan() || err > 1e-5 {
+            return Err(format!(
+                "they disagree with libtorch's product ([{rows}, {n}] × [{n}, {k}]: relative error {err:.1e})"
+            ));
         }
     }
     Ok(())

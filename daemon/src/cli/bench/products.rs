@@ -44,7 +44,10 @@ pub fn run(sizes: &[i64], device: Device) -> anyhow::Result<serde_json::Value> {
             Err(e) => format!("kernels not loaded: {e}"),
         }
     );
-    eprintln!("{:>5} {:>10} {:>14} {:>14} {:>11} {:>11}", "size", "MB", "products ours", "cuBLAS chunked", "direction", "ours GB/s");
+    eprintln!(
+        "{:>5} {:>10} {:>14} {:>14} {:>11} {:>11}",
+        "size", "MB", "products ours", "cuBLAS chunked", "direction", "ours GB/s"
+    );
     let mut rows = Vec::new();
     for &size in sizes {
         let n = 3 * size * size;
@@ -60,7 +63,8 @@ pub fn run(sizes: &[i64], device: Device) -> anyhow::Result<serde_json::Value> {
             products::set_enabled(was);
             Ok((t?, value))
         };
-        let (ours, a) = if loaded.is_ok() { timed(true)? } else { (f64::NAN, Tensor::zeros([1], (Kind::Float, device))) };
+        let (ours, a) =
+            if loaded.is_ok() { timed(true)? } else { (f64::NAN, Tensor::zeros([1], (Kind::Float, device))) };
         let (cublas, b) = timed(false)?;
         let direction = per_call(device, &|| {
             back_into(&held, &c, &d);

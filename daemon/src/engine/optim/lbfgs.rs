@@ -581,7 +581,14 @@ impl Buffers {
         let n_captured = if all { n } else { 0 };
         let scalars = vector(Scalars::COEFFICIENTS + 2 * slots as i64);
         let trial = Tensor::zeros([3, n_captured], (Kind::Float, device));
-        Self { x0: vector(n_captured), g0: vector(n_captured), d: vector(n), last_x: vector(n_captured), trial, scalars }
+        Self {
+            x0: vector(n_captured),
+            g0: vector(n_captured),
+            d: vector(n),
+            last_x: vector(n_captured),
+            trial,
+            scalars,
+        }
     }
 
     fn scalar(&self, at: i64) -> Tensor {
@@ -700,7 +707,7 @@ impl Line<'_> {
             let pair = if all {
                 // y and g beside s in the trial's rows, the pair into the spare slot by the
                 // device's index
-                let _ = b.last_g().copy_(g);
+                b.last_g().copy_(g);
                 let _ = g.sub_out(&b.y(), g0);
                 history.write_pair(&b.pair(), &b.scalar(Scalars::SLOT))
             } else {
@@ -719,7 +726,8 @@ impl Line<'_> {
             }
             // the trial's rows are the columns as they are, where the history holds them
             // unrounded (an f32 history); else the pair as stored, and g
-            let columns = if all && !bf16 { b.trial.shallow_clone() } else { Tensor::cat(&[pair, g.reshape([1, -1])], 0) };
+            let columns =
+                if all && !bf16 { b.trial.shallow_clone() } else { Tensor::cat(&[pair, g.reshape([1, -1])], 0) };
             e.extend(history.products(&columns, rows));
             e
         };

@@ -1,6 +1,8 @@
-// Products of a few hundred rows with a few columns over a long dimension on a CUDA device — the
-// L-BFGS history's [r, n] rows times a trial's s, y and g — as two kernels compiled at run time
-// with NVRTC (the build machine has no CUDA compiler; libtorch's wheels bring libnvrtc).
+// What the engine does through the CUDA driver API itself, beside libtorch: copies from pinned
+// host memory queued without libtorch's copy machinery (ns_copy_to_device), and kernels of its
+// own compiled at run time with NVRTC (the build machine has no CUDA compiler; libtorch's wheels
+// bring libnvrtc): the products of a few hundred rows with a few columns over a long dimension —
+// the L-BFGS history's [r, n] rows times a trial's s, y and g (ns_products).
 //
 // Why: cuBLAS runs [202, n] × [n, 3] on few blocks, and as a batch of products over chunks of n
 // it still reads the rows at 1.7 TB/s on an H200, where the product back over the same rows (a
@@ -144,6 +146,7 @@ void bind(void* lib, const char* name, T& fn) {
 
 // The driver's and NVRTC's entry points used here.
 struct Api {
+    CUresult (*cuMemcpyHtoDAsync)(CUdeviceptr, const void*, size_t, CUstream);
     CUresult (*cuCtxGetCurrent)(CUcontext*);
     CUresult (*cuModuleLoadData)(CUmodule*, const void*);
     CUresult (*cuModuleGetFunction)(CUfunction*, CUmodule, const char*);
@@ -161,6 +164,9 @@ struct Api {
     nvrtcResult (*nvrtcGetCUBIN)(nvrtcProgram, char*);
     nvrtcResult (*nvrtcDestroyProgram)(nvrtcProgram*);
     const char* (*nvrtcGetErrorString)(nvrtcResult);
+
+    bool rtc_loaded = false;
+    std::string rtc_error;
 
     void driver(CUresult r, const char* what) const {
         if (r == CUDA_SUCCESS) return;
@@ -218,12 +224,14 @@ void* open_nvrtc() {
     throw std::runtime_error("libnvrtc.so." + major + " not found (it comes with torch's CUDA wheels)");
 }
 
+// The entry points: the driver's always (or an exception), NVRTC's where it opens (else
+// `rtc_error` says why).
 const Api& api() {
     static const Api a = [] {
         Api a{};
         void* cuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
         if (cuda == nullptr) throw std::runtime_error("libcuda.so.1 not found");
-        void* rtc = open_nvrtc();
+        bind(cuda, "cuMemcpyHtoDAsync_v2", a.cuMemcpyHtoDAsync);
         bind(cuda, "cuCtxGetCurrent", a.cuCtxGetCurrent);
         bind(cuda, "cuModuleLoadData", a.cuModuleLoadData);
         bind(cuda, "cuModuleGetFunction", a.cuModuleGetFunction);
@@ -231,6 +239,13 @@ const Api& api() {
         bind(cuda, "cuGetErrorString", a.cuGetErrorString);
         bind(cuda, "cuDeviceGet", a.cuDeviceGet);
         bind(cuda, "cuDeviceGetAttribute", a.cuDeviceGetAttribute);
+        void* rtc = nullptr;
+        try {
+            rtc = open_nvrtc();
+        } catch (const std::exception& e) {
+            a.rtc_error = e.what();
+            return a;
+        }
         bind(rtc, "nvrtcCreateProgram", a.nvrtcCreateProgram);
         bind(rtc, "nvrtcCompileProgram", a.nvrtcCompileProgram);
         bind(rtc, "nvrtcGetProgramLogSize", a.nvrtcGetProgramLogSize);
@@ -239,6 +254,7 @@ const Api& api() {
         bind(rtc, "nvrtcGetCUBIN", a.nvrtcGetCUBIN);
         bind(rtc, "nvrtcDestroyProgram", a.nvrtcDestroyProgram);
         bind(rtc, "nvrtcGetErrorString", a.nvrtcGetErrorString);
+        a.rtc_loaded = true;
         return a;
     }();
     return a;
@@ -258,6 +274,7 @@ const Kernels& kernels(int device) {
     std::lock_guard<std::mutex> hold(lock);
     if (auto it = loaded.find(device); it != loaded.end()) return it->second;
     const Api& a = api();
+    if (!a.rtc_loaded) throw std::runtime_error(a.rtc_error);
     c10::DeviceGuard guard(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device)));
     CUcontext context = nullptr;
     a.driver(a.cuCtxGetCurrent(&context), "cuCtxGetCurrent");
@@ -314,6 +331,18 @@ void check_operands(const at::Tensor& held, const at::Tensor& cols, const at::Te
 }  // namespace
 
 extern "C" {
+
+// Queues a copy of `bytes` from host memory at `src` (pinned: the copy does not wait) to the
+// device memory at `dst` on `device`'s current stream: what `copy_(…, non_blocking)` does, without
+// the dispatcher, the tensor iterator and the pinned block's event (the caller keeps `src` until
+// a later wait on the stream).
+const char* ns_copy_to_device(void* dst, const void* src, size_t bytes, int device) {
+    return ns::guarded([&] {
+        const Api& a = api();
+        CUstream stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
+        a.driver(a.cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(dst), src, bytes, stream), "cuMemcpyHtoDAsync");
+    });
+}
 
 // Compiles and loads the kernels for `device` (NVRTC takes a few hundred milliseconds): call it
 // outside a graph capture, before the first product.
