@@ -144,8 +144,8 @@ void bind(void* lib, const char* name, T& fn) {
     if (fn == nullptr) throw std::runtime_error(std::string("no ") + name + " in the CUDA libraries opened");
 }
 
-// The driver's and NVRTC's entry points used here.
-struct Api {
+// The driver's entry points used here.
+struct Driver {
     CUresult (*cuMemcpyHtoDAsync)(CUdeviceptr, const void*, size_t, CUstream);
     CUresult (*cuCtxGetCurrent)(CUcontext*);
     CUresult (*cuModuleLoadData)(CUmodule*, const void*);
@@ -155,6 +155,17 @@ struct Api {
     CUresult (*cuGetErrorString)(CUresult, const char**);
     CUresult (*cuDeviceGet)(CUdevice*, int);
     CUresult (*cuDeviceGetAttribute)(int*, CUdevice_attribute, CUdevice);
+
+    void check(CUresult r, const char* what) const {
+        if (r == CUDA_SUCCESS) return;
+        const char* s = nullptr;
+        cuGetErrorString(r, &s);
+        throw std::runtime_error(std::string(what) + ": " + (s ? s : "CUDA driver error"));
+    }
+};
+
+// NVRTC's entry points used here.
+struct Rtc {
     nvrtcResult (*nvrtcCreateProgram)(nvrtcProgram*, const char*, const char*, int, const char* const*,
                                       const char* const*);
     nvrtcResult (*nvrtcCompileProgram)(nvrtcProgram, int, const char* const*);
@@ -165,16 +176,7 @@ struct Api {
     nvrtcResult (*nvrtcDestroyProgram)(nvrtcProgram*);
     const char* (*nvrtcGetErrorString)(nvrtcResult);
 
-    bool rtc_loaded = false;
-    std::string rtc_error;
-
-    void driver(CUresult r, const char* what) const {
-        if (r == CUDA_SUCCESS) return;
-        const char* s = nullptr;
-        cuGetErrorString(r, &s);
-        throw std::runtime_error(std::string(what) + ": " + (s ? s : "CUDA driver error"));
-    }
-    void rtc(nvrtcResult r, const char* what) const {
+    void check(nvrtcResult r, const char* what) const {
         if (r != NVRTC_SUCCESS) throw std::runtime_error(std::string(what) + ": " + nvrtcGetErrorString(r));
     }
 };
@@ -224,40 +226,65 @@ void* open_nvrtc() {
     throw std::runtime_error("libnvrtc.so." + major + " not found (it comes with torch's CUDA wheels)");
 }
 
-// The entry points: the driver's always (or an exception), NVRTC's where it opens (else
-// `rtc_error` says why).
-const Api& api() {
-    static const Api a = [] {
-        Api a{};
+// The driver's entry points (libcuda comes with the driver; an exception where it is missing).
+const Driver& driver() {
+    static const Driver d = [] {
+        Driver d{};
         void* cuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
         if (cuda == nullptr) throw std::runtime_error("libcuda.so.1 not found");
-        bind(cuda, "cuMemcpyHtoDAsync_v2", a.cuMemcpyHtoDAsync);
-        bind(cuda, "cuCtxGetCurrent", a.cuCtxGetCurrent);
-        bind(cuda, "cuModuleLoadData", a.cuModuleLoadData);
-        bind(cuda, "cuModuleGetFunction", a.cuModuleGetFunction);
-        bind(cuda, "cuLaunchKernel", a.cuLaunchKernel);
-        bind(cuda, "cuGetErrorString", a.cuGetErrorString);
-        bind(cuda, "cuDeviceGet", a.cuDeviceGet);
-        bind(cuda, "cuDeviceGetAttribute", a.cuDeviceGetAttribute);
-        void* rtc = nullptr;
-        try {
-            rtc = open_nvrtc();
-        } catch (const std::exception& e) {
-            a.rtc_error = e.what();
-            return a;
-        }
-        bind(rtc, "nvrtcCreateProgram", a.nvrtcCreateProgram);
-        bind(rtc, "nvrtcCompileProgram", a.nvrtcCompileProgram);
-        bind(rtc, "nvrtcGetProgramLogSize", a.nvrtcGetProgramLogSize);
-        bind(rtc, "nvrtcGetProgramLog", a.nvrtcGetProgramLog);
-        bind(rtc, "nvrtcGetCUBINSize", a.nvrtcGetCUBINSize);
-        bind(rtc, "nvrtcGetCUBIN", a.nvrtcGetCUBIN);
-        bind(rtc, "nvrtcDestroyProgram", a.nvrtcDestroyProgram);
-        bind(rtc, "nvrtcGetErrorString", a.nvrtcGetErrorString);
-        a.rtc_loaded = true;
-        return a;
+        bind(cuda, "cuMemcpyHtoDAsync_v2", d.cuMemcpyHtoDAsync);
+        bind(cuda, "cuCtxGetCurrent", d.cuCtxGetCurrent);
+        bind(cuda, "cuModuleLoadData", d.cuModuleLoadData);
+        bind(cuda, "cuModuleGetFunction", d.cuModuleGetFunction);
+        bind(cuda, "cuLaunchKernel", d.cuLaunchKernel);
+        bind(cuda, "cuGetErrorString", d.cuGetErrorString);
+        bind(cuda, "cuDeviceGet", d.cuDeviceGet);
+        bind(cuda, "cuDeviceGetAttribute", d.cuDeviceGetAttribute);
+        return d;
     }();
-    return a;
+    return d;
+}
+
+// NVRTC's entry points (it needs no device: the kernels compile on any machine).
+const Rtc& rtc() {
+    static const Rtc r = [] {
+        Rtc r{};
+        void* lib = open_nvrtc();
+        bind(lib, "nvrtcCreateProgram", r.nvrtcCreateProgram);
+        bind(lib, "nvrtcCompileProgram", r.nvrtcCompileProgram);
+        bind(lib, "nvrtcGetProgramLogSize", r.nvrtcGetProgramLogSize);
+        bind(lib, "nvrtcGetProgramLog", r.nvrtcGetProgramLog);
+        bind(lib, "nvrtcGetCUBINSize", r.nvrtcGetCUBINSize);
+        bind(lib, "nvrtcGetCUBIN", r.nvrtcGetCUBIN);
+        bind(lib, "nvrtcDestroyProgram", r.nvrtcDestroyProgram);
+        bind(lib, "nvrtcGetErrorString", r.nvrtcGetErrorString);
+        return r;
+    }();
+    return r;
+}
+
+// The kernels' source compiled for compute capability major.minor: the CUBIN.
+std::vector<char> compile(int major, int minor) {
+    const Rtc& r = rtc();
+    const std::string arch = "--gpu-architecture=sm_" + std::to_string(major) + std::to_string(minor);
+    nvrtcProgram program = nullptr;
+    r.check(r.nvrtcCreateProgram(&program, kSource, "ns_products.cu", 0, nullptr, nullptr), "nvrtcCreateProgram");
+    const char* options[] = {arch.c_str(), "--std=c++17", "-default-device"};
+    const nvrtcResult compiled = r.nvrtcCompileProgram(program, 3, options);
+    if (compiled != NVRTC_SUCCESS) {
+        size_t size = 0;
+        r.nvrtcGetProgramLogSize(program, &size);
+        std::string log(size, '\0');
+        r.nvrtcGetProgramLog(program, log.data());
+        r.nvrtcDestroyProgram(&program);
+        throw std::runtime_error("NVRTC could not compile the history's products (" + arch + "): " + log);
+    }
+    size_t size = 0;
+    r.check(r.nvrtcGetCUBINSize(program, &size), "nvrtcGetCUBINSize");
+    std::vector<char> cubin(size);
+    r.check(r.nvrtcGetCUBIN(program, cubin.data()), "nvrtcGetCUBIN");
+    r.nvrtcDestroyProgram(&program);
+    return cubin;
 }
 
 // The kernels as loaded into one device's context.
@@ -273,47 +300,29 @@ const Kernels& kernels(int device) {
     static std::map<int, Kernels> loaded;
     std::lock_guard<std::mutex> hold(lock);
     if (auto it = loaded.find(device); it != loaded.end()) return it->second;
-    const Api& a = api();
-    if (!a.rtc_loaded) throw std::runtime_error(a.rtc_error);
+    const Driver& d = driver();
     c10::DeviceGuard guard(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device)));
     CUcontext context = nullptr;
-    a.driver(a.cuCtxGetCurrent(&context), "cuCtxGetCurrent");
+    d.check(d.cuCtxGetCurrent(&context), "cuCtxGetCurrent");
     if (context == nullptr) {
         // the runtime makes the primary context current with its first call on this thread
         at::zeros({1}, at::TensorOptions().device(at::kCUDA, device));
     }
     CUdevice dev = 0;
     int major = 0, minor = 0;
-    a.driver(a.cuDeviceGet(&dev, device), "cuDeviceGet");
-    a.driver(a.cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "cuDeviceGetAttribute");
-    a.driver(a.cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "cuDeviceGetAttribute");
-    const std::string arch = "--gpu-architecture=sm_" + std::to_string(major) + std::to_string(minor);
-    nvrtcProgram program = nullptr;
-    a.rtc(a.nvrtcCreateProgram(&program, kSource, "ns_products.cu", 0, nullptr, nullptr), "nvrtcCreateProgram");
-    const char* options[] = {arch.c_str(), "--std=c++17", "-default-device"};
-    const nvrtcResult compiled = a.nvrtcCompileProgram(program, 3, options);
-    if (compiled != NVRTC_SUCCESS) {
-        size_t size = 0;
-        a.nvrtcGetProgramLogSize(program, &size);
-        std::string log(size, '\0');
-        a.nvrtcGetProgramLog(program, log.data());
-        a.nvrtcDestroyProgram(&program);
-        throw std::runtime_error("NVRTC could not compile the history's products (" + arch + "): " + log);
-    }
-    size_t size = 0;
-    a.rtc(a.nvrtcGetCUBINSize(program, &size), "nvrtcGetCUBINSize");
-    std::vector<char> cubin(size);
-    a.rtc(a.nvrtcGetCUBIN(program, cubin.data()), "nvrtcGetCUBIN");
-    a.nvrtcDestroyProgram(&program);
+    d.check(d.cuDeviceGet(&dev, device), "cuDeviceGet");
+    d.check(d.cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "cuDeviceGetAttribute");
+    d.check(d.cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "cuDeviceGetAttribute");
+    const std::vector<char> cubin = compile(major, minor);
     CUmodule module = nullptr;
-    a.driver(a.cuModuleLoadData(&module, cubin.data()), "cuModuleLoadData");
+    d.check(d.cuModuleLoadData(&module, cubin.data()), "cuModuleLoadData");
     Kernels k;
     for (int c = 1; c <= kMaxColumns; ++c) {
         const std::string name = "ns_products" + std::to_string(c);
-        a.driver(a.cuModuleGetFunction(&k.products[c - 1], module, name.c_str()), "cuModuleGetFunction");
-        a.driver(a.cuModuleGetFunction(&k.vectorized[c - 1], module, (name + "v").c_str()), "cuModuleGetFunction");
+        d.check(d.cuModuleGetFunction(&k.products[c - 1], module, name.c_str()), "cuModuleGetFunction");
+        d.check(d.cuModuleGetFunction(&k.vectorized[c - 1], module, (name + "v").c_str()), "cuModuleGetFunction");
     }
-    a.driver(a.cuModuleGetFunction(&k.sum, module, "ns_products_sum"), "cuModuleGetFunction");
+    d.check(d.cuModuleGetFunction(&k.sum, module, "ns_products_sum"), "cuModuleGetFunction");
     return loaded.emplace(device, k).first->second;
 }
 
@@ -338,10 +347,16 @@ extern "C" {
 // a later wait on the stream).
 const char* ns_copy_to_device(void* dst, const void* src, size_t bytes, int device) {
     return ns::guarded([&] {
-        const Api& a = api();
+        const Driver& d = driver();
         CUstream stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
-        a.driver(a.cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(dst), src, bytes, stream), "cuMemcpyHtoDAsync");
+        d.check(d.cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(dst), src, bytes, stream), "cuMemcpyHtoDAsync");
     });
+}
+
+// Compiles the kernels for compute capability major.minor (no device needed); `bytes` gets the
+// CUBIN's size.
+const char* ns_products_compile(int major, int minor, size_t* bytes) {
+    return ns::guarded([&] { *bytes = compile(major, minor).size(); });
 }
 
 // Compiles and loads the kernels for `device` (NVRTC takes a few hundred milliseconds): call it
@@ -364,7 +379,7 @@ const char* ns_products(const void* held_p, const void* cols_p, const void* out_
         if (rows == 0) return;
         const int device = held.get_device();
         const Kernels& kern = kernels(device);
-        const Api& a = api();
+        const Driver& d = driver();
         c10::DeviceGuard guard(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device)));
         const unsigned row_blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
         const long long chunks = std::max(1LL, (n + kChunk - 1) / kChunk);
@@ -380,11 +395,11 @@ const char* ns_products(const void* held_p, const void* cols_p, const void* out_
         const auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
         const bool vec = n % 4 == 0 && held_stride % 4 == 0 && col_stride % 4 == 0 && aligned(held_data) &&
                          aligned(cols_data);
-        a.driver(a.cuLaunchKernel((vec ? kern.vectorized : kern.products)[k - 1], parts, row_blocks, 1, kThreads, 1, 1, 0, stream, args, nullptr),
+        d.check(d.cuLaunchKernel((vec ? kern.vectorized : kern.products)[k - 1], parts, row_blocks, 1, kThreads, 1, 1, 0, stream, args, nullptr),
                  "launching the history's products");
         int parts_i = static_cast<int>(parts), outs = rows * k;
         void* sum_args[] = {&partial_data, &parts_i, &outs, &out_data};
-        a.driver(a.cuLaunchKernel(kern.sum, outs, 1, 1, 128, 1, 1, 0, stream, sum_args, nullptr),
+        d.check(d.cuLaunchKernel(kern.sum, outs, 1, 1, 128, 1, 1, 0, stream, sum_args, nullptr),
                  "launching the products' sum");
     });
 }

@@ -41,6 +41,7 @@ mod ffi {
 
     extern "C" {
         pub fn ns_products_load(device: c_int) -> *const c_char;
+        pub fn ns_products_compile(major: c_int, minor: c_int, bytes: *mut usize) -> *const c_char;
         pub fn ns_products(held: *const c_void, cols: *const c_void, out: *const c_void) -> *const c_char;
     }
 }
@@ -70,6 +71,23 @@ fn launch(held: &Tensor, cols: &Tensor, out: &Tensor) -> Result<(), String> {
 #[cfg(not(cuda_driver))]
 fn launch(_held: &Tensor, _cols: &Tensor, _out: &Tensor) -> Result<(), String> {
     Err("this build has no CUDA kernels of its own (libtorch without CUDA, or no CUDA headers at build time)".into())
+}
+
+/// Compiles the kernels for compute capability `major.minor` with NVRTC (no device needed):
+/// the size of the machine code.
+pub fn compile(major: i32, minor: i32) -> Result<usize, String> {
+    #[cfg(cuda_driver)]
+    {
+        let mut bytes = 0usize;
+        // SAFETY: plain C call writing one usize
+        result(unsafe { ffi::ns_products_compile(major, minor, &mut bytes) })?;
+        Ok(bytes)
+    }
+    #[cfg(not(cuda_driver))]
+    {
+        let _ = (major, minor);
+        Err("this build has no CUDA driver shim".into())
+    }
 }
 
 /// Compiles and loads the kernels for `device`, and checks them against libtorch's product on
@@ -140,5 +158,20 @@ pub fn products(held: &Tensor, cols: &Tensor) -> Option<Tensor> {
     match launch(held, cols, &out) {
         Ok(()) => Some(out),
         Err(e) => panic!("the history's products failed on the device: {e}"),
+    }
+}
+
+#[cfg(all(test, cuda_driver))]
+mod tests {
+    /// The kernels' source compiles (on any machine: NVRTC needs no device) for the GPUs the
+    /// daemon targets: Hopper (H100, H200), Ampere (A100), Ada (L4) and Blackwell.
+    #[test]
+    fn the_kernels_compile_for_the_targeted_gpus() {
+        for (major, minor) in [(9, 0), (8, 0), (8, 9), (10, 0)] {
+            match super::compile(major, minor) {
+                Ok(bytes) => assert!(bytes > 1000, "sm_{major}{minor}: {bytes} bytes of machine code"),
+                Err(e) => panic!("sm_{major}{minor}: {e}"),
+            }
+        }
     }
 }
