@@ -291,11 +291,17 @@ impl Steps {
     /// itself). `f` reads and writes nothing but `uses` and what it makes; of those, `state` is
     /// what it updates from its own values: saved before a capture and put back before the
     /// replay that checks it (and before `f` runs again when the capture failed).
+    ///
+    /// `warmed`: where `f`'s lazy set-up is done (its problem has evaluated on the same network
+    /// before, eagerly or in a capture's warm-up), a label of that network. A step captured and
+    /// checked in this process before under the same name, label and shapes is then captured
+    /// without the warm-up run and the check (the work done by its first replay).
     pub fn run(
         &mut self,
         name: &str,
         (uses, state): (&[&Tensor], &[&Tensor]),
         device: tch::Device,
+        warmed: Option<&str>,
         f: &dyn Fn() -> Vec<Tensor>,
     ) -> Vec<Tensor> {
         if self.eager || !device.is_cuda() || GAVE_UP.load(Ordering::Relaxed) {
@@ -306,12 +312,13 @@ impl Steps {
         }
         self.captured.retain(|s| s.name != name);
         let pool = self.captured.first().map(|s| &s.graph);
-        // a step this process has captured and checked at these shapes before (an earlier run
-        // at this scale): captured without the warm-up run and the check, the work done by its
-        // first replay (a capture is some milliseconds, a run at 128 px some hundred
-        // evaluations of 1 ms); where that fails, the whole way below
-        let signature = format!("{name} {:?}", uses.iter().map(|t| t.size()).collect::<Vec<_>>());
-        if checked(&signature) {
+        // a step this process has captured and checked at these shapes on this network before
+        // (an earlier run at this scale), whose problem is warm: captured without the warm-up
+        // run and the check, the work done by its first replay (a capture is some milliseconds,
+        // a run at 128 px some hundred evaluations of 1 ms); where that fails, the whole way
+        let signature =
+            format!("{name} {} {:?}", warmed.unwrap_or(""), uses.iter().map(|t| t.size()).collect::<Vec<_>>());
+        if warmed.is_some() && checked(&signature) {
             let t0 = Instant::now();
             let graph = Graph::capture_without_warm_up(device, f, pool);
             captured_since(t0);

@@ -151,6 +151,9 @@ struct Evaluations<'s, 'j, 'o> {
     /// steps with them.
     graphs: [Slot; 2],
     steps: [Steps; 2],
+    /// Whether the working and the f32 network have evaluated this scale's objective (its lazy
+    /// set-up is done: a step may be captured without a warm-up run, see [`Steps::run`]).
+    warm: [bool; 2],
     /// The job's evaluation count and clock after this scale's first evaluation (which pays for
     /// first-call work: cuDNN autotuning, oneDNN primitives, graph capture).
     first: Option<(usize, f64)>,
@@ -174,6 +177,7 @@ impl Problem for Evaluations<'_, '_, '_> {
             Some(t) => objective.evaluate_tiled_terms(net, &x, t, tiling::shift(t, self.job.evaluations)),
         };
         self.current = Some(flat.shallow_clone());
+        self.warm[usize::from(refined)] = true;
         (terms, grad.view([-1]))
     }
 
@@ -199,10 +203,14 @@ impl Problem for Evaluations<'_, '_, '_> {
             });
             vec![x, joined, g]
         };
-        let [x, joined, g]: [Tensor; 3] = self.steps[usize::from(refined)]
-            .run(step.name, (step.uses, step.state), net.device(), &run)
+        let i = usize::from(refined);
+        let label = format!("{:?}", net.layout());
+        let warmed = self.warm[i].then_some(label.as_str());
+        let [x, joined, g]: [Tensor; 3] = self.steps[i]
+            .run(step.name, (step.uses, step.state), net.device(), warmed, &run)
             .try_into()
             .expect("three outputs");
+        self.warm[i] = true;
         // the point and the gradient outlive the next step; the joined values are read at once
         let (x, g) = (x.copy(), g.copy());
         self.current = Some(x.shallow_clone());
@@ -262,6 +270,7 @@ impl ScaleRun<'_> {
             precise: false,
             graphs: Default::default(),
             steps: Default::default(),
+            warm: [false; 2],
             first: None,
         };
         let outcome = self.optimizer.minimize(&x0.view([-1]), self.budget, &mut problem, curvature);
