@@ -6,6 +6,7 @@
 #                     replayed as a CUDA graph (time, and its value and gradient against eager)
 #   graph-probe       PyTorch: one evaluation eager against a replayed CUDA graph, 128/256/512
 #   loop, loop-eager  the optimisation loop per evaluation against the bare evaluation, 5 pairs
+#                     (first the L-BFGS history's passes alone: our products kernels, cuBLAS's)
 #                     (CUDA graphs on, as by default; off): ±5 points from run to run with 3
 #   ttl-auto          512 px: PyTorch torch.optim.LBFGS (fp32, cudnn.benchmark, warm, 500
 #                     evaluations) from our start image, then ours with the default settings

@@ -286,7 +286,7 @@ impl Previews {
     fn write(&self, image: &Tensor) {
         let Some(path) = &self.path else { return };
         let (w, h) = self.size;
-        let rgb = crate::engine::no_grad(|| {
+        let rgb = crate::engine::backward::no_grad(|| {
             image
                 .to_kind(tch::Kind::Float)
                 .upsample_bilinear2d([i64::from(h), i64::from(w)], false, None, None)

@@ -7,6 +7,14 @@
 
 use tch::{Kind, Tensor};
 
+/// `f` with autograd off, back on however `f` ends: `tch::no_grad` leaves it off when `f`
+/// panics (a failed graph capture, a CUDA error caught per job), and every evaluation after would
+/// have no gradient.
+pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
+    let _restored_on_drop = tch::no_grad_guard();
+    f()
+}
+
 /// Accumulates into the leaves' `.grad` the gradient that flows back from `roots`, each root
 /// receiving its paired gradient (same shape; cast to the root's kind if it differs). Panics
 /// with libtorch's message if the backward pass fails (out of memory, say), as tch's own
@@ -102,5 +110,18 @@ mod tests {
     fn no_roots_is_no_pass() {
         backward(&[]);
         through_scalar(&[]);
+    }
+
+    /// A panic inside [`super::no_grad`] (as in a graph capture that fails) leaves autograd on:
+    /// the evaluations after it still have gradients. (`tch::no_grad` left it off.)
+    #[test]
+    fn autograd_is_on_again_after_a_panic_without_gradients() {
+        let caught = std::panic::catch_unwind(|| super::no_grad(|| panic!("a capture failed")));
+        assert!(caught.is_err());
+        let x = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let y = (&x * 2.0).sum(Kind::Float);
+        assert!(y.requires_grad(), "autograd is off after the panic");
+        y.backward();
+        assert_eq!(Vec::<f32>::try_from(x.grad()).unwrap(), vec![2.0; 3]);
     }
 }

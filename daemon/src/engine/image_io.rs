@@ -309,7 +309,7 @@ pub fn encode_raw(rgb: &Tensor, alpha: Option<&[f32]>, format: PixelFormat) -> V
 /// `full` = (width, height) looks: its proportions, longest side at most `size`.
 pub fn preview(image: &Tensor, size: u32, full: (u32, u32)) -> (u32, u32, Vec<u8>) {
     let (w, h) = if full.0.max(full.1) > size { longest_side_dims(full.0, full.1, size) } else { full };
-    let small = crate::engine::no_grad(|| {
+    let small = crate::engine::backward::no_grad(|| {
         image.to_kind(Kind::Float).clamp(0.0, 1.0).upsample_bilinear2d([i64::from(h), i64::from(w)], false, None, None)
     });
     (w, h, encode_raw(&small, None, PixelFormat::Rgba8))

@@ -54,14 +54,6 @@ pub use self::error::EngineError;
 pub use self::events::{Control, Observer, Progress};
 pub use self::params::{Init, OptimizerKind, Params, STYLE_WEIGHT_PER_STRENGTH};
 
-/// `f` with autograd off, back on however `f` ends: `tch::no_grad` leaves it off when `f`
-/// panics (a failed graph capture, a CUDA error caught per job), and every evaluation after would
-/// have no gradient.
-pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
-    let _restored_on_drop = tch::no_grad_guard();
-    f()
-}
-
 /// A job: decoded content and style pictures at their original sizes, and parameters that
 /// [`Job::new`] has checked (a `Job` is valid by construction).
 #[derive(Clone)]
@@ -462,23 +454,5 @@ impl Engine {
         let tiling = self.plan(job)?.tiling;
         let exact = targets::objective(self.reporter(), &inputs.content, &inputs.styles, &job.params, None, tiling);
         Ok(exact.value_maybe_tiled(self.reporter(), &x.to_device(self.device()), tiling))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tch::{Kind, Tensor};
-
-    /// A panic inside [`super::no_grad`] (as in a graph capture that fails) leaves autograd on:
-    /// the evaluations after it still have gradients. (`tch::no_grad` left it off.)
-    #[test]
-    fn autograd_is_on_again_after_a_panic_without_gradients() {
-        let caught = std::panic::catch_unwind(|| super::no_grad(|| panic!("a capture failed")));
-        assert!(caught.is_err());
-        let x = Tensor::ones([3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
-        let y = (&x * 2.0).sum(Kind::Float);
-        assert!(y.requires_grad(), "autograd is off after the panic");
-        y.backward();
-        assert_eq!(Vec::<f32>::try_from(x.grad()).unwrap(), vec![2.0; 3]);
     }
 }

@@ -112,7 +112,7 @@ pub fn scaled_gram_difference(features: &Tensor, target: &Tensor, r: f64) -> Ten
 /// mislead the line search); in f16, whose range cannot hold C's small entries, C in f32 (the
 /// product is taken in f32 and rounded once, as autograd would).
 pub fn constant_parts(c: &Tensor, kind: Kind) -> Vec<Tensor> {
-    crate::engine::no_grad(|| match kind {
+    crate::engine::backward::no_grad(|| match kind {
         Kind::BFloat16 => {
             let hi = c.to_kind(kind);
             // c − hi in f32, rounded to bf16 by the subtraction's output
@@ -129,7 +129,7 @@ pub fn constant_parts(c: &Tensor, kind: Kind) -> Vec<Tensor> {
 /// backward pass ([`backward`](super::backward)) takes from this layer.
 pub fn style_gradient(features: &Tensor, parts: &[Tensor], scale: f64) -> Tensor {
     let (_, n, h, w) = features.size4().expect("activations are 4-D");
-    crate::engine::no_grad(|| {
+    crate::engine::backward::no_grad(|| {
         let f = Matrix::of(features);
         // (the product in the parts' kind: f32 for f16 activations; no copy when they agree)
         let f = f.to_kind(parts[0].kind());
@@ -151,7 +151,7 @@ pub fn style_gradient(features: &Tensor, parts: &[Tensor], scale: f64) -> Tensor
 /// whole image's, when tiled).
 pub fn style_gradient_constant(gram: &Tensor, target: &Tensor, scale: f64, positions: f64) -> Tensor {
     let n = gram.size()[0] as f64;
-    crate::engine::no_grad(|| (gram - target) * (scale / (n * n * positions)))
+    crate::engine::backward::no_grad(|| (gram - target) * (scale / (n * n * positions)))
 }
 
 /// Eq. 4 for one layer, given normalised Gram matrices (see module docs):
@@ -233,7 +233,7 @@ impl Objective {
 
     /// Content targets P^l (activations of the content image at `layers`).
     pub fn content_targets(vgg: &Vgg19, content: &Tensor, layers: &[usize], pooling: Pooling) -> Vec<ContentTerm> {
-        crate::engine::no_grad(|| {
+        crate::engine::backward::no_grad(|| {
             let feats = vgg.forward_taps(&vgg.normalise(content), layers, pooling);
             layers.iter().zip(feats).map(|(&index, target)| ContentTerm { index, target }).collect()
         })
@@ -241,7 +241,7 @@ impl Objective {
 
     /// Normalised Gram matrices of one style image at `layers`.
     pub fn style_grams(vgg: &Vgg19, style: &Tensor, layers: &[usize], pooling: Pooling) -> Vec<Tensor> {
-        crate::engine::no_grad(|| {
+        crate::engine::backward::no_grad(|| {
             let feats = vgg.forward_taps(&vgg.normalise(style), layers, pooling);
             feats.iter().map(normalised_gram).collect()
         })
@@ -286,7 +286,7 @@ impl Objective {
         let zero = || Tensor::zeros([], (Kind::Float, x.device()));
         let mut roots = Vec::new();
         // eq. 1 over the content layers: ½‖F − P‖², gradient α (F − P)
-        let content2 = crate::engine::no_grad(|| {
+        let content2 = crate::engine::backward::no_grad(|| {
             let mut sum: Option<Tensor> = None;
             for (term, f) in self.content.iter().zip(content_feats) {
                 let d = f - &term.target;
@@ -302,7 +302,7 @@ impl Objective {
         let styled: Vec<(&StyleTerm, &Tensor)> =
             self.style.iter().zip(style_feats).filter(|(term, _)| term.weight > 0.0).collect();
         let r = |term: &StyleTerm, f: &Tensor| term.weight.sqrt() / (2.0 * f.size()[1] as f64);
-        let differences = crate::engine::no_grad(|| {
+        let differences = crate::engine::backward::no_grad(|| {
             let d: Vec<Tensor> = styled
                 .iter()
                 .map(|&(term, f)| {
@@ -327,12 +327,12 @@ impl Objective {
         }
         let tv = (c.tv != 0.0).then(|| tv_loss(&image));
         if let (true, Some(tv)) = (gradient, &tv) {
-            roots.push((tv.shallow_clone(), crate::engine::no_grad(|| tv.full_like(c.tv))));
+            roots.push((tv.shallow_clone(), crate::engine::backward::no_grad(|| tv.full_like(c.tv))));
         }
         // eq. 7 with the terms, as one product
         let mut raw = vec![content2, style];
         raw.extend(tv.as_ref().map(Tensor::detach));
-        (crate::engine::no_grad(|| self.terms(&Tensor::stack(&raw, 0))), roots)
+        (crate::engine::backward::no_grad(|| self.terms(&Tensor::stack(&raw, 0))), roots)
     }
 
     /// [total, content, style(, tv)] from [‖F − P‖², L_style(, L_tv)]: one matrix–vector product.
@@ -373,7 +373,7 @@ impl Objective {
 
     /// Value of eq. 7 at x, without gradient.
     pub fn value(&self, vgg: &Vgg19, x: &Tensor) -> Losses {
-        crate::engine::no_grad(|| Losses::from_terms(&host::read(&self.graph(vgg, x, false).0)))
+        crate::engine::backward::no_grad(|| Losses::from_terms(&host::read(&self.graph(vgg, x, false).0)))
     }
 }
 

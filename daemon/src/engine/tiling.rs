@@ -116,7 +116,7 @@ fn positions(h: i64, w: i64, s: i64) -> i64 {
 
 /// Tap activations of the whole image at `layers`, stitched from tile cores (no gradient).
 pub fn features(vgg: &Vgg19, image: &Tensor, layers: &[usize], pooling: Pooling, tiling: Tiling) -> Vec<Tensor> {
-    crate::engine::no_grad(|| {
+    crate::engine::backward::no_grad(|| {
         let (_, _, h, w) = image.size4().expect("4-D");
         let strides: Vec<i64> = layers.iter().map(|&l| Vgg19::stride(l)).collect();
         let mut rows: Vec<Vec<Vec<Tensor>>> = layers.iter().map(|_| Vec::new()).collect();
@@ -147,7 +147,7 @@ pub fn grams(
     tiling: Tiling,
     shift: (i64, i64),
 ) -> Vec<Tensor> {
-    crate::engine::no_grad(|| {
+    crate::engine::backward::no_grad(|| {
         let (_, _, h, w) = image.size4().expect("4-D");
         let mut sums: Vec<Option<Tensor>> = layers.iter().map(|_| None).collect();
         for tile in tiling.tiles(h, w, shift) {
@@ -193,9 +193,9 @@ impl Objective {
     pub fn value_maybe_tiled(&self, vgg: &Vgg19, x: &Tensor, tiling: Option<Tiling>) -> Losses {
         match tiling {
             None => self.value(vgg, x),
-            Some(t) => {
-                Losses::from_terms(&host::read(&crate::engine::no_grad(|| self.tiled(vgg, x, t, (0, 0), false).0)))
-            }
+            Some(t) => Losses::from_terms(&host::read(&crate::engine::backward::no_grad(|| {
+                self.tiled(vgg, x, t, (0, 0), false).0
+            }))),
         }
     }
 
@@ -249,7 +249,7 @@ impl Objective {
                     tile.core[2] / s + core.size()[3],
                 ];
                 // eq. 1 over the core, ½‖F − P‖², and its gradient α (F − P)
-                let d = crate::engine::no_grad(|| &core - &crop(&term.target, r));
+                let d = crate::engine::backward::no_grad(|| &core - &crop(&term.target, r));
                 content += d.square().sum(Kind::Float).to_kind(Kind::Double) * 0.5;
                 if want_grad && c.alpha != 0.0 {
                     roots.push((core, &d * c.alpha));

@@ -2,8 +2,11 @@
 //! single-scale run (L-BFGS with its line search, or Adam) is timed per evaluation, from its
 //! first progress report to its last, against the bare evaluation (forward + backward, value
 //! read) at the same size on the same network, in the same process. Host reads per evaluation
-//! are counted too (each is a device sync on a GPU). On a CPU the network dominates at 256 px;
-//! at 64 px it is cheap enough for the loop's own cost to show.
+//! are counted too (each is a device sync on a GPU), and where evaluations are replayed as CUDA
+//! graphs, the host's time between a read and the next replay (the GPU idles then) and the
+//! seconds of graph captures per run. On a CPU the network dominates at 256 px; at 64 px it is
+//! cheap enough for the loop's own cost to show. On CUDA the history's two passes are timed
+//! alone first ([`super::products`]).
 
 use std::time::Instant;
 
