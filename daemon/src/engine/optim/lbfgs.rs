@@ -482,7 +482,7 @@ fn gram(held: &Tensor) -> Tensor {
         .expect("n > 0")
 }
 
-/// Writes the held rows' combination heldᵀ·c ([n], f32) for coefficients `c` ([2k]) into `out`.
+/// Writes the held rows' combination heldᵀ·c (`[n]`, f32) for coefficients `c` (`[2k]`) into `out`.
 pub fn back_into(held: &Tensor, c: &Tensor, out: &Tensor) {
     if held.kind() == Kind::Float {
         let _ = held.transpose(0, 1).mv_out(out, c);
