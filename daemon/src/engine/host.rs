@@ -77,20 +77,22 @@ pub fn upload_into(dst: &Tensor, values: &[f32]) {
         "an f32 vector that holds the values"
     );
     let device = dst.device();
-    if device.is_cuda() && dst.is_contiguous() {
-        // the driver's copy from the pinned buffer: no operator at all
-        let staged = STAGING.with(|staging| staged(&mut staging.borrow_mut(), values, device));
-        if staged.is_ok_and(|src| copy_to_device(dst, &src, values.len())) {
-            return;
-        }
-    }
-    let dst = dst.narrow(0, 0, values.len() as i64);
-    let pinned = match device {
+    let src = match device {
         Device::Cpu => Ok(Tensor::from_slice(values)),
         _ => STAGING.with(|staging| staged(&mut staging.borrow_mut(), values, device)),
     };
-    if !pinned.is_ok_and(|src| copy_nonblocking(&dst, &src.narrow(0, 0, values.len() as i64))) {
-        dst.shallow_clone().copy_(&Tensor::from_slice(values).to_device(device));
+    let len = values.len() as i64;
+    // on CUDA the driver's copy from the pinned buffer (no operator at all), else libtorch's
+    // copy without a wait; should both fail, a plain copy (it waits, but the values arrive)
+    let queued = src.is_ok_and(|src| {
+        (device.is_cuda() && dst.is_contiguous() && copy_to_device(dst, &src, values.len()))
+            || copy_nonblocking(
+                &dst.narrow(0, 0, len),
+                &if src.numel() == values.len() { src } else { src.narrow(0, 0, len) },
+            )
+    });
+    if !queued {
+        dst.narrow(0, 0, len).copy_(&Tensor::from_slice(values).to_device(device));
     }
 }
 
