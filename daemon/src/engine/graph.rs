@@ -292,16 +292,17 @@ impl Steps {
     /// what it updates from its own values: saved before a capture and put back before the
     /// replay that checks it (and before `f` runs again when the capture failed).
     ///
-    /// `warmed`: where `f`'s lazy set-up is done (its problem has evaluated on the same network
-    /// before, eagerly or in a capture's warm-up), a label of that network. A step captured and
-    /// checked in this process before under the same name, label and shapes is then captured
-    /// without the warm-up run and the check (the work done by its first replay).
+    /// `(network, warm)`: the label of the network `f` evaluates on (formatted only when a step is
+    /// captured), and whether `f`'s lazy set-up is done (its problem has evaluated on that network
+    /// before, eagerly or in a capture's warm-up). A warm step captured and checked in this
+    /// process before under the same name, network and shapes is captured without the warm-up
+    /// run and the check (the work done by its first replay).
     pub fn run(
         &mut self,
         name: &str,
         (uses, state): (&[&Tensor], &[&Tensor]),
         device: tch::Device,
-        warmed: Option<&str>,
+        (network, warm): (&dyn std::fmt::Debug, bool),
         f: &dyn Fn() -> Vec<Tensor>,
     ) -> Vec<Tensor> {
         if self.eager || !device.is_cuda() || GAVE_UP.load(Ordering::Relaxed) {
@@ -316,9 +317,8 @@ impl Steps {
         // (an earlier run at this scale), whose problem is warm: captured without the warm-up
         // run and the check, the work done by its first replay (a capture is some milliseconds,
         // a run at 128 px some hundred evaluations of 1 ms); where that fails, the whole way
-        let signature =
-            format!("{name} {} {:?}", warmed.unwrap_or(""), uses.iter().map(|t| t.size()).collect::<Vec<_>>());
-        if warmed.is_some() && checked(&signature) {
+        let signature = format!("{name} {network:?} {:?}", uses.iter().map(|t| t.size()).collect::<Vec<_>>());
+        if warm && checked(&signature) {
             let t0 = Instant::now();
             let graph = Graph::capture_without_warm_up(device, f, pool);
             captured_since(t0);

@@ -204,10 +204,9 @@ impl Problem for Evaluations<'_, '_, '_> {
             vec![x, joined, g]
         };
         let i = usize::from(refined);
-        let label = format!("{:?}", net.layout());
-        let warmed = self.warm[i].then_some(label.as_str());
+        let network = (&net.layout() as &dyn std::fmt::Debug, self.warm[i]);
         let [x, joined, g]: [Tensor; 3] = self.steps[i]
-            .run(step.name, (step.uses, step.state), net.device(), warmed, &run)
+            .run(step.name, (step.uses, step.state), net.device(), network, &run)
             .try_into()
             .expect("three outputs");
         self.warm[i] = true;
